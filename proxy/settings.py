@@ -1,0 +1,139 @@
+"""Settings: the only place environment variables and `interlock.yaml` are read.
+
+Precedence: explicit keyword arguments > `INTERLOCK_*` environment > `interlock.yaml`
+(path from `INTERLOCK_CONFIG`, default `./interlock.yaml` when present) > defaults.
+A bad value fails at start with a message naming the setting and the value.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ContentPolicy = Literal["full", "redacted", "none"]
+
+
+class UpstreamSpec(BaseModel):
+    """A named upstream: an origin (scheme, host, port, optional path prefix)."""
+
+    url: str
+    provider: Literal["openai", "anthropic"] = "openai"
+    models: list[str] = Field(default_factory=list)  # globs routed here by model name
+
+    @field_validator("url")
+    @classmethod
+    def _origin(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {v!r}")
+        return v.rstrip("/")
+
+
+class SettingsError(ValueError):
+    """A setting has a value Interlock cannot use; the message names both."""
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if path is not None and path.is_file():
+            loaded = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise SettingsError(f"{path}: must be a mapping of setting: value")
+            self._data = loaded
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INTERLOCK_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    database_url: str = "sqlite+aiosqlite:///./interlock.db"
+    rules_dir: Path = Path("./rules")
+    upstream_openai: str = "https://api.openai.com"
+    upstream_anthropic: str = "https://api.anthropic.com"
+    upstreams: dict[str, UpstreamSpec] = Field(default_factory=dict)
+    admin_token: str | None = None
+    redis_url: str | None = None
+    otlp_endpoint: str | None = None
+
+    content_policy: ContentPolicy = "redacted"
+    content_max_bytes: int = Field(256 * 1024, ge=0)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(600.0, gt=0)
+    upstream_max_connections: int = Field(512, ge=1)
+
+    writer_queue_size: int = Field(10_000, ge=1)
+    writer_batch_size: int = Field(256, ge=1)
+    writer_flush_interval_s: float = Field(0.25, gt=0)
+    spool_dir: Path = Path("./.spool")
+    encodings_dir: Path | None = None
+
+    default_max_tokens: int = Field(4096, ge=1)
+    run_idle_s: float = Field(300.0, gt=0)
+    rules_reload_s: float = Field(1.0, gt=0)
+    log_level: str = "info"
+
+    @field_validator("upstream_openai", "upstream_anthropic")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _db(cls, v: str) -> str:
+        if "://" not in v:
+            raise ValueError(f"not a database URL: {v!r}")
+        if v.startswith("sqlite:///"):
+            return "sqlite+aiosqlite:///" + v[len("sqlite:///") :]
+        if v.startswith(("postgresql://", "postgres://")):
+            return "postgresql+asyncpg://" + v.split("://", 1)[1]
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = Path(os.environ.get("INTERLOCK_CONFIG", "interlock.yaml"))
+        return (init_settings, env_settings, _YamlSource(settings_cls, path))
+
+    def all_upstreams(self) -> dict[str, UpstreamSpec]:
+        """Named upstreams, always including `openai` and `anthropic`."""
+        base = {
+            "openai": UpstreamSpec(url=self.upstream_openai, provider="openai"),
+            "anthropic": UpstreamSpec(url=self.upstream_anthropic, provider="anthropic"),
+        }
+        base.update(self.upstreams)
+        return base
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings, turning pydantic's report into one line per bad setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "?"
+            env = "INTERLOCK_" + str(err["loc"][0]).upper() if err["loc"] else ""
+            lines.append(f"setting {name} ({env}) has value {err.get('input')!r}: {err['msg']}")
+        raise SettingsError("; ".join(lines)) from None
