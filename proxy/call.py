@@ -98,7 +98,8 @@ class Call:
     path: str
     agent: str | None = None
     agent_source: str | None = None  # path | header | None (resolved later by the graph)
-    run_hint: str | None = None
+    run_hint: str | None = None  # explicit run id from X-Interlock-Run (wins over inference)
+    run_id: str | None = None  # resolved run: run_hint, else the graph's RunResolver at request time
     traceparent: str | None = None
     api_key_hash: str | None = None
     model_requested: str | None = None

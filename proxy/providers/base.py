@@ -1,0 +1,102 @@
+"""Provider adapters: the only code that knows wire formats.
+
+    request bytes ──parse_request──▶ Call (model, messages, tools, max_tokens, stream)
+    upstream body ──parse_body─────▶ Call (usage, finish_reason, completion, served model)
+    SSE events ─────StreamParser───▶ Call, incrementally; returns Chunk for guards
+    Verdict / failure ─render_error─▶ native error body (and stream error event)
+
+All methods run on the request path: they must be fast, must not await and must not raise
+on odd upstream payloads (a payload they cannot read is simply not metered).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import orjson
+
+from proxy.call import Call, Chunk
+from proxy.sse import Event
+
+
+class StreamParser(ABC):
+    """Consumes one stream's events in order; fills the Call as they pass."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.text_chars = 0
+
+    @abstractmethod
+    def on_event(self, event: Event) -> Chunk | None:
+        """Parse one event; return a Chunk for guards (None for events with nothing to meter)."""
+
+    def finish(self) -> None:
+        """Called once when the stream ended (cleanly or not); assembles the completion."""
+        return None
+
+
+class Provider(ABC):
+    name: str
+
+    @abstractmethod
+    def parse_request(self, call: Call, body: dict[str, Any]) -> None:
+        """Fill the request side of `call` from the parsed JSON body."""
+
+    def upstream_body(self, call: Call, body: dict[str, Any], raw: bytes) -> bytes:
+        """Bytes to send upstream; the client's own bytes unless metering needs a change."""
+        return raw
+
+    @abstractmethod
+    def parse_body(self, call: Call, body: bytes) -> None:
+        """Fill the response side of `call` from a complete JSON response body."""
+
+    @abstractmethod
+    def stream_parser(self, call: Call) -> StreamParser:
+        """A parser for this call's event stream."""
+
+    def filter_event(self, call: Call, event: Event) -> bytes | None:
+        """Bytes to relay for one event when the call needs filtering (see needs_filter)."""
+        return event.raw
+
+    def needs_filter(self, call: Call) -> bool:
+        """True when events must be rewritten (e.g. a usage chunk the client did not ask for)."""
+        return False
+
+    @abstractmethod
+    def error_body(self, status: int, etype: str, code: str | None, message: str) -> bytes:
+        """A complete JSON error response in this provider's shape."""
+
+    @abstractmethod
+    def error_event(self, etype: str, code: str | None, message: str) -> bytes:
+        """The SSE bytes that end a stream with an error, in this provider's shape."""
+
+
+def loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def as_int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def text_of(content: Any) -> str:
+    """Text of a content value that is a string or a list of typed parts (images skipped)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    parts: list[str] = []
+    for part in content:
+        if isinstance(part, dict):
+            t = part.get("text")
+            if isinstance(t, str):
+                parts.append(t)
+            elif part.get("type") == "tool_result":
+                parts.append(text_of(part.get("content")))
+        elif isinstance(part, str):
+            parts.append(part)
+    return "\n".join(parts)

@@ -1,0 +1,429 @@
+"""The per-request pipeline, as a raw ASGI callable (no framework on the hot path).
+
+    receive body ─▶ route ─▶ parse (provider) ─▶ count tokens ─▶ resolve run ─▶ guards.on_request
+        │ deny: native error                                               │
+        ▼                                                                  ▼
+    record ◀── guards.on_response ◀── relay bytes (SSE: as they arrive; tee to parser,
+                                       guards.on_chunk per event) ◀── forward upstream
+
+Every request ends in exactly one `record(call)` (a non-blocking enqueue), whatever happens:
+refusal, upstream failure, upstream cut, client disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+import httpx
+import orjson
+
+from proxy.call import Call, Chunk, new_id
+from proxy.providers import Route, Router
+from proxy.providers.base import Provider
+from proxy.settings import Settings
+from proxy.sse import SSESplitter
+
+log = logging.getLogger("interlock.relay")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+# Not forwarded upstream: hop-by-hop, recomputed, or Interlock's own.
+_DROP_UP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-authorization", b"te", b"trailer", b"transfer-encoding",
+     b"upgrade", b"host", b"content-length", b"accept-encoding", b"proxy-connection"}
+)
+# Not relayed to the client: hop-by-hop and what the ASGI server frames itself.
+_DROP_DOWN = frozenset(
+    {b"connection", b"keep-alive", b"proxy-authenticate", b"te", b"trailer", b"transfer-encoding",
+     b"upgrade", b"content-length", b"server", b"date"}
+)
+
+
+class VerdictLike(Protocol):
+    action: str
+    rule: str | None
+    reason: str
+    status: int
+    code: str
+
+
+class GuardHooks(Protocol):
+    async def on_request(self, call: Call) -> VerdictLike: ...
+    def on_chunk(self, call: Call, chunk: Chunk) -> VerdictLike: ...
+    async def on_response(self, call: Call) -> VerdictLike: ...
+
+
+class TokenCounting(Protocol):
+    def count_call(self, call: Call) -> int: ...
+
+
+class RunResolving(Protocol):
+    def resolve_run(self, call: Call) -> str | None: ...
+
+
+class Relay:
+    """Forwards one agent request and records it.  Built once in create_app()."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        router: Router,
+        forwarder: Any,
+        record: Callable[[Call], None],
+        guards: Callable[[], GuardHooks | None] = lambda: None,
+        tokens: TokenCounting | None = None,
+        runs: RunResolving | None = None,
+        observe: Callable[[Call, float], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.forwarder = forwarder
+        self.record = record
+        self.guards = guards
+        self.tokens = tokens
+        self.runs = runs
+        self.observe = observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        arrived = time.perf_counter()
+        call, route, headers, query = self._new_call(scope)
+        task = asyncio.current_task()
+        watch: asyncio.Task[None] | None = None
+        state = _Exchange(send)
+        try:
+            body = await _read_body(receive, self.settings.max_body_bytes)
+            if body is None:
+                await self._refuse_plain(call, state, 413, "invalid_request_error", "interlock_body_too_large",
+                                         f"Interlock: request body exceeds the {self.settings.max_body_bytes}-byte limit "
+                                         "(INTERLOCK_MAX_BODY_BYTES).", "too_large")
+                return
+            call.request_bytes = body
+            if task is not None:
+                watch = asyncio.create_task(_watch_disconnect(receive, task, state))
+            await self._handle(call, route, headers, query, body, state)
+        except asyncio.CancelledError:
+            if not state.client_gone:
+                raise
+            if task is not None:
+                task.uncancel()
+            call.outcome = "cancelled"
+        except Exception as exc:  # never let a bug drop the record
+            log.exception("relay failure on %s", call.path)
+            call.outcome = call.outcome or "upstream_error"
+            call.error = call.error or f"interlock internal error: {exc!r}"
+            if not state.started:
+                await self._send_error(state, route.provider, 500, "interlock_internal_error",
+                                       None, "Interlock failed to relay this request; see the proxy log.")
+        finally:
+            if watch is not None:
+                watch.cancel()
+            await self._finish(call)
+            if self.observe is not None:
+                self.observe(call, (time.perf_counter() - arrived))
+
+    # ---------------------------------------------------------------- stages
+
+    def _new_call(self, scope: Scope) -> tuple[Call, Route, list[tuple[bytes, bytes]], bytes]:
+        path: str = scope["path"]
+        agent: str | None = None
+        source: str | None = None
+        if path.startswith("/agents/"):
+            name, _, tail = path[8:].partition("/")
+            agent, source, path = unquote(name), "path", "/" + tail
+        call = Call(new_id(), time.time(), "openai", "other", "openai", scope["method"], path,
+                    agent=agent, agent_source=source)
+        call.request = None
+        headers: list[tuple[bytes, bytes]] = []
+        anthropic = False
+        for k, v in scope["headers"]:
+            if k.startswith(b"x-interlock-"):
+                self._interlock_header(call, k, v)
+                continue
+            if k in _DROP_UP:
+                continue
+            if k == b"authorization" or k == b"x-api-key":
+                call.api_key_hash = _key_hash(v)
+                anthropic = anthropic or k == b"x-api-key"
+            elif k == b"anthropic-version":
+                anthropic = True
+            elif k == b"traceparent":
+                call.traceparent = v.decode("latin-1")
+            headers.append((k, v))
+        headers.append((b"accept-encoding", b"identity"))
+        query = scope.get("query_string") or b""
+        call_route = self.router.route(path, anthropic)
+        call.provider = call_route.provider.name
+        call.operation = call_route.operation
+        return call, call_route, headers, query
+
+    def _interlock_header(self, call: Call, k: bytes, v: bytes) -> None:
+        if k == b"x-interlock-agent" and call.agent is None:
+            call.agent, call.agent_source = v.decode("utf-8", "replace"), "header"
+        elif k == b"x-interlock-run":
+            call.run_hint = call.run_id = v.decode("utf-8", "replace")
+
+    def _route_provider(self, call: Call) -> Provider:
+        return self.router.route(call.path, call.provider == "anthropic").provider
+
+    async def _handle(self, call: Call, route: Route, headers: list[tuple[bytes, bytes]], query: bytes,
+                      body: bytes, state: _Exchange) -> None:
+        provider = route.provider
+        parsed: Any = None
+        if body and (route.json_body or body[:1] in (b"{", b"[")):
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                if route.json_body:
+                    await self._bad_json(call, provider, state, str(exc))
+                    return
+        elif route.json_body:
+            await self._bad_json(call, provider, state, "empty body")
+            return
+        if isinstance(parsed, dict):
+            call.request = parsed
+            provider.parse_request(call, parsed)
+        elif route.json_body:
+            await self._bad_json(call, provider, state, "the body must be a JSON object")
+            return
+        call.upstream, spec = self.router.upstream_for(call.provider, call.model_requested)
+        self._count(call)
+        if call.run_id is None and self.runs is not None:
+            call.run_id = self.runs.resolve_run(call)
+        guards = self.guards()
+        state.guards = guards
+        if guards is not None:
+            verdict = await guards.on_request(call)
+            if verdict.action == "deny":
+                await self._deny(call, provider, state, verdict)
+                return
+        upstream_body = provider.upstream_body(call, parsed, body) if isinstance(parsed, dict) else body
+        url = spec.url + call.path + (("?" + query.decode("latin-1")) if query else "")
+        await self._forward(call, provider, state, url, headers, upstream_body)
+
+    def _count(self, call: Call) -> None:
+        if self.tokens is None or not call.messages and call.system is None:
+            return
+        try:
+            call.input_tokens_counted = self.tokens.count_call(call)
+        except Exception:
+            log.exception("token counting failed")
+
+    async def _forward(self, call: Call, provider: Provider, state: _Exchange, url: str,
+                       headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        try:
+            resp = await self.forwarder.send(call.method, url, headers, body)
+        except httpx.TransportError as exc:
+            await self._upstream_failed(call, provider, state, exc)
+            return
+        try:
+            call.status = resp.status_code
+            ctype = resp.headers.get("content-type", "")
+            if ctype.startswith("text/event-stream"):
+                await self._relay_stream(call, provider, state, resp)
+            else:
+                await self._relay_body(call, provider, state, resp)
+        finally:
+            await resp.aclose()
+
+    async def _relay_body(self, call: Call, provider: Provider, state: _Exchange, resp: httpx.Response) -> None:
+        try:
+            chunks = [c async for c in resp.aiter_raw()]
+        except httpx.TransportError as exc:
+            await self._upstream_failed(call, provider, state, exc)
+            return
+        data = b"".join(chunks)
+        call.first_byte_at = call.first_byte_at or time.time()
+        call.outcome = "ok" if resp.status_code < 400 else "upstream_error"
+        self._capture(call, data)
+        if resp.status_code < 400 or data[:1] == b"{":
+            provider.parse_body(call, data)
+        if resp.status_code >= 400:
+            call.error = data[:2000].decode("utf-8", "replace")
+        headers = _down_headers(resp)
+        headers.append((b"content-length", str(len(data)).encode()))
+        await state.start(resp.status_code, headers)
+        await state.body(data, more=False)
+
+    async def _relay_stream(self, call: Call, provider: Provider, state: _Exchange, resp: httpx.Response) -> None:
+        await state.start(resp.status_code, _down_headers(resp))
+        parser = provider.stream_parser(call)
+        splitter = SSESplitter()
+        filtering = provider.needs_filter(call)
+        guards = state.guards
+        call.outcome = "ok" if resp.status_code < 400 else "upstream_error"
+        try:
+            async for raw in resp.aiter_raw():
+                if call.first_byte_at is None:
+                    call.first_byte_at = time.time()
+                events = splitter.feed(raw)
+                if not filtering:
+                    await state.body(raw)
+                else:
+                    out = b"".join(b for b in (provider.filter_event(call, e) for e in events) if b)
+                    if out:
+                        await state.body(out)
+                self._capture(call, raw)
+                for event in events:
+                    chunk = parser.on_event(event)
+                    if chunk is None or guards is None:
+                        continue
+                    chunk.output_tokens_so_far = call.usage.output_tokens or (parser.text_chars + 3) // 4
+                    verdict = guards.on_chunk(call, chunk)
+                    if verdict.action == "deny":
+                        parser.finish()
+                        await self._cut(call, provider, state, verdict)
+                        return
+        except httpx.TransportError as exc:
+            call.outcome = "upstream_cut"
+            call.error = f"upstream {call.upstream} ended the stream early: {_describe(exc)}"
+            await state.body(provider.error_event("interlock_upstream_error", "upstream_stream_cut",
+                                                  f"Interlock: {call.error}. The response above is incomplete."))
+        parser.finish()
+        await state.body(b"", more=False)
+
+    # ---------------------------------------------------------------- endings
+
+    async def _cut(self, call: Call, provider: Provider, state: _Exchange, verdict: VerdictLike) -> None:
+        call.outcome = "denied"
+        call.error = verdict.reason
+        await state.body(provider.error_event(verdict.code, verdict.code, verdict.reason))
+        await state.body(b"", more=False)
+
+    async def _deny(self, call: Call, provider: Provider, state: _Exchange, verdict: VerdictLike) -> None:
+        call.outcome = "denied"
+        call.error = verdict.reason
+        await self._send_error(state, provider, verdict.status, verdict.code, verdict.code, verdict.reason)
+        call.status = verdict.status
+
+    async def _bad_json(self, call: Call, provider: Provider, state: _Exchange, why: str) -> None:
+        await self._refuse_plain(call, state, 400, "invalid_request_error", "interlock_invalid_json",
+                                 f"Interlock: the request body is not valid JSON ({why}); nothing was sent upstream.",
+                                 "bad_request", provider)
+
+    async def _refuse_plain(self, call: Call, state: _Exchange, status: int, etype: str, code: str,
+                            message: str, outcome: str, provider: Provider | None = None) -> None:
+        call.outcome, call.status, call.error = outcome, status, message
+        await self._send_error(state, provider or self._route_provider(call), status, etype, code, message)
+
+    async def _upstream_failed(self, call: Call, provider: Provider, state: _Exchange, exc: Exception) -> None:
+        timeout = _is_timeout(exc)
+        status = 504 if timeout else 502
+        call.outcome = "timeout" if timeout else "unreachable"
+        spec = self.router.upstreams.get(call.upstream)
+        where = f"upstream '{call.upstream}' ({spec.url if spec else '?'})"
+        verb = "timed out waiting for" if timeout else "could not reach"
+        call.error = f"Interlock {verb} {where}: {_describe(exc)}"
+        call.status = status
+        if state.started:
+            call.outcome = "upstream_cut"
+            await state.body(provider.error_event("interlock_upstream_error", call.outcome, call.error))
+            await state.body(b"", more=False)
+            return
+        code = "upstream_timeout" if timeout else "upstream_unreachable"
+        await self._send_error(state, provider, status, "interlock_upstream_error", code, call.error)
+
+    async def _send_error(self, state: _Exchange, provider: Provider, status: int, etype: str,
+                          code: str | None, message: str) -> None:
+        body = provider.error_body(status, etype, code, message)
+        await state.start(status, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())])
+        await state.body(body, more=False)
+
+    def _capture(self, call: Call, data: bytes) -> None:
+        room = self.settings.content_max_bytes - len(call.response_bytes)
+        if room <= 0:
+            call.response_truncated = call.response_truncated or bool(data)
+            return
+        call.response_bytes += data[:room]
+        if len(data) > room:
+            call.response_truncated = True
+
+    async def _finish(self, call: Call) -> None:
+        call.ended_at = time.time()
+        guards = self.guards()
+        if guards is not None and call.outcome != "too_large":
+            try:
+                await asyncio.shield(guards.on_response(call))
+            except Exception:
+                log.exception("guard on_response failed")
+        self.record(call)
+
+
+class _Exchange:
+    """The client side of one exchange: tracks whether headers went out and the client left."""
+
+    __slots__ = ("send", "started", "done", "client_gone", "guards")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+        self.done = False
+        self.client_gone = False
+        self.guards: GuardHooks | None = None
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.started = True
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def body(self, data: bytes, more: bool = True) -> None:
+        if not more:
+            self.done = True
+        await self.send({"type": "http.response.body", "body": data, "more_body": more})
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], state: _Exchange) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            if not state.done:
+                state.client_gone = True
+                task.cancel()
+            return
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    msg = await receive()
+    body: bytes = msg.get("body", b"")
+    if not msg.get("more_body"):
+        return body if len(body) <= limit else None
+    parts = [body]
+    size = len(body)
+    while msg.get("more_body"):
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise asyncio.CancelledError
+        part = msg.get("body", b"")
+        size += len(part)
+        if size > limit:
+            return None
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _down_headers(resp: httpx.Response) -> list[tuple[bytes, bytes]]:
+    return [(k.lower(), v) for k, v in resp.headers.raw if k.lower() not in _DROP_DOWN]
+
+
+def _key_hash(value: bytes) -> str:
+    token = value.split(b" ", 1)[-1].strip()
+    return hashlib.sha256(token).hexdigest()[:12]
+
+
+def _is_timeout(exc: Exception) -> bool:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return isinstance(exc.__cause__, (asyncio.TimeoutError, TimeoutError)) or "timeout" in str(exc).lower()
+    return isinstance(exc, httpx.TimeoutException)
+
+
+def _describe(exc: Exception) -> str:
+    cause = exc.__cause__ or exc
+    text = str(cause) or type(cause).__name__
+    return f"{type(cause).__name__}: {text}" if text != type(cause).__name__ else text
+

@@ -1,0 +1,129 @@
+"""Runtime: every long-lived component, built and torn down in the app's lifespan.
+
+Nothing here is module-level: tests build as many runtimes as they like, side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+
+from proxy.forward import Forwarder
+from proxy.pipeline import Pipeline
+from proxy.providers import Router
+from proxy.relay import Relay
+from proxy.settings import Settings
+
+log = logging.getLogger("interlock")
+
+
+class Runtime:
+    def __init__(self, settings: Settings, router: Router, *, transport: httpx.AsyncBaseTransport | None = None,
+                 migrate: bool = True) -> None:
+        self.settings = settings
+        self.router = router
+        self.transport = transport
+        self.migrate = migrate
+        self.relay: Relay | None = None
+        self.engine: Any = None
+        self.writer: Any = None
+        self.pipeline: Pipeline | None = None
+        self.forwarder: Forwarder | None = None
+        self.tokens: Any = None
+        self.rules: Any = None
+        self.metrics: Any = None
+        self.linker: Any = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> None:
+        from proxy.store.db import make_engine, upgrade
+        from proxy.store.writer import BatchWriter, SqlSink
+
+        s = self.settings
+        if self.migrate:
+            await asyncio.to_thread(upgrade, s.database_url)
+        self.engine = make_engine(s.database_url)
+        self.writer = BatchWriter(
+            SqlSink(self.engine),
+            max_queue=s.writer_queue_size,
+            batch_size=s.writer_batch_size,
+            flush_interval=s.writer_flush_interval_s,
+            spool_dir=s.spool_dir,
+        )
+        await self.writer.start()
+        self.tokens = self._token_counter()
+        self.rules = await self._rules()
+        self.linker = self._linker()
+        self.metrics = self._metrics()
+        self.pipeline = Pipeline(self.writer, policy=s.content_policy, max_bytes=s.content_max_bytes,
+                                 linker=self.linker, metrics=self.metrics)
+        await self.pipeline.start()
+        self.forwarder = Forwarder(s, self.transport)
+        self.relay = Relay(
+            s,
+            self.router,
+            self.forwarder,
+            self.pipeline.submit,
+            guards=(lambda: self.rules.chain) if self.rules is not None else (lambda: None),
+            tokens=self.tokens,
+            runs=self.linker,
+            observe=self.metrics.observe_call if self.metrics is not None else None,
+        )
+
+    def _token_counter(self) -> Any:
+        try:
+            from proxy.tokens import TokenCounter
+        except ImportError:
+            return None
+        try:
+            return TokenCounter(self.settings.encodings_dir)
+        except Exception as exc:
+            log.warning("token counting falls back to an approximation: %s", exc)
+            try:
+                return TokenCounter.approximate()
+            except Exception:
+                return None
+
+    async def _rules(self) -> Any:
+        try:
+            from proxy.guards.counters import make_counter_store
+            from proxy.rules import RulesManager
+        except ImportError:
+            return None
+        counters = await make_counter_store(self.settings.redis_url)
+        manager = RulesManager(self.settings.rules_dir, counters=counters,
+                               default_max_tokens=self.settings.default_max_tokens,
+                               reload_s=self.settings.rules_reload_s)
+        await manager.start()
+        return manager
+
+    def _linker(self) -> Any:
+        try:
+            from proxy.graph.index import MemoryLineageIndex
+            from proxy.graph.linker import Linker
+        except ImportError:
+            return None
+        return Linker(MemoryLineageIndex(), run_idle_s=self.settings.run_idle_s)
+
+    def _metrics(self) -> Any:
+        try:
+            from proxy.telemetry import Metrics
+        except ImportError:
+            return None
+        return Metrics(self)
+
+    async def aclose(self) -> None:
+        self.relay = None
+        if self.forwarder is not None:
+            await self.forwarder.aclose()
+        if self.pipeline is not None:
+            await self.pipeline.aclose()
+        if self.rules is not None:
+            await self.rules.aclose()
+        if self.writer is not None:
+            await self.writer.aclose(timeout=10.0)
+        if self.engine is not None:
+            await self.engine.dispose()
