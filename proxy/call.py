@@ -125,6 +125,8 @@ class Call:
     response_truncated: bool = False
     error: str | None = None
     client_wants_usage: bool = True
+    cost_usd: float | None = None
+    overhead_s: float | None = None  # time the proxy itself added (parse, guards, relay), seconds
     guard_events: list[dict[str, Any]] = field(default_factory=list)
 
     @property

@@ -81,7 +81,7 @@ class Relay:
         guards: Callable[[], GuardHooks | None] = lambda: None,
         tokens: TokenCounting | None = None,
         runs: RunResolving | None = None,
-        observe: Callable[[Call, float], None] | None = None,
+        metrics: Any = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -90,14 +90,16 @@ class Relay:
         self.guards = guards
         self.tokens = tokens
         self.runs = runs
-        self.observe = observe
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         arrived = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.request_started()
         call, route, headers, query = self._new_call(scope)
         task = asyncio.current_task()
         watch: asyncio.Task[None] | None = None
-        state = _Exchange(send)
+        state = _Exchange(send, arrived)
         try:
             body = await _read_body(receive, self.settings.max_body_bytes)
             if body is None:
@@ -125,9 +127,11 @@ class Relay:
         finally:
             if watch is not None:
                 watch.cancel()
+            now = time.perf_counter()
+            call.overhead_s = state.overhead(now)
             await self._finish(call)
-            if self.observe is not None:
-                self.observe(call, (time.perf_counter() - arrived))
+            if self.metrics is not None:
+                self.metrics.observe_call(call, now - arrived)
 
     # ---------------------------------------------------------------- stages
 
@@ -218,6 +222,7 @@ class Relay:
 
     async def _forward(self, call: Call, provider: Provider, state: _Exchange, url: str,
                        headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        state.upstream_at = time.perf_counter()
         try:
             resp = await self.forwarder.send(call.method, url, headers, body)
         except httpx.TransportError as exc:
@@ -231,6 +236,7 @@ class Relay:
             else:
                 await self._relay_body(call, provider, state, resp)
         finally:
+            state.upstream_end = state.upstream_end or time.perf_counter()
             await resp.aclose()
 
     async def _relay_body(self, call: Call, provider: Provider, state: _Exchange, resp: httpx.Response) -> None:
@@ -239,6 +245,7 @@ class Relay:
         except httpx.TransportError as exc:
             await self._upstream_failed(call, provider, state, exc)
             return
+        state.upstream_end = time.perf_counter()
         data = b"".join(chunks)
         call.first_byte_at = call.first_byte_at or time.time()
         call.outcome = "ok" if resp.status_code < 400 else "upstream_error"
@@ -286,6 +293,7 @@ class Relay:
             call.error = f"upstream {call.upstream} ended the stream early: {_describe(exc)}"
             await state.body(provider.error_event("interlock_upstream_error", "upstream_stream_cut",
                                                   f"Interlock: {call.error}. The response above is incomplete."))
+        state.upstream_end = time.perf_counter()
         parser.finish()
         await state.body(b"", more=False)
 
@@ -359,14 +367,23 @@ class Relay:
 class _Exchange:
     """The client side of one exchange: tracks whether headers went out and the client left."""
 
-    __slots__ = ("send", "started", "done", "client_gone", "guards")
+    __slots__ = ("send", "started", "done", "client_gone", "guards", "arrived", "upstream_at", "upstream_end")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, arrived: float) -> None:
         self.send = send
+        self.arrived = arrived
+        self.upstream_at: float | None = None
+        self.upstream_end: float | None = None
         self.started = False
         self.done = False
         self.client_gone = False
         self.guards: GuardHooks | None = None
+
+    def overhead(self, now: float) -> float:
+        """Proxy time: arrival → upstream send, plus upstream end → now (all when never sent)."""
+        if self.upstream_at is None:
+            return now - self.arrived
+        return (self.upstream_at - self.arrived) + (now - (self.upstream_end or now))
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True

@@ -70,7 +70,7 @@ class Runtime:
             guards=(lambda: self.rules.chain) if self.rules is not None else (lambda: None),
             tokens=self.tokens,
             runs=self.linker,
-            observe=self.metrics.observe_call if self.metrics is not None else None,
+            metrics=self.metrics,
         )
 
     def _token_counter(self) -> Any:

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     writer_batch_size: int = Field(256, ge=1)
     writer_flush_interval_s: float = Field(0.25, gt=0)
     spool_dir: Path = Path("./.spool")
+    migrations_dir: Path | None = None  # default: the repository's migrations/ folder
     encodings_dir: Path | None = None
 
     default_max_tokens: int = Field(4096, ge=1)
