@@ -21,8 +21,7 @@ ENV PATH=/opt/interlock/bin:$PATH \
     INTERLOCK_HOST=0.0.0.0 \
     INTERLOCK_DATABASE_URL=sqlite+aiosqlite:////data/interlock.db \
     INTERLOCK_SPOOL_DIR=/data/spool \
-    INTERLOCK_RULES_DIR=/app/rules \
-    INTERLOCK_MIGRATIONS_DIR=/app/migrations
+    INTERLOCK_RULES_DIR=/app/rules
 RUN mkdir -p /data && chown interlock:interlock /data
 USER interlock
 VOLUME ["/data"]

@@ -13,14 +13,13 @@ import logging
 from typing import Any
 
 from proxy.call import Call
-from proxy.store.rows import call_to_row, guard_event_rows
-from proxy.store.writer import Record
+from proxy.store.rows import ContentPolicy, Record, call_record
 
 log = logging.getLogger("interlock.pipeline")
 
 
 class Pipeline:
-    def __init__(self, writer: Any, *, policy: str, max_bytes: int, linker: Any = None, metrics: Any = None,
+    def __init__(self, writer: Any, *, policy: ContentPolicy, max_bytes: int, linker: Any = None, metrics: Any = None,
                  maxsize: int = 10_000) -> None:
         self.writer = writer
         self.policy = policy
@@ -65,11 +64,10 @@ class Pipeline:
             self.metrics.on_recorded(call, link)
 
     def _write(self, call: Call, link: Any) -> None:
-        row = call_to_row(call, policy=self.policy, max_bytes=self.max_bytes)  # type: ignore[arg-type]
-        tables: dict[str, list[dict[str, Any]]] = {"calls": [row], "guard_events": guard_event_rows(call)}
+        record = call_record(call, policy=self.policy, max_bytes=self.max_bytes)
         if link is not None:
-            _apply_link(row, tables, link, call)
-        self.writer.submit(Record(tables))
+            _apply_link(record, link, call)
+        self.writer.submit(record)
 
     async def aclose(self) -> None:
         if self._task is None:
@@ -81,14 +79,15 @@ class Pipeline:
             self._task.cancel()
 
 
-def _apply_link(row: dict[str, Any], tables: dict[str, list[dict[str, Any]]], link: Any, call: Call) -> None:
+def _apply_link(record: Record, link: Any, call: Call) -> None:
+    row = record.calls[0]
     row["agent"] = link.agent
     row["run_id"] = link.run_id
     if link.flags:
         row["flags"] = sorted(set(row.get("flags") or []) | set(link.flags))
-    for ev in tables["guard_events"]:
+    for ev in record.guard_events:
         ev["agent"], ev["run_id"] = link.agent, link.run_id
-    tables["edges"] = [
+    record.edges = [
         {"run_id": link.run_id, "source_call_id": e.source, "target_call_id": e.target, "kind": e.kind,
          "evidence": e.evidence, "created_at": call.ended_at or call.started_at}
         for e in link.edges

@@ -16,6 +16,7 @@ from proxy.pipeline import Pipeline
 from proxy.providers import Router
 from proxy.relay import Relay
 from proxy.settings import Settings
+from proxy.tokens import TokenCounter, load_counter
 
 log = logging.getLogger("interlock")
 
@@ -39,8 +40,9 @@ class Runtime:
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
-        from proxy.store.db import make_engine, upgrade
-        from proxy.store.writer import BatchWriter, SqlSink
+        from proxy.store.db import SqlSink, make_engine, upgrade
+        from proxy.store.spool import Spool
+        from proxy.store.writer import BatchWriter
 
         s = self.settings
         if self.migrate:
@@ -48,12 +50,13 @@ class Runtime:
         self.engine = make_engine(s.database_url)
         self.writer = BatchWriter(
             SqlSink(self.engine),
-            max_queue=s.writer_queue_size,
+            Spool(s.spool_dir),
+            queue_size=s.writer_queue_size,
             batch_size=s.writer_batch_size,
             flush_interval=s.writer_flush_interval_s,
-            spool_dir=s.spool_dir,
+            write_timeout=s.writer_timeout_s,
         )
-        await self.writer.start()
+        self.writer.start()
         self.tokens = self._token_counter()
         self.rules = await self._rules()
         self.linker = self._linker()
@@ -73,19 +76,8 @@ class Runtime:
             metrics=self.metrics,
         )
 
-    def _token_counter(self) -> Any:
-        try:
-            from proxy.tokens import TokenCounter
-        except ImportError:
-            return None
-        try:
-            return TokenCounter(self.settings.encodings_dir)
-        except Exception as exc:
-            log.warning("token counting falls back to an approximation: %s", exc)
-            try:
-                return TokenCounter.approximate()
-            except Exception:
-                return None
+    def _token_counter(self) -> TokenCounter:
+        return load_counter(self.settings.encodings_dir, log.warning)
 
     async def _rules(self) -> Any:
         try:
@@ -93,6 +85,7 @@ class Runtime:
             from proxy.rules import RulesManager
         except ImportError:
             return None
+        return None  # TEMP until guards land
         counters = await make_counter_store(self.settings.redis_url)
         manager = RulesManager(self.settings.rules_dir, counters=counters,
                                default_max_tokens=self.settings.default_max_tokens,
@@ -106,7 +99,8 @@ class Runtime:
             from proxy.graph.linker import Linker
         except ImportError:
             return None
-        return Linker(MemoryLineageIndex(), run_idle_s=self.settings.run_idle_s)
+        linker = Linker(MemoryLineageIndex(), run_idle_s=self.settings.run_idle_s)
+        return linker if hasattr(linker, "resolve_run") else None  # TEMP until the graph lands
 
     def _metrics(self) -> Any:
         try:

@@ -78,8 +78,8 @@ class Settings(BaseSettings):
     writer_queue_size: int = Field(10_000, ge=1)
     writer_batch_size: int = Field(256, ge=1)
     writer_flush_interval_s: float = Field(0.25, gt=0)
+    writer_timeout_s: float = Field(10.0, gt=0)
     spool_dir: Path = Path("./.spool")
-    migrations_dir: Path | None = None  # default: the repository's migrations/ folder
     encodings_dir: Path | None = None
 
     default_max_tokens: int = Field(4096, ge=1)

@@ -1,0 +1,212 @@
+"""SQLAlchemy 2 models: the tables Interlock records into, portable to SQLite and PostgreSQL.
+
+    calls ──< guard_events        (call_id, no foreign key: rows arrive in any batch order)
+    calls ──< edges >── calls     (source_call_id / target_call_id, written by the graph linker)
+    agents, runs                  (upserted aggregates, merged monotonically so replays are harmless)
+
+Timestamps are timezone-aware UTC (`UtcDateTime`), accepted on insert as aware datetimes or epoch
+floats, so the row dicts the writer spools stay plain JSON.  JSON columns use the portable `JSON`
+type (not JSONB).  Alembic migrations in `migrations/` must agree with this file (`alembic check`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ID_LEN = 26
+NAME_LEN = 200
+SHORT_LEN = 32
+PATH_LEN = 2048
+HASH_LEN = 16
+RUN_ID_LEN = 64
+GUARD_ID_LEN = 48
+UPSTREAM_LEN = 100
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """DateTime(timezone=True) that always binds and returns aware UTC; binds epoch floats too.
+
+    SQLite keeps no offset, so everything is normalised to UTC on the way in and tagged UTC on
+    the way out; PostgreSQL's timestamptz gets the same values.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value, UTC)
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected datetime or epoch seconds, got {type(value).__name__}")
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UtcDateTime(), dict[str, Any]: sa.JSON(), list[Any]: sa.JSON()}
+
+
+class CallRow(Base):
+    """One model call: the request, the answer, its timings, usage and (policy-bound) content."""
+
+    __tablename__ = "calls"
+
+    id: Mapped[str] = mapped_column(sa.String(ID_LEN), primary_key=True)
+    started_at: Mapped[datetime]
+    first_byte_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    latency_ms: Mapped[float | None] = mapped_column(sa.Double())
+    ttfb_ms: Mapped[float | None] = mapped_column(sa.Double())
+    provider: Mapped[str] = mapped_column(sa.String(SHORT_LEN))
+    operation: Mapped[str] = mapped_column(sa.String(SHORT_LEN))
+    upstream: Mapped[str] = mapped_column(sa.String(UPSTREAM_LEN))
+    method: Mapped[str] = mapped_column(sa.String(16))
+    path: Mapped[str] = mapped_column(sa.String(PATH_LEN))
+    agent: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
+    agent_source: Mapped[str | None] = mapped_column(sa.String(SHORT_LEN))
+    run_id: Mapped[str | None] = mapped_column(sa.String(RUN_ID_LEN))
+    run_hint: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
+    api_key_hash: Mapped[str | None] = mapped_column(sa.String(HASH_LEN))
+    model_requested: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
+    model_served: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
+    stream: Mapped[bool]
+    status: Mapped[int | None]
+    outcome: Mapped[str | None] = mapped_column(sa.String(SHORT_LEN))
+    finish_reason: Mapped[str | None] = mapped_column(sa.String(SHORT_LEN))
+    input_tokens: Mapped[int | None]
+    output_tokens: Mapped[int | None]
+    cached_tokens: Mapped[int | None]
+    reasoning_tokens: Mapped[int | None]
+    input_tokens_counted: Mapped[int | None]
+    cost_usd: Mapped[float | None] = mapped_column(sa.Double())
+    error: Mapped[str | None] = mapped_column(sa.Text())
+    request_content: Mapped[str | None] = mapped_column(sa.Text())
+    response_content: Mapped[str | None] = mapped_column(sa.Text())
+    content_truncated: Mapped[bool]
+    flags: Mapped[list[Any]]
+    tainted_by: Mapped[list[Any] | None] = mapped_column(sa.JSON())
+    depth: Mapped[int | None]
+
+    __table_args__ = (
+        sa.Index(None, "started_at", "id"),
+        sa.Index(None, "agent", "started_at"),
+        sa.Index(None, "run_id", "started_at"),
+        sa.Index(None, "model_requested", "started_at"),
+        sa.Index(None, "outcome", "started_at"),
+        sa.Index(None, "status", "started_at"),
+        sa.Index(None, "api_key_hash"),
+    )
+
+
+class GuardEventRow(Base):
+    """A non-allow verdict of one rule on one call; id is `{call_id}:{n}` so replays collide."""
+
+    __tablename__ = "guard_events"
+
+    id: Mapped[str] = mapped_column(sa.String(GUARD_ID_LEN), primary_key=True)
+    call_id: Mapped[str] = mapped_column(sa.String(ID_LEN))
+    at: Mapped[datetime]
+    rule: Mapped[str] = mapped_column(sa.String(NAME_LEN))
+    kind: Mapped[str] = mapped_column(sa.String(SHORT_LEN))
+    action: Mapped[str] = mapped_column(sa.String(SHORT_LEN))
+    reason: Mapped[str] = mapped_column(sa.Text())
+    data: Mapped[dict[str, Any]]
+    agent: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
+    run_id: Mapped[str | None] = mapped_column(sa.String(RUN_ID_LEN))
+
+    __table_args__ = (
+        sa.Index(None, "call_id"),
+        sa.Index(None, "at"),
+        sa.Index(None, "rule", "at"),
+    )
+
+
+class EdgeRow(Base):
+    """A link between two calls found by the graph linker: continuation|handoff|return|tool|human."""
+
+    __tablename__ = "edges"
+
+    id: Mapped[int] = mapped_column(sa.Integer(), primary_key=True, autoincrement=True)
+    run_id: Mapped[str | None] = mapped_column(sa.String(RUN_ID_LEN))
+    # Human input has no source call: the linker writes the literal "human" so replays still collide.
+    source_call_id: Mapped[str] = mapped_column(sa.String(ID_LEN))
+    target_call_id: Mapped[str] = mapped_column(sa.String(ID_LEN))
+    kind: Mapped[str] = mapped_column(sa.String(SHORT_LEN))
+    evidence: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        sa.UniqueConstraint("source_call_id", "target_call_id", "kind"),
+        sa.Index(None, "run_id"),
+        sa.Index(None, "target_call_id"),
+    )
+
+
+class AgentRow(Base):
+    """An agent the proxy has seen, named or fingerprinted; counters are absolute totals."""
+
+    __tablename__ = "agents"
+
+    name: Mapped[str] = mapped_column(sa.String(NAME_LEN), primary_key=True)
+    fingerprint: Mapped[str | None] = mapped_column(sa.String(RUN_ID_LEN), unique=True)
+    display_name: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+    calls: Mapped[int] = mapped_column(sa.BigInteger())
+    tokens: Mapped[int] = mapped_column(sa.BigInteger())
+
+    __table_args__ = (sa.Index(None, "last_seen"),)
+
+
+class RunRow(Base):
+    """A run: calls joined by edges (or named by X-Interlock-Run); counters are absolute totals."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(sa.String(RUN_ID_LEN), primary_key=True)
+    started_at: Mapped[datetime]
+    last_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(sa.String(SHORT_LEN))
+    calls: Mapped[int] = mapped_column(sa.BigInteger())
+    agents: Mapped[list[Any]]
+    tokens: Mapped[int] = mapped_column(sa.BigInteger())
+    cost_usd: Mapped[float | None] = mapped_column(sa.Double())
+    flags: Mapped[list[Any]]
+
+    __table_args__ = (sa.Index(None, "last_at"), sa.Index(None, "status", "last_at"))
+
+
+TABLES: MappingProxyType[str, sa.Table] = MappingProxyType(
+    {
+        "calls": CallRow.__table__,  # type: ignore[dict-item]
+        "guard_events": GuardEventRow.__table__,  # type: ignore[dict-item]
+        "edges": EdgeRow.__table__,  # type: ignore[dict-item]
+        "agents": AgentRow.__table__,  # type: ignore[dict-item]
+        "runs": RunRow.__table__,  # type: ignore[dict-item]
+    }
+)

@@ -1,0 +1,163 @@
+"""Read side for the admin API and the CLI: filtered, cursor-paginated, JSON-ready dicts.
+
+Pages run newest first on (timestamp desc, id desc).  The cursor is opaque to clients: the
+(timestamp, id) of the last row served, so pages stay stable while new calls arrive.
+Runs in API handlers: awaits the database, raises ValueError for a bad filter or cursor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from proxy.store.models import TABLES
+
+MAX_LIMIT = 1000
+CONTENT_COLUMNS = ("request_content", "response_content")
+TimeArg = datetime | float | int | str | None
+
+
+async def list_calls(
+    engine: AsyncEngine,
+    *,
+    agent: str | None = None,
+    model: str | None = None,
+    status: str | int | None = None,
+    since: TimeArg = None,
+    until: TimeArg = None,
+    run_id: str | None = None,
+    api_key_hash: str | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Calls without content, newest first, and the cursor of the next page (None at the end).
+    `status` is an outcome (`ok`, `denied`, ...), an HTTP status (`429`) or a class (`5xx`);
+    `model` matches the requested model; `since`/`until` are datetimes, epoch seconds or ISO."""
+    t = TABLES["calls"]
+    query = sa.select(*[c for c in t.c if c.name not in CONTENT_COLUMNS])
+    equal = {"agent": agent, "model_requested": model, "run_id": run_id, "api_key_hash": api_key_hash}
+    query = query.where(*[t.c[k] == v for k, v in equal.items() if v is not None])
+    if status is not None:
+        query = query.where(_status_filter(t, status))
+    query = query.where(*_time_range(t.c.started_at, since, until))
+    return await _page(engine, query, t.c.started_at, t.c.id, cursor, limit)
+
+
+async def get_call(engine: AsyncEngine, call_id: str) -> dict[str, Any] | None:
+    """One call with its content and guard events, or None when unknown."""
+    calls, events = TABLES["calls"], TABLES["guard_events"]
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(calls).where(calls.c.id == call_id))).mappings().first()
+        if row is None:
+            return None
+        found = await conn.execute(
+            sa.select(events).where(events.c.call_id == call_id).order_by(events.c.at, events.c.id)
+        )
+        guard_events = [_jsonable(e) for e in found.mappings()]
+    return {**_jsonable(row), "guard_events": guard_events}
+
+
+async def list_guard_events(
+    engine: AsyncEngine,
+    *,
+    rule: str | None = None,
+    action: str | None = None,
+    agent: str | None = None,
+    run_id: str | None = None,
+    call_id: str | None = None,
+    since: TimeArg = None,
+    until: TimeArg = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Guard events newest first, filtered, and the cursor of the next page."""
+    t = TABLES["guard_events"]
+    equal = {"rule": rule, "action": action, "agent": agent, "run_id": run_id, "call_id": call_id}
+    query = sa.select(t).where(*[t.c[k] == v for k, v in equal.items() if v is not None])
+    query = query.where(*_time_range(t.c.at, since, until))
+    return await _page(engine, query, t.c.at, t.c.id, cursor, limit)
+
+
+async def _page(
+    engine: AsyncEngine,
+    query: sa.Select[Any],
+    ts: sa.Column[Any],
+    key: sa.Column[Any],
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], str | None]:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    if cursor:
+        at, last = decode_cursor(cursor)
+        query = query.where(sa.or_(ts < at, sa.and_(ts == at, key < last)))
+    query = query.order_by(ts.desc(), key.desc()).limit(limit + 1)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    page = rows[:limit]
+    more = len(rows) > limit
+    return [_jsonable(r) for r in page], encode_cursor(
+        page[-1][ts.name], page[-1][key.name]
+    ) if more else None
+
+
+def encode_cursor(at: datetime, key: str) -> str:
+    """Opaque page cursor for the row at (at, key)."""
+    raw = orjson.dumps([at.astimezone(UTC).isoformat(), key])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Inverse of `encode_cursor`; ValueError("invalid cursor ...") for anything else."""
+    try:
+        at, key = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(at).astimezone(UTC), str(key)
+    except (binascii.Error, orjson.JSONDecodeError, TypeError, ValueError):
+        raise ValueError(f"invalid cursor {cursor!r}") from None
+
+
+def _status_filter(t: sa.Table, status: str | int) -> sa.ColumnElement[bool]:
+    text = str(status).strip().lower()
+    if text.isdigit():
+        return t.c.status == int(text)
+    if len(text) == 3 and text[0].isdigit() and text[1:] == "xx":
+        low = int(text[0]) * 100
+        return sa.and_(t.c.status >= low, t.c.status < low + 100)
+    return t.c.outcome == text
+
+
+def _time_range(column: sa.Column[Any], since: TimeArg, until: TimeArg) -> list[sa.ColumnElement[bool]]:
+    bounds = []
+    if since is not None:
+        bounds.append(column >= parse_time(since))
+    if until is not None:
+        bounds.append(column < parse_time(until))
+    return bounds
+
+
+def parse_time(value: datetime | float | int | str) -> datetime:
+    """An aware UTC datetime from a datetime (naive = UTC), epoch seconds, or ISO 8601 text."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    text = value.strip()
+    try:
+        return parse_time(float(text))
+    except ValueError:
+        pass
+    try:
+        return parse_time(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        raise ValueError(f"not a time: {value!r} (use ISO 8601 or epoch seconds)") from None
+
+
+def _jsonable(row: Mapping[Any, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
