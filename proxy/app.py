@@ -13,10 +13,11 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from proxy.api import build_api
 from proxy.providers import Router
-from proxy.relay import Receive, Relay, Scope, Send
+from proxy.relay import Relay
 from proxy.runtime import Runtime
 from proxy.settings import Settings, load_settings
 

@@ -11,7 +11,7 @@ the store, telemetry) sees these objects:
 
 from __future__ import annotations
 
-import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +32,7 @@ OUTCOMES = (
 def new_id() -> str:
     """Time-ordered 26-char id (millisecond prefix + randomness), sortable as text."""
     ms = int(time.time() * 1000)
-    return f"{ms:012x}{os.urandom(7).hex()}"
+    return f"{ms:012x}{random.getrandbits(56):014x}"
 
 
 @dataclass(slots=True)

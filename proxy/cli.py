@@ -33,7 +33,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"interlock: serving on http://{settings.host}:{settings.port}  (database {settings.database_url})",
           file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                access_log=False, log_level=settings.log_level, lifespan="on", timeout_graceful_shutdown=10)
+                access_log=False, log_level=settings.log_level, lifespan="on", timeout_graceful_shutdown=10,
+                proxy_headers=False, server_header=False, date_header=False)
     return 0
 
 
@@ -50,7 +51,7 @@ def cmd_calls(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from proxy.store import queries
+    import proxy.store.queries as queries
     from proxy.store.db import make_engine
 
     settings = _settings(args)

@@ -13,27 +13,25 @@ refusal, upstream failure, upstream cut, client disconnect.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import unquote
 
-import httpx
 import orjson
+from starlette.types import Receive, Scope, Send
 
 from proxy.call import Call, Chunk, new_id
+from proxy.forward import Forwarder, UpstreamError, UpstreamResponse
 from proxy.providers import Route, Router
 from proxy.providers.base import Provider
+from proxy.redact import api_key_hash
 from proxy.settings import Settings
 from proxy.sse import SSESplitter
 
 log = logging.getLogger("interlock.relay")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 # Not forwarded upstream: hop-by-hop, recomputed, or Interlock's own.
 _DROP_UP = frozenset(
@@ -43,7 +41,7 @@ _DROP_UP = frozenset(
 # Not relayed to the client: hop-by-hop and what the ASGI server frames itself.
 _DROP_DOWN = frozenset(
     {b"connection", b"keep-alive", b"proxy-authenticate", b"te", b"trailer", b"transfer-encoding",
-     b"upgrade", b"content-length", b"server", b"date"}
+     b"upgrade", b"content-length"}
 )
 
 
@@ -76,7 +74,7 @@ class Relay:
         self,
         settings: Settings,
         router: Router,
-        forwarder: Any,
+        forwarder: Forwarder,
         record: Callable[[Call], None],
         guards: Callable[[], GuardHooks | None] = lambda: None,
         tokens: TokenCounting | None = None,
@@ -154,7 +152,7 @@ class Relay:
             if k in _DROP_UP:
                 continue
             if k == b"authorization" or k == b"x-api-key":
-                call.api_key_hash = _key_hash(v)
+                call.api_key_hash = api_key_hash(v.decode("latin-1"))
                 anthropic = anthropic or k == b"x-api-key"
             elif k == b"anthropic-version":
                 anthropic = True
@@ -225,47 +223,48 @@ class Relay:
         state.upstream_at = time.perf_counter()
         try:
             resp = await self.forwarder.send(call.method, url, headers, body)
-        except httpx.TransportError as exc:
+        except UpstreamError as exc:
             await self._upstream_failed(call, provider, state, exc)
             return
+        clean = False
         try:
-            call.status = resp.status_code
-            ctype = resp.headers.get("content-type", "")
-            if ctype.startswith("text/event-stream"):
-                await self._relay_stream(call, provider, state, resp)
+            call.status = resp.status
+            if _is_sse(resp.headers):
+                clean = await self._relay_stream(call, provider, state, resp)
             else:
-                await self._relay_body(call, provider, state, resp)
+                clean = await self._relay_body(call, provider, state, resp)
         finally:
             state.upstream_end = state.upstream_end or time.perf_counter()
-            await resp.aclose()
+            await resp.aclose(abort=not clean)
 
-    async def _relay_body(self, call: Call, provider: Provider, state: _Exchange, resp: httpx.Response) -> None:
+    async def _relay_body(self, call: Call, provider: Provider, state: _Exchange, resp: UpstreamResponse) -> bool:
         try:
             chunks = [c async for c in resp.aiter_raw()]
-        except httpx.TransportError as exc:
+        except UpstreamError as exc:
             await self._upstream_failed(call, provider, state, exc)
-            return
+            return False
         state.upstream_end = time.perf_counter()
         data = b"".join(chunks)
         call.first_byte_at = call.first_byte_at or time.time()
-        call.outcome = "ok" if resp.status_code < 400 else "upstream_error"
+        call.outcome = "ok" if resp.status < 400 else "upstream_error"
         self._capture(call, data)
-        if resp.status_code < 400 or data[:1] == b"{":
+        if resp.status < 400 or data[:1] == b"{":
             provider.parse_body(call, data)
-        if resp.status_code >= 400:
+        if resp.status >= 400:
             call.error = data[:2000].decode("utf-8", "replace")
         headers = _down_headers(resp)
         headers.append((b"content-length", str(len(data)).encode()))
-        await state.start(resp.status_code, headers)
+        await state.start(resp.status, headers)
         await state.body(data, more=False)
+        return True
 
-    async def _relay_stream(self, call: Call, provider: Provider, state: _Exchange, resp: httpx.Response) -> None:
-        await state.start(resp.status_code, _down_headers(resp))
+    async def _relay_stream(self, call: Call, provider: Provider, state: _Exchange, resp: UpstreamResponse) -> bool:
+        await state.start(resp.status, _down_headers(resp))
         parser = provider.stream_parser(call)
         splitter = SSESplitter()
         filtering = provider.needs_filter(call)
         guards = state.guards
-        call.outcome = "ok" if resp.status_code < 400 else "upstream_error"
+        call.outcome = "ok" if resp.status < 400 else "upstream_error"
         try:
             async for raw in resp.aiter_raw():
                 if call.first_byte_at is None:
@@ -287,15 +286,19 @@ class Relay:
                     if verdict.action == "deny":
                         parser.finish()
                         await self._cut(call, provider, state, verdict)
-                        return
-        except httpx.TransportError as exc:
+                        return False
+        except UpstreamError as exc:
             call.outcome = "upstream_cut"
-            call.error = f"upstream {call.upstream} ended the stream early: {_describe(exc)}"
+            call.error = f"upstream {call.upstream} ended the stream early: {exc}"
             await state.body(provider.error_event("interlock_upstream_error", "upstream_stream_cut",
                                                   f"Interlock: {call.error}. The response above is incomplete."))
+            clean = False
+        else:
+            clean = True
         state.upstream_end = time.perf_counter()
         parser.finish()
         await state.body(b"", more=False)
+        return clean
 
     # ---------------------------------------------------------------- endings
 
@@ -321,14 +324,14 @@ class Relay:
         call.outcome, call.status, call.error = outcome, status, message
         await self._send_error(state, provider or self._route_provider(call), status, etype, code, message)
 
-    async def _upstream_failed(self, call: Call, provider: Provider, state: _Exchange, exc: Exception) -> None:
-        timeout = _is_timeout(exc)
+    async def _upstream_failed(self, call: Call, provider: Provider, state: _Exchange, exc: UpstreamError) -> None:
+        timeout = exc.timeout
         status = 504 if timeout else 502
         call.outcome = "timeout" if timeout else "unreachable"
         spec = self.router.upstreams.get(call.upstream)
         where = f"upstream '{call.upstream}' ({spec.url if spec else '?'})"
         verb = "timed out waiting for" if timeout else "could not reach"
-        call.error = f"Interlock {verb} {where}: {_describe(exc)}"
+        call.error = f"Interlock {verb} {where}: {exc}"
         call.status = status
         if state.started:
             call.outcome = "upstream_cut"
@@ -424,23 +427,12 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     return b"".join(parts)
 
 
-def _down_headers(resp: httpx.Response) -> list[tuple[bytes, bytes]]:
-    return [(k.lower(), v) for k, v in resp.headers.raw if k.lower() not in _DROP_DOWN]
+def _down_headers(resp: UpstreamResponse) -> list[tuple[bytes, bytes]]:
+    return [(k.lower(), v) for k, v in resp.headers if k.lower() not in _DROP_DOWN]
 
 
-def _key_hash(value: bytes) -> str:
-    token = value.split(b" ", 1)[-1].strip()
-    return hashlib.sha256(token).hexdigest()[:12]
-
-
-def _is_timeout(exc: Exception) -> bool:
-    if isinstance(exc, httpx.ConnectTimeout):
-        return isinstance(exc.__cause__, (asyncio.TimeoutError, TimeoutError)) or "timeout" in str(exc).lower()
-    return isinstance(exc, httpx.TimeoutException)
-
-
-def _describe(exc: Exception) -> str:
-    cause = exc.__cause__ or exc
-    text = str(cause) or type(cause).__name__
-    return f"{type(cause).__name__}: {text}" if text != type(cause).__name__ else text
-
+def _is_sse(headers: list[tuple[bytes, bytes]]) -> bool:
+    for k, v in headers:
+        if k.lower() == b"content-type":
+            return v.startswith(b"text/event-stream")
+    return False

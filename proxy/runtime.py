@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from proxy.forward import Forwarder
+from proxy.forward import Forwarder, make_forwarder
 from proxy.pipeline import Pipeline
 from proxy.providers import Router
 from proxy.relay import Relay
@@ -64,7 +64,7 @@ class Runtime:
         self.pipeline = Pipeline(self.writer, policy=s.content_policy, max_bytes=s.content_max_bytes,
                                  linker=self.linker, metrics=self.metrics)
         await self.pipeline.start()
-        self.forwarder = Forwarder(s, self.transport)
+        self.forwarder = make_forwarder(s, self.transport)
         self.relay = Relay(
             s,
             self.router,

@@ -31,24 +31,37 @@ def anth(px: ProxyServer) -> anthropic.Anthropic:
 
 
 def test_chat_completion_passes_through_and_is_recorded(proxy: ProxyServer, upstream: FakeUpstream) -> None:
-    upstream.script(Reply(text="Paris.", input_tokens=21, output_tokens=2, cached_tokens=8, reasoning_tokens=1))
+    upstream.script(
+        Reply(text="Paris.", input_tokens=21, output_tokens=2, cached_tokens=8, reasoning_tokens=1)
+    )
     out = oai(proxy, agent="planner").chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "Capital of France?"}])
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Capital of France?"}]
+    )
     assert out.choices[0].message.content == "Paris."
     assert upstream.last.header("authorization") == f"Bearer {KEY}"
     assert upstream.last.path == "/v1/chat/completions"
     [row] = proxy.wait_calls(1)
     assert row["agent"] == "planner" and row["model_requested"] == "gpt-4o-mini"
-    assert (row["input_tokens"], row["output_tokens"], row["cached_tokens"], row["reasoning_tokens"]) == (21, 2, 8, 1)
+    assert (row["input_tokens"], row["output_tokens"], row["cached_tokens"], row["reasoning_tokens"]) == (
+        21,
+        2,
+        8,
+        1,
+    )
     assert row["status"] == 200 and row["outcome"] == "ok" and row["finish_reason"] == "stop"
     assert row["input_tokens_counted"] and row["input_tokens_counted"] > 0
     assert row["latency_ms"] is not None
 
 
-def test_chat_stream_relays_every_chunk_and_hides_usage_not_asked_for(proxy: ProxyServer, upstream: FakeUpstream) -> None:
+def test_chat_stream_relays_every_chunk_and_hides_usage_not_asked_for(
+    proxy: ProxyServer, upstream: FakeUpstream
+) -> None:
     upstream.script(Reply(chunks=["one ", "two ", "three"], input_tokens=11, output_tokens=3))
-    chunks = list(oai(proxy).chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "count"}], stream=True))
+    chunks = list(
+        oai(proxy).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "count"}], stream=True
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three"
     assert all(c.usage is None for c in chunks)
     assert all(c.choices for c in chunks), "the usage-only chunk leaked to a client that did not ask"
@@ -60,15 +73,24 @@ def test_chat_stream_relays_every_chunk_and_hides_usage_not_asked_for(proxy: Pro
 
 def test_chat_stream_keeps_usage_for_a_client_that_asked(proxy: ProxyServer, upstream: FakeUpstream) -> None:
     upstream.script(Reply(chunks=["a", "b"], input_tokens=5, output_tokens=2))
-    chunks = list(oai(proxy).chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "x"}], stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        oai(proxy).chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "x"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2
 
 
 def test_streamed_bytes_reach_the_client_unchanged(proxy: ProxyServer, upstream: FakeUpstream) -> None:
-    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     upstream.script(Reply(chunks=["x", "y"]), Reply(chunks=["x", "y"]))
     direct = httpx.post(upstream.url + "/v1/chat/completions", json=body).content
     via = httpx.post(proxy.url + "/v1/chat/completions", json=body).content
@@ -80,8 +102,10 @@ def test_streamed_bytes_reach_the_client_unchanged(proxy: ProxyServer, upstream:
 def test_tool_calls_and_n_choices(proxy: ProxyServer, upstream: FakeUpstream) -> None:
     upstream.script(Reply(tool_calls=[ToolCall("get_weather", {"city": "Oslo"})]))
     out = oai(proxy).chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "weather?"}],
-        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}])
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+    )
     tc = out.choices[0].message.tool_calls
     assert tc is not None and tc[0].function.name == "get_weather"
     upstream.script(Reply(text="same", n=2))
@@ -108,13 +132,19 @@ def test_responses_api_plain_and_streaming(proxy: ProxyServer, upstream: FakeUps
 def test_anthropic_messages_plain_stream_and_count_tokens(proxy: ProxyServer, upstream: FakeUpstream) -> None:
     client = anth(proxy)
     upstream.script(Reply(text="Hello from Claude", input_tokens=12, output_tokens=4))
-    msg = client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+    msg = client.messages.create(
+        model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+    )
     assert msg.content[0].text == "Hello from Claude"  # type: ignore[union-attr]
     sent = upstream.last.header("x-api-key") or upstream.last.header("authorization") or ""
     assert sent.removeprefix("Bearer ") == ANTH_KEY  # newer SDKs send it as a bearer token
     upstream.script(Reply(tool_calls=[ToolCall("lookup", {"q": "x"})], input_tokens=30, output_tokens=9))
-    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "use it"}],
-                                tools=[{"name": "lookup", "input_schema": {"type": "object"}}]) as s:
+    with client.messages.stream(
+        model="claude-sonnet-4-5",
+        max_tokens=64,
+        messages=[{"role": "user", "content": "use it"}],
+        tools=[{"name": "lookup", "input_schema": {"type": "object"}}],
+    ) as s:
         final = s.get_final_message()
     assert final.content[-1].type == "tool_use" and final.stop_reason == "tool_use"
     n = client.messages.count_tokens(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hi"}])
@@ -122,10 +152,16 @@ def test_anthropic_messages_plain_stream_and_count_tokens(proxy: ProxyServer, up
     rows = sorted(proxy.wait_calls(3), key=lambda c: c["started_at"])
     assert [r["provider"] for r in rows] == ["anthropic"] * 3
     assert [r["operation"] for r in rows] == ["messages", "messages", "count_tokens"]
-    assert (rows[1]["input_tokens"], rows[1]["output_tokens"], rows[1]["finish_reason"]) == (30, 9, "tool_calls")
+    assert (rows[1]["input_tokens"], rows[1]["output_tokens"], rows[1]["finish_reason"]) == (
+        30,
+        9,
+        "tool_calls",
+    )
 
 
-def test_embeddings_and_models_pass_through_as_generic_calls(proxy: ProxyServer, upstream: FakeUpstream) -> None:
+def test_embeddings_and_models_pass_through_as_generic_calls(
+    proxy: ProxyServer, upstream: FakeUpstream
+) -> None:
     client = oai(proxy)
     emb = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
     assert len(emb.data) == 2
@@ -153,7 +189,9 @@ def test_unreachable_upstream_is_a_native_502_naming_it(tmp_path: Path) -> None:
         assert err.value.status_code == 502
         assert "upstream 'openai'" in err.value.message and dead in err.value.message
         with pytest.raises(anthropic.APIStatusError) as aerr:
-            anth(px).messages.create(model="claude-x", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+            anth(px).messages.create(
+                model="claude-x", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+            )
         assert aerr.value.status_code == 502
         assert aerr.value.body["type"] == "error"  # type: ignore[index]
         rows = px.wait_calls(2)
@@ -170,9 +208,13 @@ def test_upstream_timeout_is_a_504(tmp_path: Path, upstream: FakeUpstream) -> No
         assert row["outcome"] == "timeout"
 
 
-def test_first_chunk_reaches_client_before_upstream_produces_the_last(proxy: ProxyServer, upstream: FakeUpstream) -> None:
+def test_first_chunk_reaches_client_before_upstream_produces_the_last(
+    proxy: ProxyServer, upstream: FakeUpstream
+) -> None:
     upstream.script(Reply(chunks=["early ", "late"], gate_after=2))
-    stream = oai(proxy).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}], stream=True)
+    stream = oai(proxy).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "x"}], stream=True
+    )
     it = iter(stream)
     first = next(it)
     while not (first.choices and first.choices[0].delta.content):
@@ -184,10 +226,16 @@ def test_first_chunk_reaches_client_before_upstream_produces_the_last(proxy: Pro
     assert rest == "late"
 
 
-def test_client_disconnect_cancels_upstream_and_records_cancelled(proxy: ProxyServer, upstream: FakeUpstream) -> None:
+def test_client_disconnect_cancels_upstream_and_records_cancelled(
+    proxy: ProxyServer, upstream: FakeUpstream
+) -> None:
     upstream.script(Reply(chunks=["w"] * 50, chunk_delay=0.05, output_tokens=50, input_tokens=10))
-    with httpx.stream("POST", proxy.url + "/v1/chat/completions", timeout=10,
-                      json={"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:
+    with httpx.stream(
+        "POST",
+        proxy.url + "/v1/chat/completions",
+        timeout=10,
+        json={"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+    ) as r:
         for got, _ in enumerate(r.iter_raw(), 1):
             if got >= 3:
                 break
@@ -197,10 +245,14 @@ def test_client_disconnect_cancels_upstream_and_records_cancelled(proxy: ProxySe
     assert row["output_tokens"] is None, "usage must never be invented for a cancelled stream"
 
 
-def test_stream_cut_by_upstream_ends_cleanly_with_an_error_event(proxy: ProxyServer, upstream: FakeUpstream) -> None:
+def test_stream_cut_by_upstream_ends_cleanly_with_an_error_event(
+    proxy: ProxyServer, upstream: FakeUpstream
+) -> None:
     upstream.script(Reply(chunks=["a", "b", "c", "d"], cut_after=2))
     with pytest.raises(openai.APIError) as err:
-        for _ in oai(proxy).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}], stream=True):
+        for _ in oai(proxy).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "x"}], stream=True
+        ):
             pass
     assert "ended the stream early" in str(err.value)
     [row] = proxy.wait_calls(1)
@@ -208,7 +260,9 @@ def test_stream_cut_by_upstream_ends_cleanly_with_an_error_event(proxy: ProxySer
 
 
 def test_invalid_json_is_refused_natively_and_recorded(proxy: ProxyServer, upstream: FakeUpstream) -> None:
-    r = httpx.post(proxy.url + "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    r = httpx.post(
+        proxy.url + "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "interlock_invalid_json"
     r2 = httpx.post(proxy.url + "/v1/messages", content=b"[", headers={"anthropic-version": "2023-06-01"})
@@ -228,11 +282,20 @@ def test_oversized_body_is_a_clear_413(tmp_path: Path, upstream: FakeUpstream) -
         assert row["outcome"] == "too_large"
 
 
-def test_interlock_and_hop_by_hop_headers_are_not_forwarded(proxy: ProxyServer, upstream: FakeUpstream) -> None:
-    httpx.post(proxy.url + "/v1/chat/completions",
-               json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
-               headers={"X-Interlock-Agent": "coder", "X-Interlock-Run": "run-42", "Authorization": f"Bearer {KEY}",
-                        "Proxy-Authorization": "Basic abc", "X-Custom": "kept"})
+def test_interlock_and_hop_by_hop_headers_are_not_forwarded(
+    proxy: ProxyServer, upstream: FakeUpstream
+) -> None:
+    httpx.post(
+        proxy.url + "/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+        headers={
+            "X-Interlock-Agent": "coder",
+            "X-Interlock-Run": "run-42",
+            "Authorization": f"Bearer {KEY}",
+            "Proxy-Authorization": "Basic abc",
+            "X-Custom": "kept",
+        },
+    )
     h = upstream.last.headers
     assert not any(k.lower().startswith("x-interlock") for k in h)
     assert "proxy-authorization" not in {k.lower() for k in h}
@@ -244,7 +307,8 @@ def test_interlock_and_hop_by_hop_headers_are_not_forwarded(proxy: ProxyServer, 
 def test_no_credential_is_stored_in_clear(proxy: ProxyServer, upstream: FakeUpstream) -> None:
     upstream.script(Reply(text=f"echoing your key {KEY}"))
     oai(proxy).chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": f"my key is {KEY} and Bearer {ANTH_KEY}"}])
+        model="gpt-4o", messages=[{"role": "user", "content": f"my key is {KEY} and Bearer {ANTH_KEY}"}]
+    )
     anth(proxy).messages.create(model="claude-x", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
     rows = proxy.wait_calls(2)
     raw = asyncio.run(_dump_database(proxy.settings.database_url))
@@ -265,8 +329,11 @@ def test_concurrent_streams_are_all_recorded(proxy: ProxyServer, upstream: FakeU
 
     def one(i: int) -> None:
         try:
-            list(oai(proxy).chat.completions.create(model="gpt-4o", stream=True,
-                                                    messages=[{"role": "user", "content": f"n{i}"}]))
+            list(
+                oai(proxy).chat.completions.create(
+                    model="gpt-4o", stream=True, messages=[{"role": "user", "content": f"n{i}"}]
+                )
+            )
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -281,7 +348,9 @@ def test_concurrent_streams_are_all_recorded(proxy: ProxyServer, upstream: FakeU
 
 def test_api_calls_filters_and_pagination(proxy: ProxyServer, upstream: FakeUpstream) -> None:
     for agent in ("a", "b", "a"):
-        oai(proxy, agent).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": agent}])
+        oai(proxy, agent).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": agent}]
+        )
     proxy.wait_calls(3)
     only_a = proxy.api("/api/calls", agent="a")["items"]
     assert len(only_a) == 2
@@ -299,7 +368,9 @@ def test_refuses_admin_api_without_token(tmp_path: Path, upstream: FakeUpstream)
         assert httpx.get(px.url + "/healthz").json()["status"] == "ok"
 
 
-def test_request_bytes_sent_upstream_unchanged_when_no_metering_edit(proxy: ProxyServer, upstream: FakeUpstream) -> None:
+def test_request_bytes_sent_upstream_unchanged_when_no_metering_edit(
+    proxy: ProxyServer, upstream: FakeUpstream
+) -> None:
     raw = b'{"model":"gpt-4o",  "messages":[{"role":"user","content":"spacing kept"}]}'
     httpx.post(proxy.url + "/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
     assert upstream.last.body == raw

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, HTTPException, Query
 
-from proxy.store import queries
+import proxy.store.queries as queries
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime

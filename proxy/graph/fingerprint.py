@@ -1,0 +1,204 @@
+"""Content fingerprints: does this input contain (part of) that earlier output?
+
+    text ─▶ words (ASCII-folded, punctuation dropped) ─▶ word ids (blake2b, cached)
+         ─▶ k-word shingles: hash(tuple of k ids)        deterministic across processes
+
+    output (source side)          parts: paragraphs, list items, each string value of
+      └─ per part, winnowed:      tool-call arguments; a part keeps ~2/(w+1) of its
+         the minimum of every     shingles (all of them when short), in text order, plus
+         window of w shingles     its last one; the choice depends on content only, so the
+                                  same passage in two outputs keeps the same fingerprints
+    new input (target side)       every shingle (plus 3- and 4-word grams of short
+                                  segments, so a three-word query handed to a tool is found)
+
+Only the source side is winnowed, so any sampled source shingle present in the target is
+found: coverage (present / kept) estimates the share of the output that reached the target,
+and the order of the kept shingles shows whether the target lost the end of a part.
+Everything here is C-level list work (bytes.translate, split, map, zip): no per-character
+Python loops, so a 4k-token call costs well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from array import array
+from dataclasses import dataclass
+
+import orjson
+
+from proxy.call import Completion
+
+
+def _fold_table() -> bytes:
+    """ASCII letters to lower case, ASCII punctuation to spaces; UTF-8 bytes kept."""
+    out = bytearray(range(256))
+    for b in range(0x80):
+        if 0x41 <= b <= 0x5A:
+            out[b] = b + 32
+        elif not (0x30 <= b <= 0x39 or 0x61 <= b <= 0x7A):
+            out[b] = 0x20
+    return bytes(out)
+
+
+_TABLE = _fold_table()
+_PART_START = re.compile(r"^\s*(?:[-*•+>]|\d{1,3}[.)]|[a-z][.)]|#{1,6}|(?:step|part|task)\s+\d+\b)", re.I)
+SHORT_MIN = 3  # fewer words than this never make a fingerprint
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePrint:
+    """What an output leaves in the index."""
+
+    fps: tuple[int, ...]
+    part_ends: tuple[int, ...]
+    tails: tuple[bytes, ...]  # per part: its tail signature (see tail_signature)
+    chars: int
+
+
+class Shingler:
+    """Words → shingle hashes.  Holds a bounded word-id cache (cleared when full)."""
+
+    def __init__(self, *, k: int = 5, window: int = 6, max_vocab: int = 262_144) -> None:
+        if window < 3:
+            raise ValueError(f"window must be >= 3, got {window}")
+        self.k = k
+        self.window = window
+        self._ids: dict[bytes, int] = {}
+        self._max_vocab = max_vocab
+
+    def words(self, text: str) -> list[int]:
+        toks = text.encode("utf-8", "surrogatepass").translate(_TABLE).split()
+        ids = self._ids
+        try:
+            return list(map(ids.__getitem__, toks))
+        except KeyError:
+            self._learn(toks)
+            return list(map(ids.__getitem__, toks))
+
+    def _learn(self, toks: list[bytes]) -> None:
+        ids = self._ids
+        if len(ids) > self._max_vocab:
+            ids.clear()
+        for t in set(toks).difference(ids):
+            ids[t] = (
+                int.from_bytes(hashlib.blake2b(t, digest_size=4).digest(), "little") >> 2
+            )  # small ints hash fast
+
+    def grams(self, ids: list[int], n: int) -> list[int]:
+        if len(ids) < n:
+            return []
+        return list(map(hash, zip(*(ids[i:] for i in range(n)), strict=False)))
+
+    def target(self, text: str) -> tuple[int, frozenset[int]]:
+        """(hash of all its words, every shingle) of an input segment; short segments get
+        their 3..k-1 word grams too.  The word hash is 0 for text without words."""
+        ids = self.words(text)
+        found = set(self.grams(ids, self.k))
+        if len(ids) < 2 * self.k:
+            for n in range(SHORT_MIN, min(self.k, len(ids) + 1)):
+                found.update(self.grams(ids, n))
+        return (hash(tuple(ids)) if ids else 0), frozenset(found)
+
+    def part(self, text: str) -> tuple[list[int], bytes]:
+        """The kept shingles of one output part, in order, and its tail signature."""
+        ids = self.words(text)
+        if len(ids) < SHORT_MIN:
+            return [], b""
+        if len(ids) < self.k:
+            return [hash(tuple(ids))], b""
+        sh = self.grams(ids, self.k)
+        if len(sh) < 8:
+            return sh, b""
+        kept = winnow(sh, self.window if len(sh) >= 16 else 3)
+        if kept[-1] != sh[-1]:
+            kept.append(sh[-1])
+        return kept, tail_signature(ids)
+
+    def source(self, completion: Completion) -> SourcePrint:
+        fps: list[int] = []
+        ends: list[int] = []
+        tails: list[bytes] = []
+        chars = 0
+        for part in output_parts(completion):
+            kept, tail = self.part(part)
+            if kept:
+                fps.extend(kept)
+                ends.append(len(fps))
+                tails.append(tail)
+                chars += len(part)
+        return SourcePrint(tuple(fps), tuple(ends), tuple(tails), chars)
+
+
+def tail_signature(ids: list[int], n: int = 8) -> bytes:
+    """Up to n words from the last third of a part that do not occur before it, packed.
+
+    A copy that lost the part's end lacks them; a paraphrased copy that only lost some
+    shingles near the end still has most of them."""
+    cut = len(ids) * 2 // 3
+    head = set(ids[:cut])
+    tail = [w for w in dict.fromkeys(ids[cut:]) if w not in head]
+    return array("I", tail[-n:]).tobytes()
+
+
+def unpack_tail(signature: bytes) -> list[int]:
+    return array("I", signature).tolist()
+
+
+def output_parts(completion: Completion) -> list[str]:
+    """An output cut where an orchestrator would cut it to hand out pieces."""
+    parts = text_parts(completion.text)
+    for tc in completion.tool_calls:
+        parts.extend(argument_strings(tc.arguments))
+    return parts
+
+
+def text_parts(text: str) -> list[str]:
+    if "\n" not in text:
+        return [text] if text.strip() else []
+    parts: list[str] = []
+    current: list[str] = []
+    for line in text.splitlines():
+        if not line.strip() or _PART_START.match(line):
+            _flush(current, parts)
+        if line.strip():
+            current.append(line)
+    _flush(current, parts)
+    return parts
+
+
+def _flush(current: list[str], parts: list[str]) -> None:
+    if current:
+        parts.append("\n".join(current))
+        current.clear()
+
+
+def argument_strings(arguments: str) -> list[str]:
+    """String values of tool-call arguments (the raw text when they are not JSON)."""
+    try:
+        value = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return [arguments] if arguments.strip() else []
+    out: list[str] = []
+    _strings(value, out)
+    return out
+
+
+def _strings(value: object, out: list[str]) -> None:
+    if isinstance(value, str):
+        if value.strip():
+            out.extend(text_parts(value))
+    elif isinstance(value, dict):
+        for v in value.values():
+            _strings(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _strings(v, out)
+
+
+def winnow(hashes: list[int], w: int) -> list[int]:
+    """The minimum of every window of w consecutive hashes, each once, in text order: any
+    run of w shared shingles shares a fingerprint, and the same passage keeps the same ones."""
+    if len(hashes) <= w:
+        return [min(hashes)]
+    return list(dict.fromkeys(map(min, zip(*(hashes[i:] for i in range(w)), strict=False))))

@@ -1,0 +1,185 @@
+"""Which earlier outputs does a call's new input contain, and how much of each?
+
+    new input segments ──shingles──▶ index.lookup ──▶ candidate outputs
+        │  drop: same thread, ended after the target started
+        │  each shared shingle goes to the NEWEST candidate holding it
+        │     (B restated A's plan and C got B's text: the plan came from B, not A)
+        ▼
+    accept: ≥ min_hits shared fingerprints, all of a short output, or half of one part
+        │  drop A when another accepted source B was itself fed by A
+        │     (group chat: the whole transcript is in every input; only the newest
+        │      speaker hands to the next)
+        ▼
+    Lineage(record, hits, coverage, truncated, via, segments)
+
+Truncation: the target lost the end of a part of the source (a dense run of the part's
+fingerprints, then a tail of at least `tail_min` and `tail_share` of the part missing, and
+most of the words peculiar to the part's end missing too — a paraphrase loses shingles
+near the end but keeps those words), or the source itself stopped on finish_reason=length.  A fan-out hands each worker whole parts,
+so it never looks cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+
+from proxy.graph.fingerprint import unpack_tail
+from proxy.graph.model import CallRecord
+
+
+@dataclass(frozen=True, slots=True)
+class LineageConfig:
+    min_hits: int = 3  # shared fingerprints that make an edge ...
+    short_hits: int = 1  # ... or, for an output with fewer than min_hits, this many and all of it
+    part_hits: int = 2  # ... or this many, when they are half of one part of the output
+    merge_hits: int = 5  # lineage from another open run merges the runs with this many hits ...
+    merge_share: float = 0.3  # ... that are this share of the source's fingerprints
+    tail_min: int = 4  # truncation: fingerprints lost at the end of the last part touched ...
+    tail_share: float = 0.15  # ... and this share of the part ...
+    tail_words: int = 3  # ... and, when its tail signature has this many words,
+    tail_kept: float = 0.5  # at most this share of them in the target
+    head_density: float = 0.7
+    slack_s: float = 0.0  # clock skew tolerated between source end and target start
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A piece of new input: a message (or the instructions) and its shingles."""
+
+    index: int  # atom index, -1 for instructions
+    via: str  # user | tool_result | assistant | instructions | system
+    hashes: frozenset[int]
+    exact: int = 0  # hash of all its words (0: none)
+
+    def seen_keys(self) -> list[int]:
+        """What a run remembers of a user message: its exact hash and ~1/4 of its shingles."""
+        return [self.exact, *(h for h in self.hashes if not h & 3)] if self.exact else []
+
+
+@dataclass(slots=True)
+class Lineage:
+    record: CallRecord
+    hits: int
+    coverage: float
+    truncated: bool
+    reason: str | None
+    via: str
+    segments: set[int]
+
+    def evidence(self) -> dict[str, object]:
+        ev: dict[str, object] = {
+            "coverage": round(self.coverage, 3),
+            "matched": self.hits,
+            "chars": int(self.coverage * self.record.chars),
+            "truncated": self.truncated,
+            "via": self.via,
+        }
+        if self.reason:
+            ev["reason"] = self.reason
+        return ev
+
+
+def attribute(hits: Mapping[int, tuple[str, ...]], records: Mapping[str, CallRecord]) -> dict[str, set[int]]:
+    """Shared hash → the newest live candidate holding it; returns candidate → its hashes."""
+    out: dict[str, set[int]] = {}
+    for h, ids in hits.items():
+        best: CallRecord | None = None
+        for cid in ids:
+            rec = records.get(cid)
+            if rec is not None and (best is None or rec.ended_at > best.ended_at):
+                best = rec
+        if best is not None:
+            out.setdefault(best.call_id, set()).add(h)
+    return out
+
+
+def score(
+    record: CallRecord,
+    owned: set[int],
+    present: Collection[int],
+    segments: list[Segment],
+    cfg: LineageConfig,
+    target_words: Callable[[], set[int]],
+) -> Lineage | None:
+    """A Lineage when the target holds enough of `record`'s output, else None.
+    `target_words` (word ids of the new input) is only called to confirm a cut."""
+    if not record.fps or not _enough(record, owned, cfg):
+        return None
+    flags = list(map(present.__contains__, record.fps))
+    coverage = sum(flags) / len(flags)
+    reason = "source_length" if record.finish_reason == "length" else None
+    if reason is None and _cut(record, flags, cfg, target_words):
+        reason = "cut"
+    via, segs = _via(owned, segments)
+    return Lineage(record, len(owned), coverage, reason is not None, reason, via, segs)
+
+
+def _enough(record: CallRecord, owned: set[int], cfg: LineageConfig) -> bool:
+    """min_hits fingerprints; or all of a short output; or part_hits that are at least half
+    of one part (a paraphrased list item handed to one worker)."""
+    n, total = len(owned), len(record.fps)
+    if n >= cfg.min_hits:
+        return True
+    if total < cfg.min_hits:
+        return n == total and n >= cfg.short_hits
+    if n < cfg.part_hits:
+        return False
+    start = 0
+    for end in record.part_ends:
+        inside = sum(map(owned.__contains__, record.fps[start:end]))
+        if inside >= cfg.part_hits and inside * 2 >= end - start:
+            return True
+        start = end
+    return False
+
+
+def _via(owned: set[int], segments: list[Segment]) -> tuple[str, set[int]]:
+    best, best_n, segs = "user", 0, set()
+    for seg in segments:
+        n = len(seg.hashes & owned)
+        if n:
+            segs.add(seg.index)
+            if n > best_n:
+                best, best_n = seg.via, n
+    return best, segs
+
+
+def _cut(record: CallRecord, flags: list[bool], cfg: LineageConfig, target_words: Callable[[], set[int]]) -> bool:
+    """The last part the target touches is present from its start, then missing to its end,
+    and the words that end it are missing too (a paraphrase keeps most of them)."""
+    touched = _last_touched(flags, record.part_ends)
+    if touched is None:
+        return False
+    i, start, end = touched
+    part = flags[start:end]
+    final = len(part) - 1 - part[::-1].index(True)
+    tail, head = len(part) - 1 - final, part[: final + 1]
+    if tail < cfg.tail_min or tail < cfg.tail_share * len(part) or sum(head) < cfg.head_density * len(head):
+        return False
+    words = unpack_tail(record.tails[i]) if i < len(record.tails) else []
+    if len(words) < cfg.tail_words:
+        return True
+    have = target_words()
+    return sum(w in have for w in words) <= cfg.tail_kept * len(words)
+
+
+def _last_touched(flags: list[bool], part_ends: tuple[int, ...]) -> tuple[int, int, int] | None:
+    start, last = 0, None
+    for i, end in enumerate(part_ends):
+        if any(flags[start:end]):
+            last = (i, start, end)
+        start = end
+    return last
+
+
+def drop_relayed(found: list[Lineage], fed: Mapping[str, frozenset[str]]) -> list[Lineage]:
+    """Drop sources whose output reached the target through another accepted source."""
+    kept = []
+    for a in found:
+        relayed = any(
+            b is not a and a.record.call_id in fed.get(b.record.thread_id, frozenset()) for b in found
+        )
+        if not relayed:
+            kept.append(a)
+    return kept

@@ -1,0 +1,466 @@
+"""The linker: calls in, agents, threads, runs and edges out.  Pure code over a LineageIndex.
+
+    observe(call)                     (background, in completion order: ended_at ascending)
+      1 identity      Identifier: explicit name, else prompt+tools fingerprint → name
+      2 thread        previous_response_id, else the longest prefix hash that is an earlier
+                      call's head (input + response) → predecessor; atoms after it are new
+      3 sources       tool-call ids in the new atoms → the calls that emitted them
+                      new segments' shingles → earlier outputs (lineage.py)
+      4 run           explicit hint > request-time run > predecessor's run > strongest
+                      source's run (open ones only) > a new run named after this call;
+                      strong lineage from another open inferred run merges it in (the
+                      older run keeps its id; LinkResult.merged_runs names the others)
+      5 edges         predecessor: continuation (tool when answering its tool calls)
+                      other agent: handoff, or return when this agent handed work to it earlier
+                      same agent, other thread: continuation (via content)
+                      unclaimed new user text in a continuing thread: human
+      6 remember      head, response id, tool-call ids, output fingerprints, run, thread
+
+Human edges come from a pseudo node `human:<12 hex of the text>`; the API can draw it as a
+person.  A thread or source whose run is closed (idle > run_idle_s) starts a new run and the
+call is flagged `resumed`; the edge to the old run is still returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from proxy.call import Call
+from proxy.graph import threads
+from proxy.graph.fingerprint import Shingler
+from proxy.graph.identity import AgentDirectory, Identifier
+from proxy.graph.index import LineageIndex
+from proxy.graph.lineage import Lineage, LineageConfig, Segment, attribute, drop_relayed, score
+from proxy.graph.model import HUMAN_PREFIX, CallRecord, Edge, Identity, LinkResult, Ref, RunState
+
+LINKABLE = frozenset({"chat", "responses", "messages"})
+_VIA = {"u": "user", "t": "tool_result", "a": "assistant", "s": "system"}
+
+
+@dataclass(slots=True)
+class _Source:
+    """Another thread's call that fed this one, and why we think so."""
+
+    ref: Ref
+    basis: str  # content | tool_call | previous_response_id
+    lineage: Lineage | None = None
+    tool_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Ctx:
+    call: Call
+    ident: Identity
+    atoms: list[threads.Atom]
+    prefix: list[bytes] = field(default_factory=list)
+    pred: Ref | None = None
+    pred_via: str = "prefix"
+    start: int = 0
+    thread_id: str = ""
+    retry: bool = False
+    answered: list[str] = field(default_factory=list)  # predecessor's tool calls answered here
+    sources: dict[str, _Source] = field(default_factory=dict)
+    claimed: set[int] = field(default_factory=set)  # atom indexes explained by a source
+    segments: list[Segment] = field(default_factory=list)
+    run_id: str = ""
+    run: RunState | None = None
+    new_run: bool = False
+    roots: dict[str, str] = field(default_factory=dict)  # parent call → its (root) run
+    merged: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+
+
+class Linker:
+    """Turns observed calls into LinkResults.  Not thread-safe: one consumer per replica.
+
+    `observe` runs off the request path (recorder queue), never raises on odd calls, does
+    no I/O beyond the index and costs well under a millisecond for a 4k-token call."""
+
+    def __init__(
+        self,
+        index: LineageIndex,
+        *,
+        run_idle_s: float = 900.0,
+        clock: Callable[[], float] = time.time,
+        directory: AgentDirectory | None = None,
+        identifier: Identifier | None = None,
+        config: LineageConfig | None = None,
+        shingler: Shingler | None = None,
+    ) -> None:
+        self.index = index
+        self.run_idle_s = run_idle_s
+        self.clock = clock
+        self.identifier = identifier or Identifier(directory or AgentDirectory(claims=index))
+        self.config = config or LineageConfig()
+        self.shingler = shingler or Shingler()
+        self._scanned_prompts: dict[str, None] = {}
+
+    @property
+    def directory(self) -> AgentDirectory:
+        return self.identifier.directory
+
+    # ------------------------------------------------------------------ entry points
+
+    def observe(self, call: Call) -> LinkResult:
+        ident = self.identifier.identify(call)
+        if call.operation not in LINKABLE:
+            run = call.run_hint or call.run_id
+            return LinkResult(call.id, ident.name, ident.fingerprint, run, call.id, new_agent=ident.new)
+        ctx = _Ctx(call, ident, threads.atoms(call.messages))
+        self._find_thread(ctx)
+        self._segment(ctx)
+        self._find_tool_sources(ctx)
+        self._find_content_sources(ctx)
+        self._assign_run(ctx)
+        edges = self._edges(ctx)
+        self._remember(ctx, edges)
+        return LinkResult(
+            call.id,
+            ident.name,
+            ident.fingerprint,
+            ctx.run_id,
+            ctx.thread_id,
+            edges,
+            ctx.flags,
+            ctx.new_run,
+            ident.new,
+        )
+
+    def close_idle(self, now: float | None = None) -> list[str]:
+        """Close runs idle for run_idle_s; returns their ids (their shape has settled)."""
+        t = self.clock() if now is None else now
+        return self.index.close_idle_runs(t - self.run_idle_s)
+
+    # ------------------------------------------------------------------ 2 thread
+
+    def _find_thread(self, ctx: _Ctx) -> None:
+        call = ctx.call
+        if call.previous_response_id and self._from_response(ctx, call.previous_response_id):
+            return
+        ctx.prefix = threads.chain(threads.seed(ctx.ident.key), ctx.atoms)
+        if not ctx.prefix:
+            ctx.thread_id = call.id
+            return
+        keys = [threads.head_key(d) for d in ctx.prefix] + [threads.input_key(ctx.prefix[-1])]
+        refs = self.index.get_refs(keys)
+        for i in range(len(ctx.prefix) - 1, -1, -1):
+            if refs[i] is not None:
+                ctx.pred, ctx.start = refs[i], i + 1
+                break
+        failed = refs[-1]
+        if failed is not None and ctx.start < len(ctx.atoms) and not failed.ok:
+            ctx.pred, ctx.start, ctx.pred_via, ctx.retry = failed, len(ctx.atoms), "retry", True
+        ctx.thread_id = ctx.pred.thread_id if ctx.pred else call.id
+
+    def _from_response(self, ctx: _Ctx, response_id: str) -> bool:
+        ref = self.index.get_refs([threads.response_key(response_id)])[0]
+        if ref is None:
+            return False
+        ctx.prefix = threads.chain(bytes.fromhex(ref.chain), ctx.atoms)
+        if ref.agent == ctx.ident.key:
+            ctx.pred, ctx.pred_via, ctx.thread_id = ref, "previous_response_id", ref.thread_id
+        else:
+            ctx.thread_id = ctx.call.id
+            ctx.sources[ref.call_id] = _Source(ref, "previous_response_id")
+        return True
+
+    # ------------------------------------------------------------------ 3 sources
+
+    def _segment(self, ctx: _Ctx) -> None:
+        for i in range(ctx.start, len(ctx.atoms)):
+            atom = ctx.atoms[i]
+            if atom.role != "c" and atom.text:
+                ctx.segments.append(self._piece(i, _VIA[atom.role], atom.text))
+        system = ctx.call.system
+        if ctx.pred is None and system and self._first_sight(ctx.ident.fingerprint):
+            ctx.segments.append(self._piece(-1, "instructions", system))
+
+    def _piece(self, index: int, via: str, text: str) -> Segment:
+        exact, hashes = self.shingler.target(text)
+        return Segment(index, via, hashes, exact)
+
+    def _first_sight(self, fingerprint: str) -> bool:
+        seen = self._scanned_prompts
+        if fingerprint in seen:
+            return False
+        if len(seen) >= 65_536:
+            seen.clear()
+        seen[fingerprint] = None
+        return True
+
+    def _find_tool_sources(self, ctx: _Ctx) -> None:
+        new = [
+            (i, a) for i, a in enumerate(ctx.atoms[ctx.start :], ctx.start) if a.tool_id and a.role in "ct"
+        ]
+        if not new:
+            return
+        refs = self.index.get_refs([threads.tool_key(a.tool_id or "") for _, a in new])
+        for (i, atom), ref in zip(new, refs, strict=True):
+            if ref is None or ref.call_id == ctx.call.id:
+                continue
+            ctx.claimed.add(i)
+            if ctx.pred is not None and ref.call_id == ctx.pred.call_id:
+                ctx.answered.append(atom.tool_id or "")
+                continue
+            src = ctx.sources.setdefault(ref.call_id, _Source(ref, "tool_call"))
+            src.tool_ids.append(atom.tool_id or "")
+
+    def _find_content_sources(self, ctx: _Ctx) -> None:
+        if not ctx.segments:
+            return
+        present: set[int] = set()
+        for seg in ctx.segments:
+            present |= seg.hashes
+        hits = self.index.lookup(present)
+        if not hits:
+            return
+        ids = {cid for v in hits.values() for cid in v}
+        records = {cid: r for cid, r in self.index.get_calls(ids).items() if self._eligible(ctx, r)}
+        found = []
+        words = _Lazy(lambda: self._target_words(ctx))
+        for cid, owned in attribute(hits, records).items():
+            lin = score(records[cid], owned, present, ctx.segments, self.config, words)
+            if lin is not None:
+                found.append(lin)
+        fed = self.index.thread_sources({lin.record.thread_id for lin in found}) if len(found) > 1 else {}
+        for lin in drop_relayed(found, fed):
+            self._add_content_source(ctx, lin)
+
+    def _target_words(self, ctx: _Ctx) -> set[int]:
+        texts = [ctx.atoms[seg.index].text if seg.index >= 0 else ctx.call.system or "" for seg in ctx.segments]
+        return {w for text in texts for w in self.shingler.words(text)}
+
+    def _eligible(self, ctx: _Ctx, rec: CallRecord) -> bool:
+        return (
+            rec.call_id != ctx.call.id
+            and rec.thread_id != ctx.thread_id
+            and rec.ended_at <= ctx.call.started_at + self.config.slack_s
+        )
+
+    def _add_content_source(self, ctx: _Ctx, lin: Lineage) -> None:
+        rec = lin.record
+        src = ctx.sources.get(rec.call_id)
+        if src is None:
+            ref = Ref(rec.call_id, rec.thread_id, rec.run_id, rec.agent, rec.ended_at, "")
+            src = ctx.sources[rec.call_id] = _Source(ref, "content")
+        src.lineage = lin
+        ctx.claimed |= lin.segments
+
+    # ------------------------------------------------------------------ 4 run
+
+    def _assign_run(self, ctx: _Ctx) -> None:
+        call = ctx.call
+        explicit = call.run_hint or call.run_id
+        if explicit:
+            ctx.run = self.index.get_run(explicit)
+            ctx.run_id, ctx.new_run = (ctx.run.run_id if ctx.run else explicit), ctx.run is None
+            self._live_runs(ctx, self._parents(ctx))  # resolves the sources' runs
+            return
+        parents = self._parents(ctx)
+        live = self._live_runs(ctx, parents)
+        if not live:
+            ctx.run_id, ctx.new_run = call.id, True
+            if parents:
+                ctx.flags.append("resumed")
+            return
+        main, *others = live
+        joined = [
+            state for ref, state in others if not state.explicit and self._joins(ctx.sources.get(ref.call_id))
+        ]
+        ctx.run = self._merge(ctx, main[1], joined) if joined else main[1]
+        ctx.run_id = ctx.run.run_id
+
+    def _parents(self, ctx: _Ctx) -> list[Ref]:
+        """Predecessor first, then sources by strength (structural evidence beats content)."""
+
+        def strength(src: _Source) -> tuple[int, float]:
+            return (src.lineage.hits if src.lineage else 1_000_000, src.ref.ended_at)
+
+        ranked = sorted(ctx.sources.values(), key=strength, reverse=True)
+        refs = [src.ref for src in ranked]
+        return [ctx.pred, *refs] if ctx.pred else refs
+
+    def _live_runs(self, ctx: _Ctx, parents: list[Ref]) -> list[tuple[Ref, RunState]]:
+        """The open runs of the parents (merged runs answer as their root), first seen first."""
+        live: dict[str, tuple[Ref, RunState]] = {}
+        for ref in parents:
+            state = self.index.get_run(ref.run_id)
+            if state is None:
+                continue
+            ctx.roots[ref.call_id] = state.run_id
+            if self._open(state, ctx.call.started_at) and state.run_id not in live:
+                live[state.run_id] = (ref, state)
+        return list(live.values())
+
+    def _joins(self, src: _Source | None) -> bool:
+        """Evidence strong enough to fold another open run into this call's run."""
+        if src is None:
+            return False
+        lin, cfg = src.lineage, self.config
+        if lin is None:
+            return True
+        return lin.hits >= cfg.merge_hits and lin.hits >= cfg.merge_share * len(lin.record.fps)
+
+    def _merge(self, ctx: _Ctx, main: RunState, joined: list[RunState]) -> RunState:
+        """Union the runs; the explicit one, else the oldest, keeps its id."""
+        states = [main, *joined]
+        root = main if main.explicit else min(states, key=lambda st: (st.started_at, st.run_id))
+        ctx.merged = [st.run_id for st in states if st.run_id != root.run_id]
+        gone = set(ctx.merged)
+        ctx.roots = {cid: root.run_id if run in gone else run for cid, run in ctx.roots.items()}
+        return self.index.merge_runs(root.run_id, ctx.merged)
+
+    def _open(self, state: RunState, at: float) -> bool:
+        return not state.closed and at - state.last_seen <= self.run_idle_s
+
+    # ------------------------------------------------------------------ 5 edges
+
+    def _edges(self, ctx: _Ctx) -> list[Edge]:
+        edges: list[Edge] = []
+        if ctx.pred is not None:
+            edges.append(self._thread_edge(ctx, ctx.pred))
+        pairs = ctx.run.pairs if ctx.run else frozenset()
+        for src in ctx.sources.values():
+            edge = self._source_edge(ctx, src, pairs)
+            if edge is not None:
+                edges.append(edge)
+        edges.extend(self._human_edges(ctx))
+        if any(e.evidence.get("truncated") for e in edges):
+            ctx.flags.append("truncated_input")
+        if ctx.retry:
+            ctx.flags.append("retry")
+        return edges
+
+    def _thread_edge(self, ctx: _Ctx, pred: Ref) -> Edge:
+        if ctx.answered:
+            return Edge(
+                pred.call_id, ctx.call.id, "tool", {"via": "tool_result", "tool_call_ids": ctx.answered}
+            )
+        ev = {"via": ctx.pred_via, "new_messages": len(ctx.atoms) - ctx.start}
+        return Edge(pred.call_id, ctx.call.id, "continuation", ev)
+
+    def _source_edge(self, ctx: _Ctx, src: _Source, pairs: frozenset[tuple[str, str]]) -> Edge | None:
+        me, other = ctx.ident.key, src.ref.agent
+        if ctx.roots.get(src.ref.call_id) != ctx.run_id:
+            return None  # a run is what edges join: weak lineage from another run is a look-alike
+        ev: dict[str, object] = src.lineage.evidence() if src.lineage else {"via": src.basis}
+        if src.tool_ids:
+            ev["tool_call_ids"] = src.tool_ids
+            ev["via"] = "tool_call" if src.lineage is None else ev["via"]
+        if other == me:
+            kind = "tool" if src.basis == "tool_call" and src.lineage is None else "continuation"
+        else:
+            kind = "return" if (me, other) in pairs else "handoff"
+        return Edge(src.ref.call_id, ctx.call.id, kind, ev)
+
+    def _human_edges(self, ctx: _Ctx) -> list[Edge]:
+        if ctx.pred is None or ctx.new_run:
+            return []
+        candidates = [
+            (seg.index, keys)
+            for seg in ctx.segments
+            if seg.via == "user" and seg.index not in ctx.claimed and (keys := seg.seen_keys())
+        ]
+        if not candidates:
+            return []
+        seen = self.index.run_seen(ctx.run_id, {h for _, keys in candidates for h in keys})
+        edges = []
+        for i, keys in candidates:
+            if self._is_new_text(keys, seen) and not self._is_template(ctx, keys[0]):
+                text = ctx.atoms[i].text
+                edges.append(
+                    Edge(human_node(text), ctx.call.id, "human", {"chars": len(text), "via": "user"})
+                )
+        if edges:
+            ctx.flags.append("human_input")
+        return edges
+
+    @staticmethod
+    def _is_new_text(keys: list[int], seen: set[int]) -> bool:
+        if keys[0] in seen:
+            return False
+        sample = keys[1:]
+        return len(sample) < 3 or sum(map(seen.__contains__, sample)) < 0.5 * len(sample)
+
+    def _is_template(self, ctx: _Ctx, exact: int) -> bool:
+        """The same text came from this agent's caller in another run: framework boilerplate."""
+        key = f"u:{ctx.ident.key}:{exact & 0xFFFFFFFFFFFFFFFF:x}"
+        ref = self.index.get_refs([key])[0]
+        mine = Ref(ctx.call.id, ctx.thread_id, ctx.run_id, ctx.ident.key, _end(ctx.call), "")
+        self.index.put_refs({key: mine})
+        return ref is not None and ref.run_id != ctx.run_id
+
+    # ------------------------------------------------------------------ 6 remember
+
+    def _remember(self, ctx: _Ctx, edges: list[Edge]) -> None:
+        call, ended = ctx.call, _end(ctx.call)
+        out = threads.output_atoms(call.completion)
+        ok = bool(out) and call.outcome in (None, "ok")
+        last = ctx.prefix[-1] if ctx.prefix else threads.seed(ctx.ident.key)
+        head = threads.chain(last, out)[-1] if out else last
+        ref = Ref(call.id, ctx.thread_id, ctx.run_id, ctx.ident.key, ended, head.hex(), ok)
+        refs = {threads.head_key(head) if ok else threads.input_key(last): ref}
+        if call.completion.response_id:
+            refs[threads.response_key(call.completion.response_id)] = ref
+        for tc in call.completion.tool_calls:
+            if tc.id:
+                refs[threads.tool_key(tc.id)] = ref
+        self.index.put_refs(refs)
+        self._remember_output(ctx, ended)
+        self._remember_run(ctx, edges, ended)
+
+    def _remember_output(self, ctx: _Ctx, ended: float) -> None:
+        call = ctx.call
+        printed = self.shingler.source(call.completion)
+        if not printed.fps:
+            return
+        record = CallRecord(
+            call.id, ctx.ident.key, ctx.thread_id, ctx.run_id, call.started_at, ended,
+            call.finish_reason, printed.chars, printed.fps, printed.part_ends, printed.tails,
+        )  # fmt: skip
+        self.index.add_call(record)
+
+    def _remember_run(self, ctx: _Ctx, edges: list[Edge], ended: float) -> None:
+        me = ctx.ident.key
+        pairs = [(src.ref.agent, me) for src in ctx.sources.values() if self._is_handoff(src, edges)]
+        explicit = bool(ctx.call.run_hint)
+        self.index.touch_run(
+            ctx.run_id, started_at=ctx.call.started_at, ended_at=ended, pairs=pairs, explicit=explicit
+        )
+        pred = ctx.pred.call_id if ctx.pred else None
+        fed = [e.source for e in edges if e.kind != "human" and e.source != pred]
+        if fed:
+            self.index.add_thread_sources(ctx.thread_id, fed)
+        seen = [h for seg in ctx.segments if seg.via == "user" for h in seg.seen_keys()]
+        if seen:
+            self.index.add_run_seen(ctx.run_id, seen)
+
+    @staticmethod
+    def _is_handoff(src: _Source, edges: list[Edge]) -> bool:
+        return any(e.source == src.ref.call_id and e.kind == "handoff" for e in edges)
+
+
+class _Lazy:
+    """Calls `make` once, on first use."""
+
+    def __init__(self, make: Callable[[], set[int]]) -> None:
+        self._make = make
+        self._value: set[int] | None = None
+
+    def __call__(self) -> set[int]:
+        if self._value is None:
+            self._value = self._make()
+        return self._value
+
+
+def _end(call: Call) -> float:
+    return call.ended_at if call.ended_at is not None else call.started_at
+
+
+def human_node(text: str) -> str:
+    """The pseudo node of a human message: `human:` + 12 hex of its whitespace-normalised text."""
+    basis = " ".join(text.split()).encode("utf-8", "surrogatepass")
+    return HUMAN_PREFIX + hashlib.blake2b(basis, digest_size=6).hexdigest()

@@ -1,0 +1,99 @@
+"""Conversation prefixes as a hash chain: which earlier call does this request continue?
+
+    seed = agent key (or the head of the call a previous_response_id names)
+    h1 = H(seed ‖ atom1)   h2 = H(h1 ‖ atom2)   ...   hn = H(hn-1 ‖ atomn)      request
+                                                        head = H(hn ‖ out1 ‖ ... ‖ outm)  + response
+
+A later request of the same agent whose atoms start with atom1..n, out1..m has `head` among
+its prefix hashes: it continues that call, and only its atoms after the match are new.
+Atoms are what survives re-serialisation by any SDK: leading system/developer messages are
+dropped (they are part of the agent's identity), an assistant turn becomes its text plus one
+atom per tool call, so a Responses API history (one item per function call), a Chat history
+(tool calls inside the message) and an Anthropic history (text and tool_use blocks) of the
+same conversation give the same atoms.  Costs one blake2b per atom: safe on the request path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from proxy.call import Completion, Message
+
+_DIGEST = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Atom:
+    """One unit of conversation.  role: u (user) a (assistant text) c (tool call)
+    t (tool result) s (system or developer message after the first user turn)."""
+
+    role: str
+    text: str
+    tool_id: str | None
+    index: int  # position of the message it came from in Call.messages (-1: the response)
+
+    def encode(self) -> bytes:
+        return f"{self.role}\x1f{self.tool_id or ''}\x1f{self.text}".encode("utf-8", "surrogatepass")
+
+
+def atoms(messages: list[Message]) -> list[Atom]:
+    out: list[Atom] = []
+    leading = True
+    for i, m in enumerate(messages):
+        if leading and m.role in ("system", "developer"):
+            continue
+        leading = False
+        out.extend(_message_atoms(m, i))
+    return out
+
+
+def output_atoms(completion: Completion) -> list[Atom]:
+    return _turn("a", completion.text, completion, -1)
+
+
+def _message_atoms(m: Message, i: int) -> list[Atom]:
+    if m.role == "assistant":
+        return _turn("a", m.text, m, i)
+    if m.role == "tool":
+        return [Atom("t", m.text.strip(), m.tool_call_id or "", i)]
+    if m.role in ("system", "developer"):
+        return [Atom("s", m.text.strip(), None, i)]
+    return [Atom("u", m.text.strip(), None, i)]
+
+
+def _turn(role: str, text: str, holder: Message | Completion, i: int) -> list[Atom]:
+    out = [Atom(role, text.strip(), None, i)] if text.strip() else []
+    for tc in holder.tool_calls:
+        out.append(Atom("c", f"{tc.name}\x1f{tc.arguments.strip()}", tc.id, i))
+    return out
+
+
+def seed(agent_key: str) -> bytes:
+    return hashlib.blake2b(agent_key.encode(), digest_size=_DIGEST).digest()
+
+
+def chain(start: bytes, items: list[Atom]) -> list[bytes]:
+    """Prefix hashes: result[i] covers items[: i + 1]."""
+    out: list[bytes] = []
+    h = start
+    for atom in items:
+        h = hashlib.blake2b(h + atom.encode(), digest_size=_DIGEST).digest()
+        out.append(h)
+    return out
+
+
+def head_key(digest: bytes) -> str:
+    return "h:" + digest.hex()
+
+
+def input_key(digest: bytes) -> str:
+    return "i:" + digest.hex()
+
+
+def response_key(response_id: str) -> str:
+    return "r:" + response_id
+
+
+def tool_key(tool_call_id: str) -> str:
+    return "t:" + tool_call_id

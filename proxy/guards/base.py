@@ -1,0 +1,211 @@
+"""The guard interface: hooks that return a `Verdict`, never raise to deny.
+
+    relay ──on_request(call)──────▶ Guard ──▶ Verdict(allow | flag | escalate | deny)
+          ──on_chunk(call, chunk)─▶          (hot path, sync, per parsed stream event)
+          ──on_response(call)─────▶          (once, after the call ended with any outcome)
+          ──release(call)─────────▶          (a later guard denied: undo on_request's holds)
+
+`RuleGuard` is a guard built from one rule of a rules file; `GuardChain` (chain.py) runs
+many of them and is itself a `Guard`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+
+from proxy.call import Call, Chunk
+
+if TYPE_CHECKING:
+    from proxy.catalog import Catalog
+    from proxy.guards.counters import CounterStore
+    from proxy.guards.facts import FactsCache
+    from proxy.guards.handoffs import HandoffSource
+    from proxy.pricing import PriceTable
+    from proxy.rules import RuleBase
+
+Action = Literal["allow", "flag", "deny", "escalate"]
+
+SEVERITY: MappingProxyType[str, int] = MappingProxyType({"allow": 0, "flag": 1, "escalate": 2, "deny": 3})
+GENERATIVE = frozenset({"chat", "responses", "messages"})  # Call.operation values that run a model
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A guard's answer.  The same record becomes the refusal, the guard event and the metric.
+
+    `reason` is a complete sentence with the numbers and the advice to the agent; `data` holds
+    the numbers behind it (spent, limit, window...); `status` and `code` are what a deny answers
+    with (429 budgets and loops, 400 context); they mean nothing for other actions.
+    """
+
+    action: Action = "allow"
+    rule: str | None = None
+    kind: str | None = None
+    reason: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    status: int = 429
+    code: str = ""
+
+    @property
+    def denied(self) -> bool:
+        return self.action == "deny"
+
+    def event(self, hook: str, at: float) -> dict[str, Any]:
+        """The guard-event dict appended to `call.guard_events`."""
+        return {
+            "rule": self.rule,
+            "kind": self.kind,
+            "action": self.action,
+            "reason": self.reason,
+            "data": dict(self.data),
+            "at": at,
+            "hook": hook,
+            "code": self.code,
+            "status": self.status,
+        }
+
+
+ALLOW = Verdict()
+
+
+def worst(a: Verdict, b: Verdict) -> Verdict:
+    """The more severe of two verdicts (the earlier one on a tie)."""
+    return b if SEVERITY[b.action] > SEVERITY[a.action] else a
+
+
+class Guard:
+    """Base of every guard.  Override only the hooks you need; the defaults allow.
+
+    A guard instance lives as long as one rule set (it is replaced on hot reload), while a
+    call may outlive it: the relay keeps the chain it started a call with until that call's
+    `on_response`.  State shared across calls or replicas belongs in the `CounterStore`.
+    """
+
+    async def on_request(self, call: Call) -> Verdict:
+        """Runs on the hot path after the request was parsed and counted, before forwarding.
+
+        May await the counter store (one Redis round trip) and nothing slower.  May reserve
+        budget; a reservation is settled by `on_response` or undone by `release`.  Must not
+        raise to deny: return a deny verdict.  An exception is caught by the chain, logged and
+        treated as allow (deny when the rule is fail-closed).
+        """
+        return ALLOW
+
+    def on_chunk(self, call: Call, chunk: Chunk) -> Verdict:
+        """Runs synchronously for every parsed stream event, on the hot path: no I/O, no await.
+
+        `chunk.output_tokens_so_far` is filled by the relay.  A deny here cuts the stream: the
+        relay closes upstream and ends the client's stream with the provider's error event.
+        """
+        return ALLOW
+
+    async def on_response(self, call: Call) -> Verdict:
+        """Runs once after the call ended with any outcome (ok, upstream_error, cancelled,
+        denied...), off the client's critical path but still inside the request task.
+
+        Settles reservations to the provider's usage (or what was consumed), records outputs.
+        Must be idempotent and safe when `on_request` never ran or denied.  May await the
+        counter store.  A deny returned here stops nothing; it is recorded as an event.
+        """
+        return ALLOW
+
+    async def release(self, call: Call) -> None:
+        """Called when a later guard denied the request in `on_request`: the call will not be
+        forwarded, so undo whatever this guard's `on_request` reserved.  Idempotent."""
+        return None
+
+
+def overrides(guard: Guard, hook: str) -> bool:
+    """True when the guard's class replaces the base hook (lets the chain skip no-op hooks)."""
+    return getattr(type(guard), hook) is not getattr(Guard, hook)
+
+
+class Matcher:
+    """A rule's `match:` globs, compiled once.  A missing field of the call matches as ""."""
+
+    __slots__ = ("_tests",)
+
+    def __init__(self, globs: dict[str, list[str]]) -> None:
+        self._tests = tuple(
+            (attr, re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in pats)))
+            for attr, pats in globs.items()
+            if pats
+        )
+
+    def __call__(self, call: Call) -> bool:
+        return all(rx.match(getattr(call, attr) or "") is not None for attr, rx in self._tests)
+
+
+R = TypeVar("R", bound="RuleBase")
+
+
+class RuleGuard(Guard, Generic[R]):
+    """A guard built from one rule: knows its name, kind, action and `match:` globs.
+    `operations` lists the call operations it applies to (model generations by default;
+    listing models or counting tokens is never budgeted, looped or checked for fit)."""
+
+    operations: ClassVar[frozenset[str]] = GENERATIVE
+    uses_handoffs = False  # True: every call's output must be recorded in the HandoffSource
+
+    def __init__(self, rule: R) -> None:
+        self.rule = rule
+        self.name = rule.name
+        self.kind = rule.kind
+        self.fail_closed = rule.fail_closed
+        self.matches = Matcher(rule.match.globs())
+
+    def verdict(
+        self,
+        action: Action,
+        reason: str,
+        data: dict[str, Any],
+        *,
+        code: str,
+        status: int = 429,
+    ) -> Verdict:
+        return Verdict(action, self.name, self.kind, reason, data, status, code)
+
+
+@dataclass(slots=True)
+class GuardDeps:
+    """What guards may use besides their rule: built once per rule set by the RulesManager."""
+
+    counters: CounterStore
+    prices: PriceTable
+    catalog: Catalog
+    handoffs: HandoffSource
+    facts: FactsCache
+    default_max_tokens: int = 4096
+
+
+T = TypeVar("T")
+
+
+class CallSlots(Generic[T]):
+    """Per-call state of one guard, keyed by call id, bounded so a call whose `on_response`
+    never comes cannot leak memory (the oldest entry is dropped past `cap`)."""
+
+    __slots__ = ("_cap", "_items")
+
+    def __init__(self, cap: int = 100_000) -> None:
+        self._cap = cap
+        self._items: dict[str, T] = {}
+
+    def put(self, call: Call, value: T) -> None:
+        items = self._items
+        if len(items) >= self._cap:
+            items.pop(next(iter(items)))
+        items[call.id] = value
+
+    def get(self, call: Call) -> T | None:
+        return self._items.get(call.id)
+
+    def pop(self, call: Call) -> T | None:
+        return self._items.pop(call.id, None)
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,385 @@
+"""CounterStore: the one seam between guards and shared hot state.
+
+    guards ──reserve / adjust / spent / hit──────▶ CounterStore ──┬─ MemoryCounterStore  (one process)
+           ──first_seen / push / recent / setdefault─▶             └─ RedisCounterStore   (every replica)
+
+Amounts are integers (tokens, or micro-dollars for USD budgets).
+
+Windows.  `window=None` means no time window: the count lives until its key is idle for
+`idle_ttl_s` (used for per-run budgets, keyed by run id).  A number is a sliding window of that
+many seconds, approximated by 60 equal buckets: an amount counts from the moment it is spent
+until between 59/60 and 60/60 of the window later (a 1h window forgets in 1-minute steps).
+`reserve` returns the bucket it wrote to; `adjust` corrects that same bucket, so reconciling a
+call that outlived part of its window never moves spend into the present.
+
+Atomicity.  `reserve` checks and adds in one step: the memory store has no `await` between
+the two, the Redis store runs one Lua script.  N concurrent reservations against one limit
+therefore never exceed it; the only overshoot comes from reconciliation (a call that used more
+than it reserved, e.g. one without max_tokens).
+
+Replicas.  With Redis every replica sees one counter per key (keys are namespaced
+`interlock:`; the bucket clock is each replica's wall clock, so keep them NTP-synced: skew
+below the bucket width, one second for 1m windows, is harmless).  Without Redis each process
+counts alone: a budget becomes per-replica (N replicas admit up to N x the limit) and loop
+windows see only their replica's traffic.  Run one replica, or configure INTERLOCK_REDIS_URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("interlock.guards")
+
+BUCKETS = 60
+IDLE_TTL_S = 2 * 86_400.0
+_SWEEP_EVERY = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Outcome of `reserve`.  When refused nothing was added and `spent_after` is the current
+    total; `bucket` is where the amount went (pass it back to `adjust`)."""
+
+    ok: bool
+    spent_after: int
+    bucket: int
+
+
+def bucket_of(now: float, window: float | None) -> int:
+    return 0 if window is None else int(now // (window / BUCKETS))
+
+
+def oldest_live(bucket: int, window: float | None) -> int:
+    """Buckets <= this value are outside the window."""
+    return -1 if window is None else bucket - BUCKETS
+
+
+class CounterStore(ABC):
+    """Shared counters and small recent-item lists.  Every method may be awaited on the hot
+    path and must complete in one round trip.  Methods raise on store failure (the guard chain
+    isolates it).  `remote` stores are worth calling concurrently (see GuardChain)."""
+
+    remote = False
+
+    @abstractmethod
+    async def reserve(self, key: str, amount: int, limit: int | None, window: float | None) -> Reservation:
+        """Add `amount` if `spent + amount <= limit` (always when limit is None), atomically."""
+
+    @abstractmethod
+    async def adjust(self, key: str, delta: int, window: float | None, bucket: int) -> int:
+        """Add `delta` (may be negative) to the bucket a reservation used; returns the total.
+        A bucket that already left the window is not touched."""
+
+    @abstractmethod
+    async def spent(self, key: str, window: float | None) -> int:
+        """Current total in the window."""
+
+    async def hit(self, key: str, window: float | None, amount: int = 1) -> int:
+        """Count an occurrence; returns the total in the window including this one."""
+        return (await self.reserve(key, amount, None, window)).spent_after
+
+    @abstractmethod
+    async def first_seen(self, key: str, ttl_s: float) -> bool:
+        """True exactly once per key within `ttl_s` (across replicas)."""
+
+    @abstractmethod
+    async def push(self, key: str, item: str, *, keep: int, ttl_s: float) -> list[str]:
+        """Prepend `item` to a list capped at `keep`; returns the items before it, newest first."""
+
+    @abstractmethod
+    async def remember(self, key: str, item: str, *, keep: int, ttl_s: float) -> list[str]:
+        """Prepend `item` unless the list already holds it; returns the list afterwards,
+        newest first (at most `keep` items)."""
+
+    @abstractmethod
+    async def recent(self, key: str) -> list[str]:
+        """The list's items, newest first (empty when absent or expired)."""
+
+    @abstractmethod
+    async def setdefault(self, key: str, value: str, ttl_s: float) -> str:
+        """Store `value` unless the key exists; returns the stored value."""
+
+    async def aclose(self) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+class _Count:
+    __slots__ = ("buckets", "expires", "total")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, int] = {}
+        self.total = 0
+        self.expires = 0.0
+
+    def prune(self, oldest: int) -> None:
+        buckets = self.buckets
+        while buckets:
+            first = next(iter(buckets))
+            if first > oldest:
+                return
+            self.total -= buckets.pop(first)
+
+
+class MemoryCounterStore(CounterStore):
+    """In-process twin of the Redis store.  Atomic under asyncio: no method awaits between
+    reading and writing.  Not shared between processes (see the module docstring)."""
+
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, idle_ttl_s: float = IDLE_TTL_S
+    ) -> None:
+        self._clock = clock
+        self._idle_ttl = idle_ttl_s
+        self._counts: dict[str, _Count] = {}
+        self._values: dict[str, tuple[float, Any]] = {}
+        self._writes = 0
+
+    def _count(self, key: str, window: float | None, now: float) -> tuple[_Count, int]:
+        count = self._counts.get(key)
+        if count is None or count.expires < now:
+            count = self._counts[key] = _Count()
+        if window is None:
+            count.expires = now + self._idle_ttl
+            return count, 0
+        bucket = int(now // (window / BUCKETS))
+        if count.buckets and next(iter(count.buckets)) <= bucket - BUCKETS:
+            count.prune(bucket - BUCKETS)
+        count.expires = now + 2 * window
+        return count, bucket
+
+    async def reserve(self, key: str, amount: int, limit: int | None, window: float | None) -> Reservation:
+        now = self._clock()
+        self._maybe_sweep(now)
+        count, bucket = self._count(key, window, now)
+        if limit is not None and count.total + amount > limit:
+            return Reservation(False, count.total, bucket)
+        count.buckets[bucket] = count.buckets.get(bucket, 0) + amount
+        count.total += amount
+        return Reservation(True, count.total, bucket)
+
+    async def adjust(self, key: str, delta: int, window: float | None, bucket: int) -> int:
+        now = self._clock()
+        count, current = self._count(key, window, now)
+        if bucket > oldest_live(current, window):
+            count.buckets[bucket] = count.buckets.get(bucket, 0) + delta
+            count.total += delta
+        return count.total
+
+    async def spent(self, key: str, window: float | None) -> int:
+        now = self._clock()
+        count = self._counts.get(key)
+        if count is None or count.expires < now:
+            return 0
+        count.prune(oldest_live(bucket_of(now, window), window))
+        return count.total
+
+    async def first_seen(self, key: str, ttl_s: float) -> bool:
+        now = self._clock()
+        if self._live(key, now) is not None:
+            return False
+        self._values[key] = (now + ttl_s, True)
+        return True
+
+    async def push(self, key: str, item: str, *, keep: int, ttl_s: float) -> list[str]:
+        return self._push(key, item, keep, ttl_s, self._clock())
+
+    async def remember(self, key: str, item: str, *, keep: int, ttl_s: float) -> list[str]:
+        now = self._clock()
+        items = self._live(key, now)
+        if items is None or item not in items:
+            self._push(key, item, keep, ttl_s, now)
+        return list(self._live(key, now))
+
+    def _push(self, key: str, item: str, keep: int, ttl_s: float, now: float) -> list[str]:
+        self._maybe_sweep(now)
+        items = self._live(key, now)
+        if items is None:
+            items = deque(maxlen=keep)
+        before = list(items)[: keep - 1]
+        items.appendleft(item)
+        self._values[key] = (now + ttl_s, items)
+        return before
+
+    async def recent(self, key: str) -> list[str]:
+        items = self._live(key, self._clock())
+        return list(items) if items is not None else []
+
+    async def setdefault(self, key: str, value: str, ttl_s: float) -> str:
+        now = self._clock()
+        current = self._live(key, now)
+        if current is not None:
+            return str(current)
+        self._values[key] = (now + ttl_s, value)
+        return value
+
+    def _live(self, key: str, now: float) -> Any:
+        entry = self._values.get(key)
+        if entry is None or entry[0] < now:
+            return None
+        return entry[1]
+
+    def _maybe_sweep(self, now: float) -> None:
+        self._writes += 1
+        if self._writes < _SWEEP_EVERY:
+            return
+        self._writes = 0
+        self._counts = {k: c for k, c in self._counts.items() if c.expires >= now}
+        self._values = {k: v for k, v in self._values.items() if v[0] >= now}
+
+
+# ---------------------------------------------------------------------------- redis
+
+_RESERVE = """
+local amount, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local oldest, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local flat = redis.call('HGETALL', KEYS[1])
+local total = 0
+for i = 1, #flat, 2 do
+  if tonumber(flat[i]) <= oldest then redis.call('HDEL', KEYS[1], flat[i])
+  else total = total + tonumber(flat[i + 1]) end
+end
+if limit >= 0 and total + amount > limit then return {0, total} end
+redis.call('HINCRBY', KEYS[1], ARGV[3], amount)
+redis.call('PEXPIRE', KEYS[1], ttl)
+return {1, total + amount}
+"""
+
+_ADJUST = """
+local delta, bucket, oldest = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if bucket > oldest and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], ARGV[2], delta)
+end
+local flat = redis.call('HGETALL', KEYS[1])
+local total = 0
+for i = 1, #flat, 2 do
+  if tonumber(flat[i]) > oldest then total = total + tonumber(flat[i + 1]) end
+end
+return total
+"""
+
+_REMEMBER = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for _, v in ipairs(items) do
+  if v == ARGV[1] then return items end
+end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return redis.call('LRANGE', KEYS[1], 0, -1)
+"""
+
+_SETDEFAULT = """
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class RedisCounterStore(CounterStore):
+    """Counters shared by every replica.  One round trip per method (a Lua script or a
+    MULTI pipeline).  Keys are `{prefix}{key}`; the prefix defaults to `interlock:`."""
+
+    remote = True
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str = "interlock:",
+        clock: Callable[[], float] = time.time,
+        idle_ttl_s: float = IDLE_TTL_S,
+    ) -> None:
+        self._r = client
+        self._prefix = prefix
+        self._clock = clock
+        self._idle_ttl = idle_ttl_s
+        self._reserve = client.register_script(_RESERVE)
+        self._adjust = client.register_script(_ADJUST)
+        self._setdefault = client.register_script(_SETDEFAULT)
+        self._remember = client.register_script(_REMEMBER)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisCounterStore:
+        from redis.asyncio import Redis
+
+        return cls(Redis.from_url(url, decode_responses=True), **kwargs)
+
+    def _ttl_ms(self, window: float | None) -> int:
+        return _ms(self._idle_ttl if window is None else 2 * window)
+
+    async def reserve(self, key: str, amount: int, limit: int | None, window: float | None) -> Reservation:
+        bucket = bucket_of(self._clock(), window)
+        args = [
+            amount,
+            -1 if limit is None else limit,
+            bucket,
+            oldest_live(bucket, window),
+            self._ttl_ms(window),
+        ]
+        ok, total = await self._reserve(keys=[self._prefix + key], args=args)
+        return Reservation(bool(ok), int(total), bucket)
+
+    async def adjust(self, key: str, delta: int, window: float | None, bucket: int) -> int:
+        oldest = oldest_live(bucket_of(self._clock(), window), window)
+        return int(await self._adjust(keys=[self._prefix + key], args=[delta, bucket, oldest]))
+
+    async def spent(self, key: str, window: float | None) -> int:
+        oldest = oldest_live(bucket_of(self._clock(), window), window)
+        flat = await self._r.hgetall(self._prefix + key)
+        return sum(int(v) for b, v in flat.items() if int(b) > oldest)
+
+    async def first_seen(self, key: str, ttl_s: float) -> bool:
+        return bool(await self._r.set(self._prefix + key, "1", nx=True, px=_ms(ttl_s)))
+
+    async def push(self, key: str, item: str, *, keep: int, ttl_s: float) -> list[str]:
+        k = self._prefix + key
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.lrange(k, 0, max(keep - 2, 0))
+            pipe.lpush(k, item)
+            pipe.ltrim(k, 0, keep - 1)
+            pipe.pexpire(k, _ms(ttl_s))
+            before, *_ = await pipe.execute()
+        return list(before)[: keep - 1]
+
+    async def remember(self, key: str, item: str, *, keep: int, ttl_s: float) -> list[str]:
+        return list(await self._remember(keys=[self._prefix + key], args=[item, keep, _ms(ttl_s)]))
+
+    async def recent(self, key: str) -> list[str]:
+        return list(await self._r.lrange(self._prefix + key, 0, -1))
+
+    async def setdefault(self, key: str, value: str, ttl_s: float) -> str:
+        return str(await self._setdefault(keys=[self._prefix + key], args=[value, _ms(ttl_s)]))
+
+    async def ping(self) -> None:
+        await self._r.ping()
+
+    async def aclose(self) -> None:
+        await self._r.aclose()
+
+
+async def make_counter_store(redis_url: str | None, **kwargs: Any) -> CounterStore:
+    """Redis-backed when a URL is configured (shared by every replica), else in-process
+    (per-replica counts).  An unreachable Redis is logged, not fatal: guards fail open (or
+    closed, per rule) until it answers."""
+    if not redis_url:
+        log.info("guard counters are in-process: budgets and loop windows are per replica")
+        return MemoryCounterStore()
+    store = RedisCounterStore.from_url(redis_url, **kwargs)
+    try:
+        await store.ping()
+    except Exception as exc:
+        log.warning("Redis for guard counters is not answering (%s); guards fail open until it does", exc)
+    return store

@@ -1,0 +1,337 @@
+"""Loop detectors (`kind: loop`), one class per `detect:` pattern.
+
+    retry        the same request (normalised content) sent again        on_request
+    tool_repeat  the same tool call + arguments, returning the same result  on_request
+    no_progress  consecutive near-duplicate outputs of one agent         on_response flags,
+                                                                          on_request denies
+    ping_pong    A→B→A→B handoffs carrying near-identical content        on_request
+    ceiling      a run over a step, depth, duration or tokens/min cap    on_request
+
+Graduated: occurrences 1..max_repeats pass; the next one gets the rule's `action`; with
+`deny_after: N`, occurrences beyond max_repeats + N are denied.  Counts live in the
+CounterStore within `window` and per `scope` (default: agent within run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from proxy.call import Call, ToolCall
+from proxy.guards.base import ALLOW, Action, GuardDeps, RuleGuard, Verdict
+from proxy.guards.facts import canonical_args, decode_sketch, encode_sketch, similarity
+from proxy.guards.handoffs import Handoff
+from proxy.guards.scopes import describe_scope, scope_value
+
+if TYPE_CHECKING:
+    from proxy.rules import LoopRule
+
+CODE = "interlock_loop_detected"
+_CONSEQUENCE = MappingProxyType(
+    {
+        "deny": "Interlock refused this request.",
+        "flag": "Interlock flagged it (not blocked).",
+        "escalate": "Interlock raised it for human review.",
+    }
+)
+
+
+class LoopDetector(RuleGuard["LoopRule"]):
+    """Shared machinery: scope keys, graduated actions, reason sentences."""
+
+    def __init__(self, rule: LoopRule, deps: GuardDeps) -> None:
+        super().__init__(rule)
+        self.store = deps.counters
+        self.facts = deps.facts
+        self.handoffs = deps.handoffs
+        self.window = rule.window_s
+        self.keep = rule.max_repeats + (rule.deny_after or 0) + 1
+
+    def scope(self, call: Call) -> str:
+        thread = self.facts(call).thread if self.rule.scope == "thread" else None
+        return scope_value(self.rule.scope, call, thread=thread, missing="-") or "-"
+
+    def key(self, call: Call, *parts: str) -> str:
+        return ":".join(("loop", self.name, self.rule.detect, self.scope(call), *parts))
+
+    def level(self, n: int) -> Action | None:
+        """The action for the n-th occurrence (None: still tolerated)."""
+        rule = self.rule
+        if n <= rule.max_repeats:
+            return None
+        if rule.deny_after is not None and n > rule.max_repeats + rule.deny_after:
+            return "deny"
+        return rule.action
+
+    def graded(
+        self, n: int, what: str, advice: str, data: dict[str, Any], action: Action | None = None
+    ) -> Verdict:
+        action = action or self.level(n)
+        if action is None:
+            return ALLOW
+        limits = f"rule '{self.name}' allows {self.rule.max_repeats} within {self.rule.window}"
+        reason = f"{what} ({limits}). {_CONSEQUENCE[action]} {advice}"
+        full = {
+            "detect": self.rule.detect,
+            "occurrence": n,
+            "max_repeats": self.rule.max_repeats,
+            "deny_after": self.rule.deny_after,
+            "window": self.rule.window,
+            **data,
+        }
+        return self.verdict(action, reason, full, code=CODE)
+
+
+class RetryStorm(LoopDetector):
+    """The same request content sent again and again."""
+
+    async def on_request(self, call: Call) -> Verdict:
+        fp = self.facts(call).request_digest
+        n = await self.store.hit(self.key(call, fp), self.window)
+        what = (
+            f"The same request from {describe_scope(self.rule.scope, call)} has now been sent {n} times "
+            f"within {self.rule.window}"
+        )
+        advice = "Stop retrying the same request: change it, or report the failure back to your caller."
+        return self.graded(n, what, advice, {"fingerprint": fp})
+
+
+class ToolRepeat(LoopDetector):
+    """The same tool call with the same canonical arguments returning the same result.  A
+    result is counted once per tool-call id, so a resent request does not count twice."""
+
+    async def on_request(self, call: Call) -> Verdict:
+        best: tuple[int, ToolCall] | None = None
+        for tc, _, fp in self.facts(call).tool_results:
+            n = await self._count(call, tc.id or call.id, fp)
+            if best is None or n > best[0]:
+                best = (n, tc)
+        return ALLOW if best is None else self._verdict(*best)
+
+    async def _count(self, call: Call, ident: str, fp: str) -> int:
+        """Distinct tool-call ids that got this same result (a resent request adds none)."""
+        seen = await self.store.remember(self.key(call, fp), ident, keep=self.keep, ttl_s=self.window)
+        return len(set(seen))
+
+    def _verdict(self, n: int, tc: ToolCall) -> Verdict:
+        args = canonical_args(tc.arguments)
+        shown = args if len(args) <= 120 else args[:117] + "..."
+        what = (
+            f"Tool call {tc.name}({shown}) has now been made {n} times with the same arguments and "
+            "returned the same result each time"
+        )
+        advice = (
+            "Stop calling it with these arguments: use the result you already have, try a different "
+            "approach, or report back to your caller."
+        )
+        return self.graded(n, what, advice, {"tool": tc.name, "arguments": shown})
+
+
+class NoProgress(LoopDetector):
+    """Consecutive near-duplicate outputs.  Flagged when the output arrives; with a deny level
+    reached, the agent's next request in the same scope is refused."""
+
+    def __init__(self, rule: LoopRule, deps: GuardDeps) -> None:
+        super().__init__(rule, deps)
+        self._can_deny = rule.action == "deny" or rule.deny_after is not None
+
+    async def on_response(self, call: Call) -> Verdict:
+        if call.outcome != "ok":
+            return ALLOW
+        sketch = self.facts(call).output_sketch
+        if not sketch:
+            return ALLOW
+        previous = await self.store.push(
+            self.key(call), encode_sketch(sketch), keep=self.keep, ttl_s=self.window
+        )
+        n = 1 + _streak(sketch, previous, self.rule.similarity)
+        action = self.level(n)
+        if action != "deny":
+            return self._verdict(call, n, action)
+        # the output is already delivered: flag it, and refuse the next request in this scope
+        return self._verdict(call, n, "flag", " The next request will be refused.")
+
+    async def on_request(self, call: Call) -> Verdict:
+        if not self._can_deny:
+            return ALLOW
+        latest = await self.store.recent(self.key(call))
+        if not latest:
+            return ALLOW
+        n = 1 + _streak(decode_sketch(latest[0]), latest[1:], self.rule.similarity)
+        return self._verdict(call, n, "deny") if self.level(n) == "deny" else ALLOW
+
+    def _verdict(self, call: Call, n: int, action: Action | None, note: str = "") -> Verdict:
+        if action is None:
+            return ALLOW
+        what = (
+            f"The last {n} answers of {describe_scope(self.rule.scope, call)} were near-identical "
+            f"(similarity >= {self.rule.similarity:.2f}): no progress"
+        )
+        advice = (
+            "Stop repeating the same answer: change approach, or report back to your caller with what "
+            "you have and where you are stuck." + note
+        )
+        return self.graded(n, what, advice, {"similarity": self.rule.similarity}, action)
+
+
+def _streak(sketch: tuple[int, ...], previous: list[str], threshold: float) -> int:
+    """How many of the previous outputs (encoded sketches, newest first) in a row are alike."""
+    n = 0
+    for raw in previous:
+        if similarity(sketch, decode_sketch(raw)) < threshold:
+            break
+        n += 1
+    return n
+
+
+class PingPong(LoopDetector):
+    """A→B→A→B handoffs within a run whose content repeats in both directions."""
+
+    uses_handoffs = True
+
+    async def on_request(self, call: Call) -> Verdict:
+        handoff = await self.handoffs.handoff_into(call)
+        if handoff is None or not call.run_id:
+            return ALLOW
+        pair = "|".join(sorted((handoff.source_agent, handoff.target_agent)))
+        item = orjson.dumps([handoff.source_agent, encode_sketch(handoff.content)]).decode()
+        key = ":".join(("loop", self.name, "ping_pong", call.run_id, pair))
+        previous = await self.store.push(key, item, keep=2 * self.keep, ttl_s=self.window)
+        n = self._occurrence(handoff, [orjson.loads(raw) for raw in previous])
+        return self._verdict(handoff, n)
+
+    def _occurrence(self, current: Handoff, previous: list[list[str]]) -> int:
+        """1 + earlier same-direction handoffs in the alternating, repeating streak."""
+        anchors = {current.source_agent: current.content}
+        expected, n = current.target_agent, 1
+        for source, encoded in previous:
+            if source != expected:
+                break
+            content = decode_sketch(encoded)
+            anchor = anchors.setdefault(source, content)
+            if anchor is not content and similarity(anchor, content) < self.rule.similarity:
+                break
+            n += source == current.source_agent
+            expected = current.source_agent if source != current.source_agent else current.target_agent
+        return n
+
+    def _verdict(self, h: Handoff, n: int) -> Verdict:
+        what = (
+            f"Agents '{h.source_agent}' and '{h.target_agent}' are in a ping-pong loop: near-identical "
+            f"content has gone {h.source_agent} → {h.target_agent} {n} times, alternating with "
+            "near-identical replies"
+        )
+        advice = (
+            "Stop passing the same work back and forth: resolve it differently, or report the "
+            "disagreement back to your caller or a human."
+        )
+        return self.graded(n, what, advice, {"source": h.source_agent, "target": h.target_agent})
+
+
+class RunCeiling(LoopDetector):
+    """Caps on a whole run: steps (calls), delegation depth, wall-clock, tokens per minute."""
+
+    def __init__(self, rule: LoopRule, deps: GuardDeps) -> None:
+        super().__init__(rule, deps)
+        self.uses_handoffs = rule.max_depth is not None
+
+    async def on_request(self, call: Call) -> Verdict:
+        run = call.run_id
+        if not run:
+            return ALLOW
+        breach = await self._breach(call, run)
+        if breach is None:
+            return ALLOW
+        what, data = breach
+        over = await self.store.hit(self._key(run, "over"), None)
+        deny_after = self.rule.deny_after
+        action: Action = "deny" if deny_after is not None and over > deny_after else self.rule.action
+        reason = (
+            f"{what} (rule '{self.name}'). {_CONSEQUENCE[action]} Stop starting new steps: summarise "
+            "what you have and report back to your caller."
+        )
+        return self.verdict(
+            action, reason, {"detect": "ceiling", "run": run, "calls_over": over, **data}, code=CODE
+        )
+
+    def _key(self, run: str, what: str) -> str:
+        return f"loop:{self.name}:ceiling:{run}:{what}"
+
+    async def _breach(self, call: Call, run: str) -> tuple[str, dict[str, Any]] | None:
+        rule = self.rule
+        checks = (
+            (rule.max_steps, self._steps),
+            (rule.max_duration, self._duration),
+            (rule.max_depth, self._depth),
+            (rule.max_tokens_per_min, self._velocity),
+        )
+        for configured, check in checks:
+            if configured is not None and (found := await check(call, run)) is not None:
+                return found
+        return None
+
+    async def _steps(self, call: Call, run: str) -> tuple[str, dict[str, Any]] | None:
+        cap = self.rule.max_steps or 0
+        steps = await self.store.hit(self._key(run, "steps"), None)
+        if steps <= cap:
+            return None
+        return f"Run '{run}' has made {steps:,} model calls, over its ceiling of {cap:,}", {
+            "steps": steps,
+            "max_steps": cap,
+        }
+
+    async def _duration(self, call: Call, run: str) -> tuple[str, dict[str, Any]] | None:
+        start = float(
+            await self.store.setdefault(self._key(run, "start"), repr(call.started_at), 2 * 86_400.0)
+        )
+        elapsed = call.started_at - start
+        if elapsed <= (self.rule.max_duration_s or 0.0):
+            return None
+        what = f"Run '{run}' has been going for {elapsed / 60:,.1f} minutes, over its ceiling of {self.rule.max_duration}"
+        return what, {"elapsed_s": round(elapsed, 3), "max_duration": self.rule.max_duration}
+
+    async def _depth(self, call: Call, run: str) -> tuple[str, dict[str, Any]] | None:
+        cap = self.rule.max_depth or 0
+        handoff = await self.handoffs.handoff_into(call)
+        if handoff is None or handoff.depth is None or handoff.depth <= cap:
+            return None
+        what = (
+            f"Agent '{call.agent}' is {handoff.depth} handoffs deep in run '{run}', over its ceiling of {cap}"
+        )
+        return what, {"depth": handoff.depth, "max_depth": cap}
+
+    async def _velocity(self, call: Call, run: str) -> tuple[str, dict[str, Any]] | None:
+        cap = self.rule.max_tokens_per_min or 0
+        used = await self.store.spent(self._key(run, "tpm"), 60.0)
+        if used <= cap:
+            return None
+        what = f"Run '{run}' used {used:,} tokens in the last minute, over its ceiling of {cap:,} tokens per minute"
+        return what, {"tokens_last_minute": used, "max_tokens_per_min": cap}
+
+    async def on_response(self, call: Call) -> Verdict:
+        run = call.run_id
+        if not run:
+            return ALLOW
+        if self.rule.max_tokens_per_min is not None:
+            used = call.usage.total() if call.usage.reported else (call.input_tokens_counted or 0)
+            if used:
+                await self.store.hit(self._key(run, "tpm"), 60.0, used)
+        return ALLOW
+
+
+DETECTORS: Mapping[str, type[LoopDetector]] = MappingProxyType(
+    {
+        "retry": RetryStorm,
+        "tool_repeat": ToolRepeat,
+        "no_progress": NoProgress,
+        "ping_pong": PingPong,
+        "ceiling": RunCeiling,
+    }
+)
+
+
+def build(rule: LoopRule, deps: GuardDeps) -> list[LoopDetector]:
+    return [DETECTORS[rule.detect](rule, deps)]

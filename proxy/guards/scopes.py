@@ -1,0 +1,65 @@
+"""Who a counter belongs to: the value of a rule's `scope` for a call, and how to say it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from operator import attrgetter
+
+from proxy.call import Call
+from proxy.guards.facts import digest
+
+_MAX_VALUE = 200
+
+
+def _bounded(value: str) -> str:
+    return value if len(value) <= _MAX_VALUE else "#" + digest(value)
+
+
+def scope_value(
+    scope: str, call: Call, *, thread: str | None = None, missing: str | None = None
+) -> str | None:
+    """The call's value for `scope` (run, agent, agent_run, api_key, model, thread, global).
+    A part the call lacks becomes `missing`; when `missing` is None such a call has no value."""
+    if scope == "global":
+        return "*"
+    if scope == "thread":
+        return _bounded(thread) if thread is not None else missing
+    if scope == "agent_run":
+        agent, run = call.agent or missing, call.run_id or missing
+        return None if agent is None or run is None else _bounded(f"{agent}@{run}")
+    value = {
+        "run": call.run_id,
+        "agent": call.agent,
+        "api_key": call.api_key_hash,
+        "model": call.model_requested,
+    }[scope] or missing
+    return None if value is None else _bounded(value)
+
+
+def scope_getter(scope: str) -> Callable[[Call], str | None]:
+    """`scope_value` for one scope, resolved once (for hot paths); missing parts → None."""
+    attr = {"run": "run_id", "agent": "agent", "api_key": "api_key_hash", "model": "model_requested"}.get(
+        scope
+    )
+    if attr is None:
+        return lambda call: scope_value(scope, call)
+    get = attrgetter(attr)
+
+    def value(call: Call) -> str | None:
+        v = get(call)
+        return v if not v or len(v) <= _MAX_VALUE else _bounded(v)
+
+    return value
+
+
+def describe_scope(scope: str, call: Call) -> str:
+    """`run 'r1'`, `agent 'writer' in run 'r1'`, `all traffic`... for reason sentences."""
+    if scope == "global":
+        return "all traffic"
+    if scope == "agent_run":
+        return f"agent '{call.agent or '?'}' in run '{call.run_id or '?'}'"
+    if scope == "thread":
+        return f"this conversation of agent '{call.agent or '?'}'"
+    labels = {"run": "run", "agent": "agent", "api_key": "API key", "model": "model"}
+    value = scope_value(scope, call, missing="?")
+    return f"{labels[scope]} '{value}'"
