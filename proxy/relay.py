@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 from proxy.call import Call, Chunk, new_id
 from proxy.forward import Forwarder, UpstreamError, UpstreamResponse
 from proxy.providers import Route, Router
-from proxy.providers.base import Provider
+from proxy.providers.base import Provider, StreamParser
 from proxy.redact import api_key_hash
 from proxy.settings import Settings
 from proxy.sse import SSESplitter
@@ -115,6 +115,9 @@ class Relay:
             if task is not None:
                 task.uncancel()
             call.outcome = "cancelled"
+            if state.parser is not None:
+                state.parser.finish()
+                self._capture(call, _assembled(call))
         except Exception as exc:  # never let a bug drop the record
             log.exception("relay failure on %s", call.path)
             call.outcome = call.outcome or "upstream_error"
@@ -260,7 +263,7 @@ class Relay:
 
     async def _relay_stream(self, call: Call, provider: Provider, state: _Exchange, resp: UpstreamResponse) -> bool:
         await state.start(resp.status, _down_headers(resp))
-        parser = provider.stream_parser(call)
+        parser = state.parser = provider.stream_parser(call)
         splitter = SSESplitter()
         filtering = provider.needs_filter(call)
         guards = state.guards
@@ -276,7 +279,6 @@ class Relay:
                     out = b"".join(b for b in (provider.filter_event(call, e) for e in events) if b)
                     if out:
                         await state.body(out)
-                self._capture(call, raw)
                 for event in events:
                     chunk = parser.on_event(event)
                     if chunk is None or guards is None:
@@ -286,6 +288,7 @@ class Relay:
                     if verdict.action == "deny":
                         parser.finish()
                         await self._cut(call, provider, state, verdict)
+                        self._capture(call, _assembled(call))
                         return False
         except UpstreamError as exc:
             call.outcome = "upstream_cut"
@@ -298,6 +301,7 @@ class Relay:
         state.upstream_end = time.perf_counter()
         parser.finish()
         await state.body(b"", more=False)
+        self._capture(call, _assembled(call))
         return clean
 
     # ---------------------------------------------------------------- endings
@@ -370,7 +374,8 @@ class Relay:
 class _Exchange:
     """The client side of one exchange: tracks whether headers went out and the client left."""
 
-    __slots__ = ("send", "started", "done", "client_gone", "guards", "arrived", "upstream_at", "upstream_end")
+    __slots__ = ("send", "started", "done", "client_gone", "guards", "arrived", "upstream_at", "upstream_end",
+                 "parser")
 
     def __init__(self, send: Send, arrived: float) -> None:
         self.send = send
@@ -381,6 +386,7 @@ class _Exchange:
         self.done = False
         self.client_gone = False
         self.guards: GuardHooks | None = None
+        self.parser: StreamParser | None = None
 
     def overhead(self, now: float) -> float:
         """Proxy time: arrival → upstream send, plus upstream end → now (all when never sent)."""
@@ -425,6 +431,17 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return None
         parts.append(part)
     return b"".join(parts)
+
+
+def _assembled(call: Call) -> bytes:
+    """What a stream produced, stored instead of its raw events (smaller, and readable)."""
+    c = call.completion
+    out: dict[str, Any] = {"stream": True, "text": c.text, "finish_reason": call.finish_reason}
+    if c.tool_calls:
+        out["tool_calls"] = [{"id": t.id, "name": t.name, "arguments": t.arguments} for t in c.tool_calls]
+    if c.response_id:
+        out["id"] = c.response_id
+    return orjson.dumps(out)
 
 
 def _down_headers(resp: UpstreamResponse) -> list[tuple[bytes, bytes]]:

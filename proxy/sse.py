@@ -46,6 +46,18 @@ class SSESplitter:
 
 
 def _parse(raw: bytes) -> Event:
+    # Fast paths for the two shapes providers send: `data: X` and `event: N` + `data: X`.
+    end = len(raw) - 2
+    if raw.startswith(b"data: ") and raw.find(b"\n", 6) == end:
+        return Event(None, raw[6:end], raw)
+    if raw.startswith(b"event: "):
+        nl = raw.find(b"\n")
+        if raw.startswith(b"data: ", nl + 1) and raw.find(b"\n", nl + 7) == end:
+            return Event(raw[7:nl].decode("utf-8", "replace").strip(), raw[nl + 7 : end], raw)
+    return _parse_general(raw)
+
+
+def _parse_general(raw: bytes) -> Event:
     name: str | None = None
     data: list[bytes] = []
     for line in raw.split(b"\n"):

@@ -127,6 +127,7 @@ class Linker:
             ctx.flags,
             ctx.new_run,
             ident.new,
+            ctx.merged,
         )
 
     def close_idle(self, now: float | None = None) -> list[str]:
