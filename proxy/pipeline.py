@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from proxy.call import Call
+from proxy.pricing import PriceTable
 from proxy.store.rows import ContentPolicy, Record, call_record
 
 log = logging.getLogger("interlock.pipeline")
@@ -20,12 +22,14 @@ log = logging.getLogger("interlock.pipeline")
 
 class Pipeline:
     def __init__(self, writer: Any, *, policy: ContentPolicy, max_bytes: int, linker: Any = None, metrics: Any = None,
-                 maxsize: int = 10_000) -> None:
+                 prices: Callable[[], PriceTable] | None = None, maxsize: int = 10_000) -> None:
         self.writer = writer
         self.policy = policy
         self.max_bytes = max_bytes
         self.linker = linker
         self.metrics = metrics
+        default = PriceTable()
+        self.prices: Callable[[], PriceTable] = prices or (lambda: default)
         self.queue: asyncio.Queue[Call | None] = asyncio.Queue(maxsize)
         self.overflowed = 0
         self.link_errors = 0
@@ -52,6 +56,8 @@ class Pipeline:
             self.processed += 1
 
     def _process(self, call: Call) -> None:
+        if call.cost_usd is None and call.usage.reported:
+            call.cost_usd = self.prices().cost_usd(call.model_served or call.model_requested, call.usage)
         link = None
         if self.linker is not None:
             try:

@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.call import Call, Chunk, new_id
 from proxy.forward import Forwarder, UpstreamError, UpstreamResponse
+from proxy.guards.base import Verdict
 from proxy.providers import Route, Router
 from proxy.providers.base import Provider, StreamParser
 from proxy.redact import api_key_hash
@@ -45,18 +46,12 @@ _DROP_DOWN = frozenset(
 )
 
 
-class VerdictLike(Protocol):
-    action: str
-    rule: str | None
-    reason: str
-    status: int
-    code: str
-
-
 class GuardHooks(Protocol):
-    async def on_request(self, call: Call) -> VerdictLike: ...
-    def on_chunk(self, call: Call, chunk: Chunk) -> VerdictLike: ...
-    async def on_response(self, call: Call) -> VerdictLike: ...
+    """What the relay needs of a guard chain (proxy.guards.chain.GuardChain)."""
+
+    async def on_request(self, call: Call) -> Verdict: ...
+    def on_chunk(self, call: Call, chunk: Chunk) -> Verdict: ...
+    async def on_response(self, call: Call) -> Verdict: ...
 
 
 class TokenCounting(Protocol):
@@ -130,7 +125,7 @@ class Relay:
                 watch.cancel()
             now = time.perf_counter()
             call.overhead_s = state.overhead(now)
-            await self._finish(call)
+            await self._finish(call, state.guards)
             if self.metrics is not None:
                 self.metrics.observe_call(call, now - arrived)
 
@@ -306,13 +301,13 @@ class Relay:
 
     # ---------------------------------------------------------------- endings
 
-    async def _cut(self, call: Call, provider: Provider, state: _Exchange, verdict: VerdictLike) -> None:
+    async def _cut(self, call: Call, provider: Provider, state: _Exchange, verdict: Verdict) -> None:
         call.outcome = "denied"
         call.error = verdict.reason
         await state.body(provider.error_event(verdict.code, verdict.code, verdict.reason))
         await state.body(b"", more=False)
 
-    async def _deny(self, call: Call, provider: Provider, state: _Exchange, verdict: VerdictLike) -> None:
+    async def _deny(self, call: Call, provider: Provider, state: _Exchange, verdict: Verdict) -> None:
         call.outcome = "denied"
         call.error = verdict.reason
         await self._send_error(state, provider, verdict.status, verdict.code, verdict.code, verdict.reason)
@@ -360,10 +355,10 @@ class Relay:
         if len(data) > room:
             call.response_truncated = True
 
-    async def _finish(self, call: Call) -> None:
+    async def _finish(self, call: Call, guards: GuardHooks | None) -> None:
+        """Settle the same chain that admitted the call (a reload may have swapped it since)."""
         call.ended_at = time.time()
-        guards = self.guards()
-        if guards is not None and call.outcome != "too_large":
+        if guards is not None:
             try:
                 await asyncio.shield(guards.on_response(call))
             except Exception:

@@ -12,9 +12,13 @@ from typing import Any
 import httpx
 
 from proxy.forward import Forwarder, make_forwarder
+from proxy.guards.chain import GuardChain
+from proxy.guards.counters import make_counter_store
 from proxy.pipeline import Pipeline
+from proxy.pricing import PriceTable
 from proxy.providers import Router
 from proxy.relay import Relay
+from proxy.rules import RulesManager
 from proxy.settings import Settings
 from proxy.tokens import TokenCounter, load_counter
 
@@ -34,7 +38,9 @@ class Runtime:
         self.pipeline: Pipeline | None = None
         self.forwarder: Forwarder | None = None
         self.tokens: Any = None
-        self.rules: Any = None
+        self.rules: RulesManager | None = None
+        self.counters: Any = None
+        self._prices: tuple[Any, PriceTable] | None = None
         self.metrics: Any = None
         self.linker: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -62,7 +68,7 @@ class Runtime:
         self.linker = self._linker()
         self.metrics = self._metrics()
         self.pipeline = Pipeline(self.writer, policy=s.content_policy, max_bytes=s.content_max_bytes,
-                                 linker=self.linker, metrics=self.metrics)
+                                 linker=self.linker, metrics=self.metrics, prices=self.price_table)
         await self.pipeline.start()
         self.forwarder = make_forwarder(s, self.transport)
         self.relay = Relay(
@@ -70,26 +76,28 @@ class Runtime:
             self.router,
             self.forwarder,
             self.pipeline.submit,
-            guards=(lambda: self.rules.chain) if self.rules is not None else (lambda: None),
+            guards=self._chain,
             tokens=self.tokens,
             runs=self.linker,
             metrics=self.metrics,
         )
 
+    def price_table(self) -> PriceTable:
+        """Default prices plus the active rules' `pricing:` overrides (rebuilt after a reload)."""
+        pricing = self.rules.rules.pricing if self.rules is not None else {}
+        if self._prices is None or self._prices[0] is not pricing:
+            self._prices = (pricing, PriceTable(pricing))
+        return self._prices[1]
+
+    def _chain(self) -> GuardChain | None:
+        return self.rules.chain if self.rules is not None else None
+
     def _token_counter(self) -> TokenCounter:
         return load_counter(self.settings.encodings_dir, log.warning)
 
-    async def _rules(self) -> Any:
-        try:
-            from proxy.guards.counters import make_counter_store
-            from proxy.rules import RulesManager
-        except ImportError:
-            return None
-        return None  # TEMP until guards land
-        counters = await make_counter_store(self.settings.redis_url)
-        manager = RulesManager(self.settings.rules_dir, counters=counters,
-                               default_max_tokens=self.settings.default_max_tokens,
-                               reload_s=self.settings.rules_reload_s)
+    async def _rules(self) -> RulesManager:
+        self.counters = await make_counter_store(self.settings.redis_url)
+        manager = RulesManager.from_settings(self.settings, counters=self.counters)
         await manager.start()
         return manager
 
@@ -117,6 +125,8 @@ class Runtime:
             await self.pipeline.aclose()
         if self.rules is not None:
             await self.rules.aclose()
+        if self.counters is not None:
+            await self.counters.aclose()
         if self.writer is not None:
             await self.writer.aclose(timeout=10.0)
         if self.engine is not None:

@@ -148,9 +148,10 @@ class Metrics:
         r = self.runtime.rules
         if r is None:
             return []
-        return [Observation(len(getattr(r, "rules", []) or []), {"state": "active"}),
-                Observation(getattr(r, "reload_failures", 0), {"state": "reload_failures"}),
-                Observation(len(getattr(r, "errors", []) or []), {"state": "errors"})]
+        return [Observation(len(r.rules.rules), {"state": "active"}),
+                Observation(r.reload_failures, {"state": "reload_failures"}),
+                Observation(len(r.errors), {"state": "errors"}),
+                Observation(r.stats.errors_total, {"state": "guard_errors"})]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -42,13 +42,14 @@ def _loopback(host: str) -> bool:
 
 
 def build_api(runtime: Runtime, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]]) -> FastAPI:
-    from proxy.api import calls
+    from proxy.api import calls, rules_api
 
     app = FastAPI(title="Interlock", lifespan=lifespan, docs_url="/api/docs", openapi_url="/api/openapi.json")
     guard = Depends(admin_guard(runtime))
     api = APIRouter(prefix="/api", dependencies=[guard])
     calls.register(api, runtime)
-    for name in ("graph_api", "rules_api"):
+    rules_api.register(api, runtime)
+    for name in ("graph_api",):
         module = _optional(name)
         if module is not None:
             module.register(api, runtime)

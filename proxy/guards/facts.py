@@ -137,14 +137,29 @@ class CallFacts:
 
     def __init__(self, call: Call) -> None:
         self.call = call
-        self._once: dict[str, asyncio.Future[Any]] = {}
+        self._done: dict[str, Any] = {}
+        self._pending: dict[str, asyncio.Future[Any]] = {}
 
     async def once(self, name: str, compute: Callable[[], Awaitable[T]]) -> T:
-        """Run `compute` once per call, however many guards (even concurrent ones) ask."""
-        task = self._once.get(name)
-        if task is None:
-            task = self._once[name] = asyncio.ensure_future(compute())
-        return cast(T, await task)
+        """Run `compute` once per call, however many guards ask, concurrent ones included
+        (they await the first caller's result; no task is created)."""
+        if name in self._done:
+            return cast(T, self._done[name])
+        pending = self._pending.get(name)
+        if pending is not None:
+            return cast(T, await pending)
+        future = self._pending[name] = asyncio.get_running_loop().create_future()
+        try:
+            result = await compute()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # waiters re-raise it; nobody else must log it
+            raise
+        finally:
+            del self._pending[name]
+        self._done[name] = result
+        future.set_result(result)
+        return result
 
     @cached_property
     def message_digests(self) -> list[str]:
