@@ -1,39 +1,51 @@
-"""Off the request path: finished Calls → graph linker → rows → batching writer.
+"""Off the request path: finished Calls → cost → graph linker → rows → batching writer.
 
-    relay.record(call) ─put_nowait─▶ [bounded queue] ─▶ worker: link, build rows ─▶ writer.submit
-                          │ full
+    relay.record(call) ─put_nowait─▶ [bounded queue] ─▶ worker: price, link, aggregate ─▶ writer.submit
+                          │ full                          │ every few seconds: close idle runs
                           └─▶ rows built inline (no linking) and handed to the writer, which
                               spools to disk when it is full too: a record is never dropped.
+
+Hooks (`observers`) see each (call, link) after it is written: metrics, escalation detection,
+cascade tracing.  They run on the worker and must not block; a failing hook is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
+from proxy.aggregates import Aggregates
 from proxy.call import Call
+from proxy.graph.model import LinkResult
 from proxy.pricing import PriceTable
 from proxy.store.rows import ContentPolicy, Record, call_record
 
 log = logging.getLogger("interlock.pipeline")
 
+Observer = Callable[[Call, LinkResult | None], None]
+
 
 class Pipeline:
-    def __init__(self, writer: Any, *, policy: ContentPolicy, max_bytes: int, linker: Any = None, metrics: Any = None,
-                 prices: Callable[[], PriceTable] | None = None, maxsize: int = 10_000) -> None:
+    def __init__(self, writer: Any, *, policy: ContentPolicy, max_bytes: int, linker: Any = None,
+                 observers: list[Observer] | None = None, prices: Callable[[], PriceTable] | None = None,
+                 maxsize: int = 10_000, close_every_s: float = 5.0) -> None:
         self.writer = writer
         self.policy = policy
         self.max_bytes = max_bytes
         self.linker = linker
-        self.metrics = metrics
+        self.observers = observers or []
         default = PriceTable()
         self.prices: Callable[[], PriceTable] = prices or (lambda: default)
+        self.totals = Aggregates()
         self.queue: asyncio.Queue[Call | None] = asyncio.Queue(maxsize)
+        self.close_every_s = close_every_s
         self.overflowed = 0
         self.link_errors = 0
         self.processed = 0
+        self._next_close = time.monotonic() + close_every_s
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -45,35 +57,94 @@ class Pipeline:
             self.queue.put_nowait(call)
         except asyncio.QueueFull:
             self.overflowed += 1
-            self._write(call, None)
+            self._price(call)
+            self.writer.submit(call_record(call, policy=self.policy, max_bytes=self.max_bytes))
 
     async def _run(self) -> None:
         while True:
-            call = await self.queue.get()
+            try:
+                call = await asyncio.wait_for(self.queue.get(), timeout=self.close_every_s)
+            except TimeoutError:
+                self._close_idle()
+                continue
             if call is None:
                 return
-            self._process(call)
+            try:
+                self._process(call)
+            except Exception:
+                log.exception("recording failed for call %s", call.id)
+                self.writer.submit(call_record(call, policy=self.policy, max_bytes=self.max_bytes))
             self.processed += 1
+            if time.monotonic() >= self._next_close:
+                self._close_idle()
 
-    def _process(self, call: Call) -> None:
+    def _price(self, call: Call) -> None:
         if call.cost_usd is None and call.usage.reported:
             call.cost_usd = self.prices().cost_usd(call.model_served or call.model_requested, call.usage)
-        link = None
-        if self.linker is not None:
-            try:
-                link = self.linker.observe(call)
-            except Exception:
-                self.link_errors += 1
-                log.exception("graph linking failed for call %s", call.id)
-        self._write(call, link)
-        if self.metrics is not None:
-            self.metrics.on_recorded(call, link)
 
-    def _write(self, call: Call, link: Any) -> None:
+    def _process(self, call: Call) -> None:
+        self._price(call)
+        link = self._link(call)
         record = call_record(call, policy=self.policy, max_bytes=self.max_bytes)
         if link is not None:
-            _apply_link(record, link, call)
+            self._apply_link(record, link, call)
+        else:
+            self._count(record, call, call.agent or "unknown", None, call.run_id, [])
         self.writer.submit(record)
+        for observe in self.observers:
+            try:
+                observe(call, link)
+            except Exception:
+                log.exception("pipeline observer %r failed", observe)
+
+    def _link(self, call: Call) -> LinkResult | None:
+        if self.linker is None:
+            return None
+        try:
+            link: LinkResult = self.linker.observe(call)
+            return link
+        except Exception:
+            self.link_errors += 1
+            log.exception("graph linking failed for call %s", call.id)
+            return None
+
+    def _apply_link(self, record: Record, link: LinkResult, call: Call) -> None:
+        row = record.calls[0]
+        row["agent"], row["run_id"] = link.agent, link.run_id
+        if call.agent_source is None:
+            row["agent_source"] = "inferred"
+        if link.flags:
+            row["flags"] = sorted(set(row.get("flags") or []) | set(link.flags))
+        for ev in record.guard_events:
+            ev["agent"], ev["run_id"] = link.agent, link.run_id
+        at = call.ended_at or call.started_at
+        record.edges = [
+            {"run_id": link.run_id, "source_call_id": e.source, "target_call_id": e.target, "kind": e.kind,
+             "evidence": e.evidence, "created_at": at}
+            for e in link.edges
+        ]
+        self._count(record, call, link.agent, link.agent_fingerprint, link.run_id, link.flags)
+        for old in link.merged_runs:
+            if link.run_id is not None:
+                record.run_merges.append({"from": old, "into": link.run_id})
+                merged = self.totals.merge(old, link.run_id)
+                if merged is not None:
+                    record.runs = [merged]
+
+    def _count(self, record: Record, call: Call, agent: str, fingerprint: str | None, run_id: str | None,
+               flags: list[str]) -> None:
+        run_row, agent_row = self.totals.add(call, agent, fingerprint, run_id, flags)
+        record.agents.append(agent_row)
+        if run_row is not None:
+            record.runs.append(run_row)
+
+    def _close_idle(self) -> None:
+        self._next_close = time.monotonic() + self.close_every_s
+        if self.linker is None:
+            return
+        rows = [r for r in (self.totals.close(run_id) for run_id in self.linker.close_idle()) if r is not None]
+        if rows:
+            self.writer.submit(Record(runs=rows))
 
     async def aclose(self) -> None:
         if self._task is None:
@@ -83,18 +154,3 @@ class Pipeline:
             await asyncio.wait_for(self._task, timeout=10)
         except TimeoutError:
             self._task.cancel()
-
-
-def _apply_link(record: Record, link: Any, call: Call) -> None:
-    row = record.calls[0]
-    row["agent"] = link.agent
-    row["run_id"] = link.run_id
-    if link.flags:
-        row["flags"] = sorted(set(row.get("flags") or []) | set(link.flags))
-    for ev in record.guard_events:
-        ev["agent"], ev["run_id"] = link.agent, link.run_id
-    record.edges = [
-        {"run_id": link.run_id, "source_call_id": e.source, "target_call_id": e.target, "kind": e.kind,
-         "evidence": e.evidence, "created_at": call.ended_at or call.started_at}
-        for e in link.edges
-    ]

@@ -67,8 +67,9 @@ class Runtime:
         self.rules = await self._rules()
         self.linker = self._linker()
         self.metrics = self._metrics()
+        observers = [self.metrics.on_recorded] if self.metrics is not None else []
         self.pipeline = Pipeline(self.writer, policy=s.content_policy, max_bytes=s.content_max_bytes,
-                                 linker=self.linker, metrics=self.metrics, prices=self.price_table)
+                                 linker=self.linker, observers=observers, prices=self.price_table)
         await self.pipeline.start()
         self.forwarder = make_forwarder(s, self.transport)
         self.relay = Relay(

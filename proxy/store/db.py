@@ -179,6 +179,8 @@ class SqlSink:
             rows = [row for record in batch for row in getattr(record, table)]
             if rows and table == "call_updates":
                 await self._update_calls(conn, rows)
+            elif rows and table == "run_merges":
+                await self._merge_runs(conn, rows)
             elif rows:
                 for wave in _waves(rows, _CONFLICT_KEYS[table]):
                     for keys, group in _by_keys(wave):
@@ -201,6 +203,16 @@ class SqlSink:
         if not set_:
             return stmt.on_conflict_do_nothing(index_elements=list(conflict))
         return stmt.on_conflict_do_update(index_elements=list(conflict), set_=set_)
+
+    async def _merge_runs(self, conn: AsyncConnection, rows: list[Row]) -> None:
+        """Idempotent: moving an already-moved run touches no row."""
+        for row in rows:
+            old, new = str(row["from"]), str(row["into"])
+            for name in ("calls", "edges", "guard_events"):
+                t = TABLES[name]
+                await conn.execute(sa.update(t).where(t.c.run_id == old).values(run_id=new))
+            runs = TABLES["runs"]
+            await conn.execute(sa.delete(runs).where(runs.c.id == old))
 
     async def _update_calls(self, conn: AsyncConnection, rows: list[Row]) -> None:
         calls = TABLES["calls"]

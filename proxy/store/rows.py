@@ -10,6 +10,8 @@ binds them).  Tables are applied in `TABLE_ORDER`, so an update follows the inse
     Record.agents         upsert, counters merged monotonically       (graph linker)
     Record.runs           upsert, counters merged monotonically       (graph linker)
     Record.call_updates   UPDATE calls SET ... WHERE id = row["id"]   (graph linker, after insert)
+    Record.run_merges     {"from", "into"}: calls, edges and guard events of run `from` move
+                          to run `into`; the `from` run row is deleted (graph linker merged them)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from proxy.store import models as m
 
 ContentPolicy = Literal["full", "redacted", "none"]
 Row = dict[str, Any]
-TABLE_ORDER = ("calls", "guard_events", "edges", "agents", "runs", "call_updates")
+TABLE_ORDER = ("calls", "guard_events", "edges", "agents", "runs", "call_updates", "run_merges")
 CALL_UPDATE_COLUMNS = frozenset({"run_id", "agent", "agent_source", "flags", "tainted_by", "depth"})
 _REDACT_MARGIN = 512  # bytes past the cap that redaction still sees, so a key cut at the cap is masked
 
@@ -40,6 +42,7 @@ class Record:
     agents: list[Row] = field(default_factory=list)
     runs: list[Row] = field(default_factory=list)
     call_updates: list[Row] = field(default_factory=list)
+    run_merges: list[Row] = field(default_factory=list)
 
     def to_json(self) -> dict[str, list[Row]]:
         """The record as a dict of non-empty tables (the spool's line format)."""
