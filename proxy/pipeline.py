@@ -86,11 +86,13 @@ class Pipeline:
         self._price(call)
         link = self._link(call)
         record = call_record(call, policy=self.policy, max_bytes=self.max_bytes)
+        totals = Record()  # separate, so a refused aggregate row can never hold back the call's row
         if link is not None:
-            self._apply_link(record, link, call)
+            self._apply_link(record, totals, link, call)
         else:
-            self._count(record, call, call.agent or "unknown", None, call.run_id, [])
+            self._count(totals, call, call.agent or "unknown", None, call.run_id, [])
         self.writer.submit(record)
+        self.writer.submit(totals)
         for observe in self.observers:
             try:
                 observe(call, link)
@@ -108,7 +110,7 @@ class Pipeline:
             log.exception("graph linking failed for call %s", call.id)
             return None
 
-    def _apply_link(self, record: Record, link: LinkResult, call: Call) -> None:
+    def _apply_link(self, record: Record, totals: Record, link: LinkResult, call: Call) -> None:
         row = record.calls[0]
         row["agent"], row["run_id"] = link.agent, link.run_id
         if call.agent_source is None:
@@ -123,13 +125,14 @@ class Pipeline:
              "evidence": e.evidence, "created_at": at}
             for e in link.edges
         ]
-        self._count(record, call, link.agent, link.agent_fingerprint, link.run_id, link.flags)
+        inferred = call.agent_source in (None, "inferred")  # a given name is not a fingerprint's
+        self._count(totals, call, link.agent, link.agent_fingerprint if inferred else None, link.run_id, link.flags)
         for old in link.merged_runs:
             if link.run_id is not None:
-                record.run_merges.append({"from": old, "into": link.run_id})
+                totals.run_merges.append({"from": old, "into": link.run_id})
                 merged = self.totals.merge(old, link.run_id)
                 if merged is not None:
-                    record.runs = [merged]
+                    totals.runs = [merged]
 
     def _count(self, record: Record, call: Call, agent: str, fingerprint: str | None, run_id: str | None,
                flags: list[str]) -> None:

@@ -60,6 +60,8 @@ class TokenCounting(Protocol):
 
 class RunResolving(Protocol):
     def resolve_run(self, call: Call) -> str | None: ...
+    def resolve_agent(self, call: Call) -> str: ...
+    def note_response(self, call: Call) -> None: ...
 
 
 class Relay:
@@ -195,8 +197,11 @@ class Relay:
             return
         call.upstream, spec = self.router.upstream_for(call.provider, call.model_requested)
         self._count(call)
-        if call.run_id is None and self.runs is not None:
-            call.run_id = self.runs.resolve_run(call)
+        if self.runs is not None and route.json_body:
+            if call.agent is None:
+                call.agent, call.agent_source = self.runs.resolve_agent(call), "inferred"
+            if call.run_id is None:
+                call.run_id = self.runs.resolve_run(call)
         guards = self.guards()
         state.guards = guards
         if guards is not None:
@@ -363,6 +368,8 @@ class Relay:
                 await asyncio.shield(guards.on_response(call))
             except Exception:
                 log.exception("guard on_response failed")
+        if self.runs is not None and call.outcome == "ok":
+            self.runs.note_response(call)
         self.record(call)
 
 

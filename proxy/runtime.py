@@ -11,7 +11,12 @@ from typing import Any
 
 import httpx
 
+import proxy.store.queries as queries
 from proxy.forward import Forwarder, make_forwarder
+from proxy.graph.identity import AgentDirectory, Identifier
+from proxy.graph.index import MemoryLineageIndex
+from proxy.graph.linker import Linker
+from proxy.graph.runs import RunResolver
 from proxy.guards.chain import GuardChain
 from proxy.guards.counters import make_counter_store
 from proxy.pipeline import Pipeline
@@ -42,7 +47,9 @@ class Runtime:
         self.counters: Any = None
         self._prices: tuple[Any, PriceTable] | None = None
         self.metrics: Any = None
-        self.linker: Any = None
+        self.linker: Linker | None = None
+        self.resolver: RunResolver | None = None
+        self.index: MemoryLineageIndex | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
@@ -65,7 +72,7 @@ class Runtime:
         self.writer.start()
         self.tokens = self._token_counter()
         self.rules = await self._rules()
-        self.linker = self._linker()
+        await self._graph()
         self.metrics = self._metrics()
         observers = [self.metrics.on_recorded] if self.metrics is not None else []
         self.pipeline = Pipeline(self.writer, policy=s.content_policy, max_bytes=s.content_max_bytes,
@@ -79,9 +86,13 @@ class Runtime:
             self.pipeline.submit,
             guards=self._chain,
             tokens=self.tokens,
-            runs=self.linker,
+            runs=self.resolver,
             metrics=self.metrics,
         )
+
+    def run_extras(self, run: dict[str, Any], calls: list[dict[str, Any]]) -> dict[str, Any]:
+        """Extra facts for /api/runs/{id} (cascade root causes and blast radius, when known)."""
+        return {}
 
     def price_table(self) -> PriceTable:
         """Default prices plus the active rules' `pricing:` overrides (rebuilt after a reload)."""
@@ -102,14 +113,15 @@ class Runtime:
         await manager.start()
         return manager
 
-    def _linker(self) -> Any:
-        try:
-            from proxy.graph.index import MemoryLineageIndex
-            from proxy.graph.linker import Linker
-        except ImportError:
-            return None
-        linker = Linker(MemoryLineageIndex(), run_idle_s=self.settings.run_idle_s)
-        return linker if hasattr(linker, "resolve_run") else None  # TEMP until the graph lands
+    async def _graph(self) -> None:
+        """One lineage index and agent directory, shared by the request-path resolver and the linker."""
+        s = self.settings
+        names = await queries.agent_names(self.engine)
+        self.index = MemoryLineageIndex()
+        directory = AgentDirectory(names=names, aliases=s.agent_aliases, claims=self.index)
+        identifier = Identifier(directory)
+        self.linker = Linker(self.index, run_idle_s=s.run_idle_s, identifier=identifier)
+        self.resolver = RunResolver(self.index, identifier, run_idle_s=s.run_idle_s)
 
     def _metrics(self) -> Any:
         try:

@@ -84,6 +84,7 @@ class Settings(BaseSettings):
 
     default_max_tokens: int = Field(4096, ge=1)
     run_idle_s: float = Field(300.0, gt=0)
+    agent_aliases: dict[str, str] = Field(default_factory=dict)  # rename/merge agents: {old: new}
     rules_reload_s: float = Field(1.0, gt=0)
     log_level: str = "info"
 

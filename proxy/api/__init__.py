@@ -42,17 +42,14 @@ def _loopback(host: str) -> bool:
 
 
 def build_api(runtime: Runtime, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]]) -> FastAPI:
-    from proxy.api import calls, rules_api
+    from proxy.api import calls, graph_api, rules_api
 
     app = FastAPI(title="Interlock", lifespan=lifespan, docs_url="/api/docs", openapi_url="/api/openapi.json")
     guard = Depends(admin_guard(runtime))
     api = APIRouter(prefix="/api", dependencies=[guard])
     calls.register(api, runtime)
     rules_api.register(api, runtime)
-    for name in ("graph_api",):
-        module = _optional(name)
-        if module is not None:
-            module.register(api, runtime)
+    graph_api.register(api, runtime)
     app.include_router(api)
 
     @app.get("/healthz")
@@ -74,12 +71,3 @@ def build_api(runtime: Runtime, lifespan: Callable[[FastAPI], AbstractAsyncConte
 def _writer_stats(writer: Any) -> dict[str, Any]:
     keys = ("queued", "written", "spooled", "replayed", "dropped", "sink_errors", "queue_depth")
     return {k: getattr(writer, k, None) for k in keys}
-
-
-def _optional(name: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(f"proxy.api.{name}")
-    except ImportError:
-        return None

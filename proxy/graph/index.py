@@ -61,7 +61,7 @@ class LineageIndex(Protocol):
         ended_at: float,
         pairs: Iterable[tuple[str, str]] = (),
         explicit: bool = False,
-    ) -> RunState:
+    ) -> None:
         """Create or extend a run: last_seen = max(last_seen, ended_at); add handoff pairs."""
         ...
 
@@ -104,13 +104,17 @@ class _Run:
 
 
 class MemoryLineageIndex:
-    """In-process LineageIndex bounded by entry counts and by `ttl_s` of event time."""
+    """In-process LineageIndex bounded by entry counts and by `ttl_s` of event time.
+
+    About 4.5 KB per live call (mostly output fingerprints and their postings): the default
+    20k calls is ~90 MB at most.  Lineage only needs outputs that can still be handed on,
+    so `ttl_s` a little longer than your longest run is enough."""
 
     def __init__(
         self,
         *,
-        max_calls: int = 50_000,
-        ttl_s: float = 6 * 3600.0,
+        max_calls: int = 20_000,
+        ttl_s: float = 2 * 3600.0,
         df_max: int = 8,
         max_thread_sources: int = 64,
         max_run_seen: int = 50_000,
@@ -227,7 +231,7 @@ class MemoryLineageIndex:
         ended_at: float,
         pairs: Iterable[tuple[str, str]] = (),
         explicit: bool = False,
-    ) -> RunState:
+    ) -> None:
         self._tick(ended_at)
         run_id = self._root(run_id)
         run = self._runs.get(run_id)
@@ -235,10 +239,11 @@ class MemoryLineageIndex:
             run = self._runs[run_id] = _Run(started_at, ended_at, explicit=explicit)
             self._open[run_id] = None
         run.last_seen = max(run.last_seen, ended_at)
-        run.pairs.update(pairs)
+        new = frozenset(pairs) - run.pairs
+        if new:
+            run.pairs |= new
         self._runs.move_to_end(run_id)
         self._evict_runs()
-        return run.state(run_id)
 
     def merge_runs(self, root: str, others: Collection[str]) -> RunState:
         root = self._root(root)
@@ -250,7 +255,7 @@ class MemoryLineageIndex:
             if run is not None:
                 into.started_at = min(into.started_at, run.started_at)
                 into.last_seen = max(into.last_seen, run.last_seen)
-                into.pairs |= run.pairs
+                into.pairs = into.pairs | run.pairs
                 into.seen |= run.seen
         while len(self._alias) > self._max_runs:
             self._alias.popitem(last=False)

@@ -15,8 +15,9 @@
 Truncation: the target lost the end of a part of the source (a dense run of the part's
 fingerprints, then a tail of at least `tail_min` and `tail_share` of the part missing, and
 most of the words peculiar to the part's end missing too — a paraphrase loses shingles
-near the end but keeps those words), or the source itself stopped on finish_reason=length.  A fan-out hands each worker whole parts,
-so it never looks cut.
+near the end but keeps those words), or the source itself stopped on finish_reason=length.
+A fan-out hands each worker whole parts (list items, paragraphs, tool arguments), so it
+never looks cut; splitting one paragraph sentence by sentence would.
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ class Segment:
 
     index: int  # atom index, -1 for instructions
     via: str  # user | tool_result | assistant | instructions | system
-    hashes: frozenset[int]
-    exact: int = 0  # hash of all its words (0: none)
+    hashes: set[int]
+    seen: tuple[int, ...] = ()  # user messages: what a run remembers (see seen_keys)
 
-    def seen_keys(self) -> list[int]:
-        """What a run remembers of a user message: its exact hash and ~1/4 of its shingles."""
-        return [self.exact, *(h for h in self.hashes if not h & 3)] if self.exact else []
+
+def seen_keys(exact: int, hashes: set[int]) -> tuple[int, ...]:
+    """What a run remembers of a user message: the hash of all its words and ~1/4 of its
+    shingles (content-chosen, so a re-wrapped copy of the message still shows as seen)."""
+    return (exact, *(h for h in hashes if not h & 3)) if exact else ()
 
 
 @dataclass(slots=True)
@@ -145,7 +148,9 @@ def _via(owned: set[int], segments: list[Segment]) -> tuple[str, set[int]]:
     return best, segs
 
 
-def _cut(record: CallRecord, flags: list[bool], cfg: LineageConfig, target_words: Callable[[], set[int]]) -> bool:
+def _cut(
+    record: CallRecord, flags: list[bool], cfg: LineageConfig, target_words: Callable[[], set[int]]
+) -> bool:
     """The last part the target touches is present from its start, then missing to its end,
     and the words that end it are missing too (a paraphrase keeps most of them)."""
     touched = _last_touched(flags, record.part_ends)

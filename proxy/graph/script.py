@@ -24,13 +24,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 
 from proxy.graph.fingerprint import text_parts
 
-PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses", "messages": "/v1/messages"}
+PATHS = MappingProxyType(
+    {"chat": "/v1/chat/completions", "responses": "/v1/responses", "messages": "/v1/messages"}
+)
 
 
 @dataclass(frozen=True, slots=True)

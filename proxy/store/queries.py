@@ -161,3 +161,66 @@ def parse_time(value: datetime | float | int | str) -> datetime:
 
 def _jsonable(row: Mapping[Any, Any]) -> dict[str, Any]:
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+async def list_runs(
+    engine: AsyncEngine,
+    *,
+    status: str | None = None,
+    agent: str | None = None,
+    since: TimeArg = None,
+    until: TimeArg = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Runs, most recently active first.  `agent` keeps runs the agent took part in."""
+    t = TABLES["runs"]
+    query = sa.select(t)
+    if status is not None:
+        query = query.where(t.c.status == status)
+    if agent is not None:
+        calls = TABLES["calls"]
+        query = query.where(t.c.id.in_(sa.select(calls.c.run_id).where(calls.c.agent == agent)))
+    query = query.where(*_time_range(t.c.last_at, since, until))
+    return await _page(engine, query, t.c.last_at, t.c.id, cursor, limit)
+
+
+async def get_run(engine: AsyncEngine, run_id: str) -> dict[str, Any] | None:
+    t = TABLES["runs"]
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(t).where(t.c.id == run_id))).mappings().first()
+    return _jsonable(row) if row is not None else None
+
+
+async def run_calls(engine: AsyncEngine, run_id: str, *, limit: int = 10_000) -> list[dict[str, Any]]:
+    """Every call of a run (no content), oldest first."""
+    t = TABLES["calls"]
+    query = (sa.select(*[c for c in t.c if c.name not in CONTENT_COLUMNS]).where(t.c.run_id == run_id)
+             .order_by(t.c.started_at, t.c.id).limit(limit))
+    async with engine.connect() as conn:
+        return [_jsonable(r) for r in (await conn.execute(query)).mappings().all()]
+
+
+async def run_edges(engine: AsyncEngine, run_id: str) -> list[dict[str, Any]]:
+    """A run's edges as `{source, target, kind, evidence}`."""
+    t = TABLES["edges"]
+    query = sa.select(t.c.source_call_id.label("source"), t.c.target_call_id.label("target"), t.c.kind,
+                      t.c.evidence).where(t.c.run_id == run_id).order_by(t.c.id)
+    async with engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(query)).mappings().all()]
+
+
+async def list_agents(engine: AsyncEngine, *, limit: int = 1000) -> list[dict[str, Any]]:
+    """Agents seen, most recently active first."""
+    t = TABLES["agents"]
+    query = sa.select(t).order_by(t.c.last_seen.desc()).limit(limit)
+    async with engine.connect() as conn:
+        return [_jsonable(r) for r in (await conn.execute(query)).mappings().all()]
+
+
+async def agent_names(engine: AsyncEngine) -> dict[str, str]:
+    """Fingerprint → name of every fingerprinted agent (names stay stable across restarts)."""
+    t = TABLES["agents"]
+    query = sa.select(t.c.fingerprint, t.c.name).where(t.c.fingerprint.is_not(None))
+    async with engine.connect() as conn:
+        return {str(fp): str(name) for fp, name in (await conn.execute(query)).all()}

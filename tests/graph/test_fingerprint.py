@@ -1,0 +1,79 @@
+"""Content fingerprints: parts, winnowing, target shingles, tail signatures."""
+
+from __future__ import annotations
+
+from proxy.call import Completion, ToolCall
+from proxy.graph.fingerprint import (
+    Shingler,
+    argument_strings,
+    output_parts,
+    tail_signature,
+    text_parts,
+    unpack_tail,
+    winnow,
+)
+
+PARA = (
+    "The reconciliation job silently skips refunds older than ninety days so finance reports "
+    "drift from the ledger every quarter and nobody notices until the audit."
+)
+
+
+def test_text_parts_split_on_blank_lines_and_list_items() -> None:
+    text = "Plan:\n\n1. First item\ncontinues here\n2. Second item\n- a bullet\n\nClosing words."
+    assert text_parts(text) == [
+        "Plan:",
+        "1. First item\ncontinues here",
+        "2. Second item",
+        "- a bullet",
+        "Closing words.",
+    ]
+
+
+def test_argument_strings_are_the_json_string_values() -> None:
+    args = '{"task": "Find the data", "opts": {"depth": 2, "notes": ["one", "two"]}}'
+    assert argument_strings(args) == ["Find the data", "one", "two"]
+    assert argument_strings("not json at all") == ["not json at all"]
+
+
+def test_output_parts_cover_text_and_tool_arguments() -> None:
+    comp = Completion("Intro.\n\n- part a", [ToolCall("t1", "delegate", '{"task": "do b"}')])
+    assert output_parts(comp) == ["Intro.", "- part a", "do b"]
+
+
+def test_winnow_is_content_defined() -> None:
+    hashes = [9, 3, 7, 8, 1, 6, 5, 2, 4]
+    assert winnow(hashes, 3) == [3, 1, 2]
+    assert winnow(hashes[2:], 3) == [1, 2]  # the shared passage keeps the shared minima
+
+
+def test_same_passage_keeps_same_fingerprints_in_any_output() -> None:
+    sh = Shingler()
+    alone = set(sh.source(Completion(PARA)).fps)
+    quoted = set(sh.source(Completion("Summary first. " + PARA + " And more words after it.")).fps)
+    assert len(alone & quoted) >= len(alone) - 3
+
+
+def test_target_finds_every_source_fingerprint_of_a_quote() -> None:
+    sh = Shingler()
+    fps = sh.source(Completion(PARA)).fps
+    _, present = sh.target("Please fix this: " + PARA.upper() + " Thanks!")
+    assert all(h in present for h in fps)
+
+
+def test_short_output_is_found_in_short_input() -> None:
+    sh = Shingler()
+    (fp,) = sh.source(Completion("quantum error correction")).fps
+    _, present = sh.target("Research: quantum error correction.")
+    assert fp in present
+
+
+def test_word_hash_ignores_case_and_punctuation() -> None:
+    sh = Shingler()
+    assert sh.target("Hello, World!")[0] == sh.target("hello world")[0]
+
+
+def test_tail_signature_names_words_peculiar_to_the_end() -> None:
+    sh = Shingler()
+    ids = sh.words("alpha beta gamma alpha beta gamma alpha beta delta epsilon")
+    assert unpack_tail(tail_signature(ids)) == sh.words("delta epsilon")
