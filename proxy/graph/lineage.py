@@ -84,13 +84,21 @@ class Lineage:
 
 
 def attribute(hits: Mapping[int, tuple[str, ...]], records: Mapping[str, CallRecord]) -> dict[str, set[int]]:
-    """Shared hash → the newest live candidate holding it; returns candidate → its hashes."""
+    """Shared hash → the live candidate that explains most of the input overall, the newest
+    among equals (a relay beats the original it copied); returns candidate → its hashes.
+    Counting overall hits first keeps two runs of one templated system apart: the template
+    is shared, but only the run's own source also holds the run-specific words."""
+    total: dict[str, int] = {}
+    for ids in hits.values():
+        for cid in ids:
+            if cid in records:
+                total[cid] = total.get(cid, 0) + 1
     out: dict[str, set[int]] = {}
     for h, ids in hits.items():
         best: CallRecord | None = None
         for cid in ids:
             rec = records.get(cid)
-            if rec is not None and (best is None or rec.ended_at > best.ended_at):
+            if rec is not None and (best is None or (total[cid], rec.ended_at) > (total[best.call_id], best.ended_at)):
                 best = rec
         if best is not None:
             out.setdefault(best.call_id, set()).add(h)

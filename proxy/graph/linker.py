@@ -275,8 +275,10 @@ class Linker:
                 ctx.flags.append("resumed")
             return
         main, *others = live
+        explained = self._explained(ctx, main[1].run_id)
         joined = [
-            state for ref, state in others if not state.explicit and self._joins(ctx.sources.get(ref.call_id))
+            state for ref, state in others
+            if not state.explicit and self._joins(ctx.sources.get(ref.call_id), explained)
         ]
         ctx.run = self._merge(ctx, main[1], joined) if joined else main[1]
         ctx.run_id = ctx.run.run_id
@@ -303,13 +305,25 @@ class Linker:
                 live[state.run_id] = (ref, state)
         return list(live.values())
 
-    def _joins(self, src: _Source | None) -> bool:
-        """Evidence strong enough to fold another open run into this call's run."""
+    def _explained(self, ctx: _Ctx, run_id: str) -> set[int]:
+        """Input segments already explained by content from the main run's own calls."""
+        out: set[int] = set()
+        for cid, src in ctx.sources.items():
+            if src.lineage is not None and ctx.roots.get(cid) == run_id:
+                out |= src.lineage.segments
+        return out
+
+    def _joins(self, src: _Source | None, explained: set[int]) -> bool:
+        """Evidence strong enough to fold another open run into this call's run.  Content that
+        only echoes input the main run already explains (two runs of one templated system)
+        is a look-alike, not lineage."""
         if src is None:
             return False
         lin, cfg = src.lineage, self.config
         if lin is None:
             return True
+        if lin.segments and lin.segments <= explained:
+            return False
         return lin.hits >= cfg.merge_hits and lin.hits >= cfg.merge_share * len(lin.record.fps)
 
     def _merge(self, ctx: _Ctx, main: RunState, joined: list[RunState]) -> RunState:

@@ -1,0 +1,129 @@
+"""`interlock runs` and `interlock graph RUN_ID`: the recovered orchestration in the terminal.
+
+A run is drawn as a tree of calls: each call hangs under the call that fed it (handoff,
+continuation, tool), the first incoming edge winning; returns and human input are shown as
+annotations on the receiving call, so the tree reads top-down like the run happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+import proxy.store.queries as queries
+from proxy.graph.view import build_graph
+from proxy.settings import load_settings
+from proxy.store.db import make_engine
+
+_KIND_STYLE = {"handoff": "bold cyan", "continuation": "dim", "tool": "magenta", "return": "green",
+               "human": "bold yellow"}
+_PARENT_KINDS = ("handoff", "continuation", "tool")
+
+
+def render_graph(graph: dict[str, Any]) -> Tree:
+    run = graph["run"]
+    agents = ", ".join(f"{a['name']} ({a['calls']} calls, {a['tokens']} tok)" for a in graph["agents"])
+    root = Tree(f"[bold]run {run.get('id')}[/]  {run.get('status', '')}  agents: {agents}")
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    parent: dict[str, tuple[str, dict[str, Any]]] = {}
+    notes: dict[str, list[str]] = {}
+    for e in graph["edges"]:
+        if e["kind"] in _PARENT_KINDS and e["target"] not in parent and e["source"] in nodes:
+            parent[e["target"]] = (e["source"], e)
+        else:
+            notes.setdefault(e["target"], []).append(_note(e, nodes))
+    branches: dict[str, Tree] = {}
+    for node in graph["nodes"]:
+        link = parent.get(node["id"])
+        under = branches.get(link[0], root) if link else root
+        branches[node["id"]] = under.add(_label(node, link[1] if link else None, notes.get(node["id"], [])))
+    return root
+
+
+def _label(node: dict[str, Any], edge: dict[str, Any] | None, notes: list[str]) -> str:
+    kind = ""
+    if edge is not None:
+        style = _KIND_STYLE.get(edge["kind"], "")
+        kind = f"[{style}]{edge['kind']}[/]{_coverage(edge)} → "
+    flags = f"  [red]{', '.join(node['flags'])}[/]" if node["flags"] else ""
+    extra = "".join(f"\n   {n}" for n in notes)
+    return f"{kind}[bold]{node['agent']}[/] {node.get('model') or ''} [{node.get('status')}] {node['id'][-8:]}{flags}{extra}"
+
+
+def _note(edge: dict[str, Any], nodes: dict[str, Any]) -> str:
+    style = _KIND_STYLE.get(edge["kind"], "")
+    src = nodes.get(edge["source"], {}).get("agent", edge["source"])
+    arrow = "↩" if edge["kind"] == "return" else "←"
+    return f"{arrow} [{style}]{edge['kind']}[/] from {src}{_coverage(edge)}"
+
+
+def _coverage(edge: dict[str, Any]) -> str:
+    ev = edge.get("evidence") or {}
+    parts = []
+    if "coverage" in ev:
+        parts.append(f"{float(ev['coverage']):.0%}")
+    if ev.get("truncated"):
+        parts.append("[bold red]TRUNCATED[/]")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _with_engine(args: argparse.Namespace, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    settings = load_settings(**({"database_url": args.database_url} if args.database_url else {}))
+
+    async def go() -> Any:
+        engine = make_engine(settings.database_url)
+        try:
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    items, _ = _with_engine(args, lambda e: queries.list_runs(e, status=args.status, limit=args.limit))
+    table = Table(title=f"last {len(items)} runs")
+    for col in ("run", "status", "started", "last", "calls", "agents", "tokens", "cost $", "flags"):
+        table.add_column(col)
+    for r in items:
+        table.add_row(r["id"], r["status"], str(r["started_at"])[11:19], str(r["last_at"])[11:19], str(r["calls"]),
+                      ", ".join(r.get("agents") or []), str(r["tokens"]), f"{r.get('cost_usd') or 0:.4f}",
+                      ", ".join(r.get("flags") or []))
+    Console().print(table)
+    return 0
+
+
+async def load_graph(engine: Any, run_id: str) -> dict[str, Any] | None:
+    calls = await queries.run_calls(engine, run_id)
+    if not calls:
+        return None
+    run = await queries.get_run(engine, run_id) or {"id": run_id}
+    return build_graph(run, calls, await queries.run_edges(engine, run_id))
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    graph = _with_engine(args, lambda e: load_graph(e, args.run_id))
+    if graph is None:
+        print(f"interlock: no calls recorded for run {args.run_id!r} (see `interlock runs`)")
+        return 1
+    Console().print(render_graph(graph))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    runs = sub.add_parser("runs", help="list recovered runs", description="List runs, most recent first.")
+    runs.add_argument("--status", choices=("open", "closed"))
+    runs.add_argument("--limit", type=int, default=30)
+    runs.add_argument("--database-url", dest="database_url")
+    runs.set_defaults(func=cmd_runs)
+    graph = sub.add_parser("graph", help="draw one run's orchestration graph",
+                           description="Draw a run as a tree of calls with handoffs, returns, tools and human input.")
+    graph.add_argument("run_id")
+    graph.add_argument("--database-url", dest="database_url")
+    graph.set_defaults(func=cmd_graph)
