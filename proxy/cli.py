@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[Any], None]]:
     found: list[Callable[[Any], None]] = []
-    for module in ("proxy.graph.cli", "proxy.demo", "proxy.dashboards"):
+    for module in ("proxy.graph.cli", "proxy.demo", "proxy.dashboards", "proxy.escalation.drill"):
         try:
             mod = __import__(module, fromlist=["add_commands"])
         except ImportError:

@@ -24,7 +24,15 @@ from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from proxy.catalog import ModelSpec
 from proxy.guards import GuardStats, build_chain, make_deps
@@ -88,6 +96,9 @@ class RuleBase(_Strict):
     action: RuleAction = "flag"
     fail_closed: bool = Field(default=False, description="deny when the guard itself fails (default: allow)")
     enabled: bool = True
+    notify: list[str] = Field(
+        default_factory=list, description="route names (from `routes:`) alerted when this rule fires"
+    )
 
 
 class BudgetRule(RuleBase):
@@ -169,22 +180,94 @@ class ContextRule(RuleBase):
     models: dict[str, ModelSpecModel] = Field(default_factory=dict, description="custom or newer models")
 
 
-class EscalationRule(RuleBase):
-    """Validated loosely here; enforced by the escalation module."""
+AckSource = Literal["tool_result", "human"]
+ACK_SOURCES: tuple[AckSource, ...] = ("tool_result", "human")
 
-    model_config = ConfigDict(extra="allow")
+
+class EscalationRule(RuleBase):
+    """An agent asking for a human: detected in traffic, tracked with SLA clocks (proxy/escalation/)."""
+
     kind: Literal["escalation"]
     action: RuleAction = "escalate"
-    tools: list[str] = Field(default_factory=list)
+    tools: list[str] = Field(default_factory=list, description="tool-name globs that open an escalation")
+    patterns: list[str] = Field(default_factory=list, description="regexes on the model's output text")
+    from_rules: list[str] = Field(
+        default_factory=lambda: ["*"], description="rule-name globs whose `escalate` verdicts open one"
+    )
     ack_within: Duration | None = None
-    notify: list[str] = Field(default_factory=list)
+    resolve_within: Duration | None = None
+    on_breach: Literal["alert", "hold"] = Field(
+        default="alert", description="hold: refuse the run's further calls until acknowledged"
+    )
+    breach_notify: list[str] | None = Field(
+        default=None, description="routes for SLA breaches (default: notify)"
+    )
+    fallback: list[str] = Field(default_factory=list, description="routes alerted when notify cannot deliver")
+    auto_ack: list[AckSource] = Field(
+        default_factory=lambda: list(ACK_SOURCES), description="traffic that acknowledges"
+    )
+
+    @field_validator("patterns")
+    @classmethod
+    def _regexes(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from None
+        return patterns
+
+    @property
+    def ack_within_s(self) -> float | None:
+        return None if self.ack_within is None else parse_duration(self.ack_within)
+
+    @property
+    def resolve_within_s(self) -> float | None:
+        return None if self.resolve_within is None else parse_duration(self.resolve_within)
+
+
+FaultKind = Literal["guard", "upstream_error", "length", "content_filter", "truncated_handoff"]
+FAULT_KINDS: tuple[FaultKind, ...] = (
+    "guard",
+    "upstream_error",
+    "length",
+    "content_filter",
+    "truncated_handoff",
+)
 
 
 class CascadeRule(RuleBase):
-    """Placeholder: accepted and listed, not enforced yet."""
+    """Quarantine: act on a call whose input descends from a faulty call (proxy/cascade.py)."""
 
-    model_config = ConfigDict(extra="allow")
     kind: Literal["cascade"]
+    sources: list[FaultKind] = Field(
+        default_factory=lambda: list(FAULT_KINDS), description="fault kinds acted on"
+    )
+    max_depth: int | None = Field(default=None, ge=1, description="act only this many hops from the fault")
+    overlap: float = Field(
+        default=0.5, gt=0, le=1, description="share of a tainted output the input must hold"
+    )
+
+
+class RouteSpec(_Strict):
+    """A named alert destination under `routes:`; rules refer to it by name."""
+
+    webhook: str | None = Field(default=None, description="http(s) URL receiving one POST per alert")
+    secret: str | None = Field(default=None, description="HMAC-SHA256 key; ${ENV_VAR} is read when sending")
+    format: Literal["json", "slack"] = "json"
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration = "5s"
+    retries: int = Field(default=3, ge=0, le=10, description="further attempts after a failed one")
+    backoff: Duration = Field(default="1s", description="first retry delay; doubles each retry")
+    dedup: Duration = Field(default="5m", description="the same alert is sent once per window")
+    exercise_within: Duration | None = Field(default="7d", description="unused this long: reported stale")
+
+    @field_validator("webhook")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http or https URL")
+        return url
 
 
 Rule = Annotated[
@@ -211,7 +294,7 @@ class PriceModel(_Strict):
 
 class _FileHeader(_Strict):
     version: int | None = None
-    routes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    routes: dict[str, RouteSpec] = Field(default_factory=dict)
     pricing: dict[str, PriceModel] = Field(default_factory=dict)
 
 
@@ -309,7 +392,7 @@ class RuleSet:
     """A validated set of rules from every file of a rules directory, in file then list order."""
 
     rules: tuple[Any, ...] = ()
-    routes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    routes: Mapping[str, RouteSpec] = field(default_factory=dict)
     pricing: Mapping[str, Price] = field(default_factory=dict)
     files: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -385,7 +468,8 @@ class _Collected:
     errors: list[str] = field(default_factory=list)
     rules: list[Any] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
-    routes: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    routes: dict[str, RouteSpec] = field(default_factory=dict)
+    route_files: dict[str, str] = field(default_factory=dict)
     pricing: dict[str, Price] = field(default_factory=dict)
 
     def add(self, path: Path, result: _FileResult) -> None:
@@ -399,8 +483,27 @@ class _Collected:
             self.sources[rule.name] = str(path)
             self.rules.append(rule)
         if result.header is not None:
-            self.routes.update(result.header.routes)
+            self._add_routes(path, result.header.routes)
             self.pricing.update({k: v.price() for k, v in result.header.pricing.items()})
+
+    def _add_routes(self, path: Path, routes: Mapping[str, RouteSpec]) -> None:
+        for name, spec in routes.items():
+            if name in self.route_files:
+                self.errors.append(f"{path}: routes: '{name}' already defined in {self.route_files[name]}")
+                continue
+            self.routes[name], self.route_files[name] = spec, str(path)
+
+    def check_route_names(self) -> None:
+        """Every route a rule names must be defined in some file's `routes:`."""
+        known = ", ".join(sorted(self.routes)) or "none defined"
+        for rule in self.rules:
+            for attr in ("notify", "breach_notify", "fallback"):
+                for name in getattr(rule, attr, None) or ():
+                    if name not in self.routes:
+                        self.errors.append(
+                            f"{self.sources[rule.name]}: rule '{rule.name}': {attr}: unknown route "
+                            f"{name!r} (routes: {known})"
+                        )
 
 
 def load_rules(rules_dir: str | Path) -> RuleSet:
@@ -415,6 +518,7 @@ def load_rules(rules_dir: str | Path) -> RuleSet:
             found.add(path, _load_file(path))
         except RulesError as exc:
             found.errors.extend(exc.errors)
+    found.check_route_names()
     if found.errors:
         raise RulesError(found.errors)
     return RuleSet(tuple(found.rules), found.routes, found.pricing, tuple(map(str, files)), found.sources)

@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 
 import proxy.store.queries as queries
+from proxy.cascade import summarize
+from proxy.escalation.service import Escalations
 from proxy.forward import Forwarder, make_forwarder
 from proxy.graph.identity import AgentDirectory, Identifier
 from proxy.graph.index import MemoryLineageIndex
@@ -45,6 +47,7 @@ class Runtime:
         self.tokens: Any = None
         self.rules: RulesManager | None = None
         self.counters: Any = None
+        self.escalations: Escalations | None = None
         self._prices: tuple[Any, PriceTable] | None = None
         self.metrics: Any = None
         self.linker: Linker | None = None
@@ -74,7 +77,10 @@ class Runtime:
         self.rules = await self._rules()
         await self._graph()
         self.metrics = self._metrics()
+        self.escalations = Escalations.from_runtime(self, sync_s=s.escalation_sync_s)
+        await self.escalations.start()  # reloads open escalations, re-arms clocks and holds
         observers = [self.metrics.on_recorded] if self.metrics is not None else []
+        observers.append(self.escalations.observe)
         self.pipeline = Pipeline(self.writer, policy=s.content_policy, max_bytes=s.content_max_bytes,
                                  linker=self.linker, observers=observers, prices=self.price_table)
         await self.pipeline.start()
@@ -91,8 +97,8 @@ class Runtime:
         )
 
     def run_extras(self, run: dict[str, Any], calls: list[dict[str, Any]]) -> dict[str, Any]:
-        """Extra facts for /api/runs/{id} (cascade root causes and blast radius, when known)."""
-        return {}
+        """Extra facts for /api/runs/{id}: cascade root causes and blast radius."""
+        return summarize(calls)
 
     def price_table(self) -> PriceTable:
         """Default prices plus the active rules' `pricing:` overrides (rebuilt after a reload)."""
@@ -136,6 +142,8 @@ class Runtime:
             await self.forwarder.aclose()
         if self.pipeline is not None:
             await self.pipeline.aclose()
+        if self.escalations is not None:
+            await self.escalations.aclose()
         if self.rules is not None:
             await self.rules.aclose()
         if self.counters is not None:

@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     run_idle_s: float = Field(300.0, gt=0)
     agent_aliases: dict[str, str] = Field(default_factory=dict)  # rename/merge agents: {old: new}
     rules_reload_s: float = Field(1.0, gt=0)
+    escalation_sync_s: float = Field(5.0, gt=0)  # replicas re-read open escalations this often
     log_level: str = "info"
 
     @field_validator("upstream_openai", "upstream_anthropic")

@@ -42,7 +42,7 @@ def _loopback(host: str) -> bool:
 
 
 def build_api(runtime: Runtime, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]]) -> FastAPI:
-    from proxy.api import calls, graph_api, rules_api
+    from proxy.api import calls, escalations_api, graph_api, rules_api
 
     app = FastAPI(title="Interlock", lifespan=lifespan, docs_url="/api/docs", openapi_url="/api/openapi.json")
     guard = Depends(admin_guard(runtime))
@@ -50,6 +50,7 @@ def build_api(runtime: Runtime, lifespan: Callable[[FastAPI], AbstractAsyncConte
     calls.register(api, runtime)
     rules_api.register(api, runtime)
     graph_api.register(api, runtime)
+    escalations_api.register(api, runtime)
     app.include_router(api)
 
     @app.get("/healthz")

@@ -1,8 +1,8 @@
 """Guards: the registry of rule kinds and the chain builder.
 
 `GUARD_BUILDERS` is the one explicit list of enforced kinds (a builder turns one rule into
-its guards).  Kinds without a builder (escalation, cascade) are validated and listed but
-enforced elsewhere.
+its guards).  Escalation rules are mostly enforced off the request path (proxy/escalation/);
+their guard only holds runs after an SLA breach (`on_breach: hold`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from proxy.catalog import Catalog
-from proxy.guards import budget, context, loops
+from proxy.guards import budget, cascade, context, escalation, loops
 from proxy.guards.base import ALLOW, Guard, GuardDeps, RuleGuard, Verdict
 from proxy.guards.chain import GuardChain, GuardStats
 from proxy.guards.counters import CounterStore, MemoryCounterStore, RedisCounterStore, make_counter_store
@@ -28,6 +28,8 @@ GUARD_BUILDERS: Mapping[str, Builder] = MappingProxyType(
         "budget": budget.build,
         "loop": loops.build,
         "context": context.build,
+        "escalation": escalation.build,
+        "cascade": cascade.build,
     }
 )
 

@@ -210,3 +210,84 @@ TABLES: MappingProxyType[str, sa.Table] = MappingProxyType(
         "runs": RunRow.__table__,  # type: ignore[dict-item]
     }
 )
+
+
+# ---------------------------------------------------------------------------- escalations
+# (proxy/escalation/: written directly by the escalation store, not through the batching writer,
+# because SLA clocks need read-after-write and conditional updates; both tables are small.)
+
+
+class EscalationRow(Base):
+    """An agent's request for a human and its SLA clocks.  `status`: open → acknowledged →
+    resolved.  A breach sets `*_breached_at` once (a conditional UPDATE is the claim, so one
+    replica alerts); `hold` is set while a breach holds the run.  `notify_state`: pending |
+    delivered | dead (no route could be reached) | none (no route)."""
+
+    __tablename__ = "escalations"
+
+    id: Mapped[str] = mapped_column(sa.String(ID_LEN), primary_key=True)
+    rule: Mapped[str] = mapped_column(sa.String(NAME_LEN))
+    source: Mapped[str] = mapped_column(sa.String(SHORT_LEN))
+    status: Mapped[str] = mapped_column(sa.String(SHORT_LEN))
+    run_id: Mapped[str | None] = mapped_column(sa.String(RUN_ID_LEN))
+    agent: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
+    call_id: Mapped[str | None] = mapped_column(sa.String(ID_LEN))
+    tool_call_id: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
+    reason: Mapped[str] = mapped_column(sa.Text())
+    details: Mapped[dict[str, Any]]
+    drill: Mapped[bool]
+    created_at: Mapped[datetime]
+    ack_due_at: Mapped[datetime | None]
+    resolve_due_at: Mapped[datetime | None]
+    acked_at: Mapped[datetime | None]
+    acked_by: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
+    ack_source: Mapped[str | None] = mapped_column(sa.String(SHORT_LEN))
+    resolved_at: Mapped[datetime | None]
+    resolved_by: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
+    ack_breached_at: Mapped[datetime | None]
+    resolve_breached_at: Mapped[datetime | None]
+    hold: Mapped[bool]
+    notify_state: Mapped[str] = mapped_column(sa.String(SHORT_LEN))
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        sa.Index(None, "status", "created_at"),
+        sa.Index(None, "run_id"),
+        sa.Index(None, "tool_call_id"),
+        sa.Index(None, "created_at", "id"),
+    )
+
+
+class AlertDeliveryRow(Base):
+    """One alert sent (or not) to one route: outcome, every attempt, and why it failed.
+    `outcome`: delivered | failed | suppressed (deduplicated within the route's window)."""
+
+    __tablename__ = "alert_deliveries"
+
+    id: Mapped[str] = mapped_column(sa.String(ID_LEN), primary_key=True)
+    at: Mapped[datetime]
+    route: Mapped[str] = mapped_column(sa.String(NAME_LEN))
+    alert_kind: Mapped[str] = mapped_column(sa.String(SHORT_LEN))
+    rule: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
+    escalation_id: Mapped[str | None] = mapped_column(sa.String(ID_LEN))
+    run_id: Mapped[str | None] = mapped_column(sa.String(RUN_ID_LEN))
+    dedup_key: Mapped[str] = mapped_column(sa.String(PATH_LEN))
+    outcome: Mapped[str] = mapped_column(sa.String(SHORT_LEN))
+    attempts: Mapped[list[Any]]
+    http_status: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(sa.Text())
+    drill: Mapped[bool]
+
+    __table_args__ = (
+        sa.Index(None, "route", "at"),
+        sa.Index(None, "escalation_id"),
+        sa.Index(None, "at", "id"),
+    )
+
+
+ESCALATION_TABLES: MappingProxyType[str, sa.Table] = MappingProxyType(
+    {
+        "escalations": EscalationRow.__table__,  # type: ignore[dict-item]
+        "alert_deliveries": AlertDeliveryRow.__table__,  # type: ignore[dict-item]
+    }
+)
