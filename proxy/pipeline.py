@@ -26,17 +26,20 @@ from proxy.store.rows import ContentPolicy, Record, call_record
 log = logging.getLogger("interlock.pipeline")
 
 Observer = Callable[[Call, LinkResult | None], None]
+RunsClosed = Callable[[list[str]], None]
 
 
 class Pipeline:
     def __init__(self, writer: Any, *, policy: ContentPolicy, max_bytes: int, linker: Any = None,
-                 observers: list[Observer] | None = None, prices: Callable[[], PriceTable] | None = None,
+                 observers: list[Observer] | None = None, on_runs_closed: list[RunsClosed] | None = None,
+                 prices: Callable[[], PriceTable] | None = None,
                  maxsize: int = 10_000, close_every_s: float = 5.0) -> None:
         self.writer = writer
         self.policy = policy
         self.max_bytes = max_bytes
         self.linker = linker
         self.observers = observers or []
+        self.on_runs_closed = on_runs_closed or []
         default = PriceTable()
         self.prices: Callable[[], PriceTable] = prices or (lambda: default)
         self.totals = Aggregates()
@@ -145,9 +148,15 @@ class Pipeline:
         self._next_close = time.monotonic() + self.close_every_s
         if self.linker is None:
             return
-        rows = [r for r in (self.totals.close(run_id) for run_id in self.linker.close_idle()) if r is not None]
+        closed = self.linker.close_idle()
+        rows = [r for r in (self.totals.close(run_id) for run_id in closed) if r is not None]
         if rows:
             self.writer.submit(Record(runs=rows))
+        for hook in self.on_runs_closed:  # called on every sweep, even when nothing closed
+            try:
+                hook(closed)
+            except Exception:
+                log.exception("pipeline run-close hook %r failed", hook)
 
     async def aclose(self) -> None:
         if self._task is None:

@@ -21,13 +21,14 @@ from proxy.graph.linker import Linker
 from proxy.graph.runs import RunResolver
 from proxy.guards.chain import GuardChain
 from proxy.guards.counters import make_counter_store
-from proxy.pipeline import Pipeline
+from proxy.pipeline import Pipeline, RunsClosed
 from proxy.pricing import PriceTable
 from proxy.providers import Router
 from proxy.relay import Relay
 from proxy.rules import RulesManager
 from proxy.settings import Settings
 from proxy.tokens import TokenCounter, load_counter
+from proxy.tracing import RunTracer, make_run_tracer
 
 log = logging.getLogger("interlock")
 
@@ -48,6 +49,7 @@ class Runtime:
         self.rules: RulesManager | None = None
         self.counters: Any = None
         self.escalations: Escalations | None = None
+        self.tracer: RunTracer | None = None
         self._prices: tuple[Any, PriceTable] | None = None
         self.metrics: Any = None
         self.linker: Linker | None = None
@@ -81,8 +83,14 @@ class Runtime:
         await self.escalations.start()  # reloads open escalations, re-arms clocks and holds
         observers = [self.metrics.on_recorded] if self.metrics is not None else []
         observers.append(self.escalations.observe)
+        self.tracer = make_run_tracer(s)  # None unless INTERLOCK_OTLP_ENDPOINT is set
+        closers: list[RunsClosed] = []
+        if self.tracer is not None:
+            observers.append(self.tracer.on_call)
+            closers.append(self.tracer.on_runs_closed)
         self.pipeline = Pipeline(self.writer, policy=s.content_policy, max_bytes=s.content_max_bytes,
-                                 linker=self.linker, observers=observers, prices=self.price_table)
+                                 linker=self.linker, observers=observers, on_runs_closed=closers,
+                                 prices=self.price_table)
         await self.pipeline.start()
         self.forwarder = make_forwarder(s, self.transport)
         self.relay = Relay(
@@ -142,6 +150,8 @@ class Runtime:
             await self.forwarder.aclose()
         if self.pipeline is not None:
             await self.pipeline.aclose()
+        if self.tracer is not None:
+            await self.tracer.aclose()  # after the pipeline drained: open runs go out as partial
         if self.escalations is not None:
             await self.escalations.aclose()
         if self.rules is not None:
