@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import orjson
+
 from proxy.call import Completion, Message
 
 _DIGEST = 16
@@ -65,8 +67,20 @@ def _message_atoms(m: Message, i: int) -> list[Atom]:
 def _turn(role: str, text: str, holder: Message | Completion, i: int) -> list[Atom]:
     out = [Atom(role, text.strip(), None, i)] if text.strip() else []
     for tc in holder.tool_calls:
-        out.append(Atom("c", f"{tc.name}\x1f{tc.arguments.strip()}", tc.id, i))
+        out.append(Atom("c", f"{tc.name}\x1f{canonical_arguments(tc.arguments)}", tc.id, i))
     return out
+
+
+def canonical_arguments(arguments: str) -> str:
+    """Tool-call arguments as compact sorted JSON: clients re-serialise them when they send the
+    history back (LangChain writes `{"a": 1}` where the model wrote `{"a":1}`)."""
+    text = arguments.strip()
+    if not text.startswith("{"):
+        return text
+    try:
+        return orjson.dumps(orjson.loads(text), option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONDecodeError:
+        return text
 
 
 def seed(agent_key: str) -> bytes:

@@ -50,7 +50,7 @@ def _node(row: Mapping[str, Any]) -> dict[str, Any]:
         "agent": row.get("agent") or "unknown",
         "model": row.get("model") or row.get("model_served") or row.get("model_requested"),
         "started_at": _plain(row.get("started_at")),
-        "status": row.get("status") or row.get("outcome"),
+        "status": row.get("outcome") or row.get("status"),  # ok | denied | upstream_error ... (HTTP code if no outcome)
         "flags": list(_decode(row.get("flags")) or []),
     }
 
