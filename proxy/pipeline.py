@@ -12,6 +12,7 @@ cascade tracing.  They run on the worker and must not block; a failing hook is l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -158,11 +159,21 @@ class Pipeline:
             except Exception:
                 log.exception("pipeline run-close hook %r failed", hook)
 
-    async def aclose(self) -> None:
+    async def aclose(self, deadline_s: float = 5.0) -> None:
+        """Finish what is queued within the deadline; hand the rest to the writer unlinked (it
+        writes or spools them), so a shutdown under backlog loses no call."""
         if self._task is None:
             return
-        await self.queue.put(None)
         try:
-            await asyncio.wait_for(self._task, timeout=10)
-        except TimeoutError:
+            self.queue.put_nowait(None)
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=deadline_s)
+        except (TimeoutError, asyncio.QueueFull):
             self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            while not self.queue.empty():
+                call = self.queue.get_nowait()
+                if call is not None:
+                    self.overflowed += 1
+                    self._price(call)
+                    self.writer.submit(call_record(call, policy=self.policy, max_bytes=self.max_bytes))

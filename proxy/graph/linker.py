@@ -39,6 +39,8 @@ from proxy.graph.lineage import Lineage, LineageConfig, Segment, attribute, drop
 from proxy.graph.model import HUMAN_PREFIX, CallRecord, Edge, Identity, LinkResult, Ref, RunState
 
 LINKABLE = frozenset({"chat", "responses", "messages"})
+_BIG_SEGMENT = 16_384  # characters: segments this large are cached (shingling them costs ms)
+_BIG_CACHED = 8
 _VIA = MappingProxyType({"u": "user", "t": "tool_result", "a": "assistant", "s": "system"})
 
 
@@ -100,6 +102,7 @@ class Linker:
         self.config = config or LineageConfig()
         self.shingler = shingler or Shingler()
         self._scanned_prompts: dict[str, None] = {}
+        self._big_pieces: dict[tuple[int, int, str], tuple[set[int], tuple[int, ...]]] = {}
 
     @property
     def directory(self) -> AgentDirectory:
@@ -183,8 +186,17 @@ class Linker:
             ctx.segments.append(self._piece(-1, "instructions", system))
 
     def _piece(self, index: int, via: str, text: str) -> Segment:
-        exact, hashes = self.shingler.target(text)
-        return Segment(index, via, hashes, seen_keys(exact, hashes) if via == "user" else ())
+        big = len(text) >= _BIG_SEGMENT
+        key = (hash(text), len(text), via)
+        cached = self._big_pieces.get(key) if big else None
+        if cached is None:
+            exact, hashes = self.shingler.target(text)
+            cached = (hashes, seen_keys(exact, hashes) if via == "user" else ())
+            if big:  # the same large document sent again (RAG context, retries, fan-out) is shingled once
+                if len(self._big_pieces) >= _BIG_CACHED:
+                    self._big_pieces.pop(next(iter(self._big_pieces)))
+                self._big_pieces[key] = cached
+        return Segment(index, via, *cached)
 
     def _first_sight(self, fingerprint: str) -> bool:
         seen = self._scanned_prompts
