@@ -4,7 +4,7 @@
     overview.py      Prometheus: traffic, tokens, cost, latency, overhead, errors, guards
     orchestration.py SQL: agent graph (Node Graph), runs, calls
     guards.py        SQL + Prometheus: budgets, loops, context, denials
-    escalations.py   SQL: flagged and tainted calls; EXTENSION_ROWS for escalations and cascades
+    escalations.py   SQL + PromQL: escalations and SLA clocks, alert routes, cascades, flagged calls
     build.py         the list of dashboards and the JSON files under dashboards/
     push.py          `interlock dashboards push` through grafana-client
     cli.py           add_commands(subparsers) for the `interlock` command

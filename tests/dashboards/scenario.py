@@ -7,6 +7,14 @@
     loop-<s>      fetcher sends the same request three times: the third is denied as a retry loop
     context-<s>   writer asks for more output than gpt-4o's window: denied before sending
     errors-<s>    flaky gets an upstream 500
+    escalate-<s>  support calls escalate_to_human (webhook to a local receiver, ack_within 1s) and
+                  nobody acknowledges: an SLA breach
+    escalate-ack-<s>  the same, acknowledged through the API straight away
+    escalate-dead-<s> support calls escalate_to_finance, whose only route refuses connections:
+                  a dead escalation and failed deliveries
+    cascade-<s>   planner's outline is cut at max_tokens and handed whole to the writer: a
+                  cascade root and a tainted call (itself a root too: the context rule flags
+                  its truncated input)
 
 `drive(px, upstream, suffix)` runs it once (different suffixes make different runs) and returns
 the number of calls it makes; the proxy records them asynchronously.
@@ -14,14 +22,19 @@ the number of calls it makes; the proxy records them asynchronously.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionUserMessageParam
 
-from tests.fake_upstream import FakeUpstream, Reply
+from proxy.graph.examples import pipeline_script
+from tests.escalation.harness import post
+from tests.escalation.receiver import Receiver, dead_url
+from tests.fake_upstream import FakeUpstream, Reply, ToolCall
 from tests.proxyserver import ProxyServer
 
 RULES = """\
@@ -29,8 +42,13 @@ rules:
   - {name: fits, kind: context, action: deny}
   - {name: retries, kind: loop, detect: retry, window: 10m, max_repeats: 2, action: deny}
   - {name: run-budget, kind: budget, scope: run, limit_tokens: 3000, warn_at: 0.5, action: deny}
+  - {name: human-review, kind: escalation, tools: ["escalate_to_human"], ack_within: 1s, notify: [oncall]}
+  - {name: finance-signoff, kind: escalation, tools: ["escalate_to_finance"], ack_within: 1h, notify: [finance]}
+routes:
+  oncall: {webhook: "%(hook)s", backoff: 20ms, retries: 1, timeout: 2s}
+  finance: {webhook: "%(dead)s", backoff: 20ms, retries: 1, timeout: 2s}
 """
-CALLS_PER_DRIVE = 11
+CALLS_PER_DRIVE = 16
 KEY = "sk-proj-DASHBOARDSabcdefghijklmnopqrstuvwxyz0123"
 ANTH_KEY = "sk-ant-api03-DASHBOARDSabcdefghijklmnopqrstuvwxyz0123"
 
@@ -45,10 +63,21 @@ REPORT = ("Final report: overland caravans moved modest volumes at great cost, m
           "both routes profitable for traders on either end of the long journey.")
 
 
+_RECEIVER: Receiver | None = None
+
+
+def receiver() -> Receiver:
+    """The webhook receiver of the `oncall` route: one per test process, started on first use."""
+    global _RECEIVER
+    if _RECEIVER is None:
+        _RECEIVER = Receiver().__enter__()
+    return _RECEIVER
+
+
 def write_rules(tmp: Path) -> Path:
     rules = tmp / "rules"
     rules.mkdir(parents=True, exist_ok=True)
-    (rules / "dashboards.yaml").write_text(RULES)
+    (rules / "dashboards.yaml").write_text(RULES % {"hook": receiver().url, "dead": dead_url()})
     return rules
 
 
@@ -114,6 +143,64 @@ def _errors(px: ProxyServer, up: FakeUpstream, run: str) -> None:
                                                        messages=[{"role": "user", "content": "hi"}])
 
 
+ESCALATE_TOOLS: Any = [
+    {"type": "function", "function": {"name": name, "description": "ask a person",
+                                      "parameters": {"type": "object", "properties": {"reason": {"type": "string"}}}}}
+    for name in ("escalate_to_human", "escalate_to_finance")]
+
+
+def _wait(px: ProxyServer, run: str, ready: Any, what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        for esc in px.api("/api/escalations", run_id=run)["items"]:
+            if ready(esc):
+                return dict(esc)
+        time.sleep(0.05)
+    raise AssertionError(f"{run}: no escalation {what}")
+
+
+def _escalate(px: ProxyServer, up: FakeUpstream, run: str, tool: str) -> None:
+    up.script(Reply(tool_calls=[ToolCall(tool, {"reason": "refund of 4,000 EUR is over my limit"},
+                                         id=f"call_{run}")]))
+    _oai(px, "support", run).chat.completions.create(
+        model="gpt-4o", max_tokens=200, tools=ESCALATE_TOOLS, messages=[{"role": "user", "content": "Refund order 991 please."}])
+
+
+def _escalations(px: ProxyServer, up: FakeUpstream, suffix: str) -> None:
+    breached, acked, dead = f"escalate-{suffix}", f"escalate-ack-{suffix}", f"escalate-dead-{suffix}"
+    _escalate(px, up, breached, "escalate_to_human")
+    _escalate(px, up, acked, "escalate_to_human")
+    esc = _wait(px, acked, lambda e: True, "opened")
+    post(px, f"/api/escalations/{esc['id']}/ack", {"by": "alice"})
+    _escalate(px, up, dead, "escalate_to_finance")
+    _wait(px, breached, lambda e: e["breached"], "breached")
+    _wait(px, acked, lambda e: e["status"] == "acknowledged", "acknowledged")
+    _wait(px, dead, lambda e: e["notify_state"] == "dead", "dead")
+
+
+def _cascade(px: ProxyServer, up: FakeUpstream, suffix: str) -> None:
+    topic = "urban beekeeping" if suffix == "a" else f"container shipping rates {suffix}"
+    script = pipeline_script(topic)
+    system = {name: spec.system for name, spec in script.agents.items()}
+    run = f"cascade-{suffix}"
+
+    def say(agent: str, text: str) -> str:
+        r = _oai(px, agent, run).chat.completions.create(
+            model="gpt-4o", max_tokens=300, messages=[{"role": "system", "content": system[agent]}, {"role": "user", "content": text}])
+        return r.choices[0].message.content or ""
+
+    up.script(Reply(text=script.steps[0].text, finish_reason="length"), Reply(text=script.steps[1].text))
+    outline = say("planner", f"Write a short article about {topic}.")
+    say("writer", "Please write the article from this outline:\n\n" + outline)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if any(c["tainted_by"] for c in px.api("/api/calls", run_id=run)["items"]):
+            return
+        time.sleep(0.05)
+    calls = [(c["agent"], c["flags"], c["depth"], c["tainted_by"]) for c in px.api("/api/calls", run_id=run)["items"]]
+    raise AssertionError(f"{run}: the writer's call was never tainted: {calls}")
+
+
 def drive(px: ProxyServer, up: FakeUpstream, suffix: str) -> int:
     """Run every scenario once; returns how many calls were made (denied ones included)."""
     _research(px, up, f"research-{suffix}")
@@ -121,4 +208,6 @@ def drive(px: ProxyServer, up: FakeUpstream, suffix: str) -> int:
     _loop(px, f"loop-{suffix}")
     _context(px, f"context-{suffix}")
     _errors(px, up, f"errors-{suffix}")
+    _escalations(px, up, suffix)
+    _cascade(px, up, suffix)
     return CALLS_PER_DRIVE
