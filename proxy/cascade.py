@@ -84,6 +84,8 @@ class CascadeTracker:
     def __init__(self, cap: int = 200_000) -> None:
         self._cap = cap
         self._taints: dict[str, Taint] = {}
+        self.roots_total = 0  # calls that were a fault source (metrics)
+        self.tainted_total = 0  # calls that descend from one
 
     def observe(self, call: Call, link: Any) -> Taint | None:
         """The call's Taint (None: clean), from its own faults and its tainted parents."""
@@ -95,6 +97,8 @@ class CascadeTracker:
         depth = 0 if faults else min(p.depth for p in parents) + 1
         root_faults = tuple(sorted({k for p in parents for k in p.root_faults} | set(faults)))
         taint = Taint(call.id, roots, depth, faults, root_faults)
+        self.roots_total += bool(faults)
+        self.tainted_total += bool(roots)
         self._remember(taint)
         return taint
 

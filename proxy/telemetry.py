@@ -78,6 +78,10 @@ class Metrics:
                                   description="Writer queue depth and totals (written, spooled, replayed, dropped)")
         m.create_observable_gauge("interlock.pipeline.queue_depth", callbacks=[self._pipeline_depth], unit="{call}",
                                   description="Calls waiting for linking and storage")
+        m.create_observable_counter("interlock.cascade.calls", callbacks=[self._cascade], unit="{call}",
+                                    description="Fault sources (role=root) and calls downstream of one (role=tainted)")
+        m.create_observable_gauge("interlock.tracer.state", callbacks=[self._tracer_state], unit="1",
+                                  description="Trace exporter: buffered, queued, exported and dropped runs/spans")
         m.create_observable_gauge("interlock.rules.state", callbacks=[self._rules_state], unit="1",
                                   description="Active rules and failed reloads")
 
@@ -132,6 +136,19 @@ class Metrics:
 
     def _observe_in_flight(self, _: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self.in_flight)]
+
+    def _cascade(self, _: CallbackOptions) -> Iterable[Observation]:
+        esc = self.runtime.escalations
+        if esc is None:
+            return []
+        return [Observation(esc.cascade.roots_total, {"role": "root"}),
+                Observation(esc.cascade.tainted_total, {"role": "tainted"})]
+
+    def _tracer_state(self, _: CallbackOptions) -> Iterable[Observation]:
+        tracer = self.runtime.tracer
+        if tracer is None:
+            return []
+        return [Observation(v, {"state": k}) for k, v in tracer.stats().items()]
 
     def _writer_state(self, _: CallbackOptions) -> Iterable[Observation]:
         w = self.runtime.writer

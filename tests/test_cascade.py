@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -188,6 +190,9 @@ def test_three_agent_pipeline_taint_through_the_proxy(tmp_path: Path, upstream: 
         nodes = {n["id"]: n["flags"] for n in px.api("/api/runs/run-cut/graph")["nodes"]}
         assert "cascade_root" in nodes[planner] and "tainted" in nodes[writer] and "tainted" in nodes[editor]
         assert px.api("/api/runs/run-clean")["blast_radius"]["calls"] == 0
+        metrics = httpx.get(px.url + "/metrics").text
+        assert re.search(r'interlock_cascade_calls_total\{[^}]*role="root"[^}]*\} 1\.0', metrics)
+        assert re.search(r'interlock_cascade_calls_total\{[^}]*role="tainted"[^}]*\} 2\.0', metrics)
 
 
 def test_quarantine_rule_denies_the_next_consumer(tmp_path: Path, upstream: FakeUpstream) -> None:
