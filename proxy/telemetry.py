@@ -78,6 +78,9 @@ class Metrics:
                                   description="Writer queue depth and totals (written, spooled, replayed, dropped)")
         m.create_observable_gauge("interlock.pipeline.queue_depth", callbacks=[self._pipeline_depth], unit="{call}",
                                   description="Calls waiting for linking and storage")
+        m.create_observable_gauge("interlock.budget.remaining", callbacks=[self._budgets], unit="1",
+                                  description="Budget left per rule and scope (tokens or USD; scope_value "
+                                              "'min' = the tightest recently active run/agent/key)")
         m.create_observable_counter("interlock.cascade.calls", callbacks=[self._cascade], unit="{call}",
                                     description="Fault sources (role=root) and calls downstream of one (role=tainted)")
         m.create_observable_gauge("interlock.tracer.state", callbacks=[self._tracer_state], unit="1",
@@ -136,6 +139,19 @@ class Metrics:
 
     def _observe_in_flight(self, _: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self.in_flight)]
+
+    def _budgets(self, _: CallbackOptions) -> Iterable[Observation]:
+        rules = self.runtime.rules
+        if rules is None:
+            return []
+        out = []
+        for guard in rules.chain.guards:
+            remaining = getattr(guard, "remaining", None)
+            if callable(remaining):
+                scope = str(getattr(guard.rule, "scope", ""))
+                out += [Observation(left, {"rule": guard.name, "scope": scope, "scope_value": value, "unit": unit})
+                        for value, unit, left in remaining()]
+        return out
 
     def _cascade(self, _: CallbackOptions) -> Iterable[Observation]:
         esc = self.runtime.escalations

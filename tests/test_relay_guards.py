@@ -51,6 +51,10 @@ def test_run_budget_refuses_with_a_native_429_the_sdk_raises(tmp_path: Path, ups
         assert denied[0]["status"] == 429
         events = px.api("/api/guard-events", rule="run-budget")["items"]
         assert events and events[0]["action"] == "deny" and events[0]["data"]
+        metrics = httpx.get(px.url + "/metrics").text
+        left = re.search(r'interlock_budget_remaining\{[^}]*rule="run-budget"[^}]*scope_value="min"[^}]*\} ([0-9.]+)',
+                         metrics)
+        assert left is not None and 0 <= float(left.group(1)) < 300
 
 
 def test_context_overflow_is_a_400_before_anything_is_sent(tmp_path: Path, upstream: FakeUpstream) -> None:

@@ -62,6 +62,7 @@ class TokenBudget(RuleGuard["BudgetRule"]):
         self._scope = scope_getter(rule.scope)
         self._prefix = f"budget:{self.name}:{rule.window}:{rule.scope}:"
         self._admit_limit = self._limit if self._enforce else None
+        self._left: dict[str, float] = {}  # scope value → units left, recently active ones (metrics)
 
     # ------------------------------------------------------------------ units
 
@@ -99,6 +100,7 @@ class TokenBudget(RuleGuard["BudgetRule"]):
         if not res.ok:
             return self._refusal(call, res.spent_after, need, max_out)
         allowance = need + max(0, self._limit - res.spent_after)
+        self._note(value, res.spent_after)
         self._holds.put(call, _Hold(key, res.bucket, need, base, rate, allowance))
         return ALLOW
 
@@ -121,7 +123,26 @@ class TokenBudget(RuleGuard["BudgetRule"]):
         if delta == 0 and self._enforce and self.rule.warn_at is None:
             return ALLOW
         total = await self._counters.adjust(hold.key, delta, self._window, hold.bucket)
+        self._note(self._scope(call) or "", total)
         return await self._after(call, hold, total)
+
+    def _note(self, value: str, spent: float) -> None:
+        left = self._left
+        left.pop(value, None)
+        left[value] = self._limit - spent
+        if len(left) > 256:
+            left.pop(next(iter(left)))
+
+    def remaining(self) -> list[tuple[str, str, float]]:
+        """(scope value, unit, amount left) for /metrics.  Bounded labels: per value for the
+        global and model scopes, else only the tightest recently active scope ("min")."""
+        unit, scale = ("usd", 1 / MICRO) if self._usd else ("tokens", 1.0)
+        items = list(self._left.items())
+        if not items:
+            return []
+        if self.rule.scope in ("global", "model"):
+            return [(value, unit, left * scale) for value, left in items]
+        return [("min", unit, min(left for _, left in items) * scale)]
 
     async def release(self, call: Call) -> None:
         hold = self._holds.pop(call)
