@@ -51,13 +51,9 @@ class ProxyServer:
 
     def _fresh_postgres(self) -> str:
         """A throwaway database on the test PostgreSQL (INTERLOCK_TEST_DATABASE=postgres)."""
-        from tests.services import postgres_url
-
-        base = postgres_url()
-        name = f"interlock_t_{uuid.uuid4().hex[:12]}"
-        asyncio.run(_admin_sql(base, f'CREATE DATABASE "{name}"'))
-        self._dropdb = name
-        return base.rsplit("/", 1)[0] + "/" + name
+        url = create_test_database()
+        self._dropdb = url.rsplit("/", 1)[1]
+        return url
 
     def _serve(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -105,6 +101,23 @@ class ProxyServer:
                 return items
             time.sleep(0.02)
         raise AssertionError(f"expected {n} recorded calls, found {len(items)}: {items}")
+
+
+def create_test_database() -> str:
+    """A fresh, empty database on the test PostgreSQL; skips or fails (CI) when it is absent."""
+    from tests.services import postgres_url
+
+    base = postgres_url()
+    name = f"interlock_t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin_sql(base, f'CREATE DATABASE "{name}"'))
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_test_database(url: str) -> None:
+    from tests.services import postgres_url
+
+    name = url.rsplit("/", 1)[1]
+    asyncio.run(_admin_sql(postgres_url(), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def _admin_sql(url: str, sql: str) -> None:

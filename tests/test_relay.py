@@ -6,6 +6,7 @@ import asyncio
 import re
 import socket
 import threading
+import time
 from pathlib import Path
 
 import anthropic
@@ -15,7 +16,7 @@ import orjson
 import pytest
 
 from tests.fake_upstream import FakeUpstream, Reply, ToolCall
-from tests.proxyserver import ProxyServer
+from tests.proxyserver import ProxyServer, create_test_database, drop_test_database
 
 KEY = "sk-proj-TESTSECRETabcdefghijklmnopqrstuvwxyz0123456789"
 ANTH_KEY = "sk-ant-api03-SECRETabcdefghijklmnopqrstuvwxyz0123456789"
@@ -393,3 +394,51 @@ async def _dump_database(url: str) -> bytes:
         return "\n".join(out).encode()
     finally:
         await engine.dispose()
+
+
+def test_stalled_database_does_not_slow_requests_and_records_arrive_later(
+        tmp_path: Path, upstream: FakeUpstream) -> None:
+    """A real PostgreSQL table lock stalls every write; agents keep being served, records spool
+    to disk and all arrive, once each, when the lock goes away."""
+    import asyncpg
+
+    url = create_test_database()
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    with ProxyServer(tmp_path, upstream.url, database_url=url, writer_timeout_s=0.5) as px:
+        oai(px).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "warm"}])
+        px.wait_calls(1)
+        lock_held = asyncio.Event()
+        release = asyncio.Event()
+
+        async def hold_lock() -> None:
+            conn = await asyncpg.connect(dsn)
+            try:
+                tx = conn.transaction()
+                await tx.start()
+                await conn.execute("LOCK TABLE calls IN ACCESS EXCLUSIVE MODE")
+                lock_held.set()
+                await release.wait()
+                await tx.rollback()
+            finally:
+                await conn.close()
+
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_until_complete, args=(hold_lock(),), daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not lock_held.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lock_held.is_set()
+        started = time.monotonic()
+        for i in range(30):
+            oai(px).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": f"q{i}"}])
+        served_in = time.monotonic() - started
+        time.sleep(1.5)  # the stalled write times out; new records go to the spool
+        health = httpx.get(px.url + "/healthz").json()["writer"]
+        loop.call_soon_threadsafe(release.set)
+        thread.join(10)
+        assert served_in < 10, f"30 requests took {served_in:.1f}s while the database was stalled"
+        assert health["spooled"] > 0
+        rows = px.wait_calls(31, timeout=30)
+        assert len(rows) == 31 == len({r["id"] for r in rows})
+    drop_test_database(url)
