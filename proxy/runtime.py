@@ -21,12 +21,16 @@ from proxy.graph.linker import Linker
 from proxy.graph.runs import RunResolver
 from proxy.guards.chain import GuardChain
 from proxy.guards.counters import make_counter_store
-from proxy.pipeline import Pipeline, RunsClosed
+from proxy.pipeline import Observer, Pipeline, RunsClosed
 from proxy.pricing import PriceTable
 from proxy.providers import Router
 from proxy.relay import Relay
 from proxy.rules import RulesManager
 from proxy.settings import Settings
+from proxy.store.db import SqlSink, make_engine, upgrade
+from proxy.store.spool import Spool
+from proxy.store.writer import BatchWriter
+from proxy.telemetry import Metrics
 from proxy.tokens import TokenCounter, load_counter
 from proxy.tracing import RunTracer, make_run_tracer
 
@@ -51,17 +55,12 @@ class Runtime:
         self.escalations: Escalations | None = None
         self.tracer: RunTracer | None = None
         self._prices: tuple[Any, PriceTable] | None = None
-        self.metrics: Any = None
+        self.metrics: Metrics | None = None
         self.linker: Linker | None = None
         self.resolver: RunResolver | None = None
         self.index: MemoryLineageIndex | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
-        from proxy.store.db import SqlSink, make_engine, upgrade
-        from proxy.store.spool import Spool
-        from proxy.store.writer import BatchWriter
-
         s = self.settings
         if self.migrate:
             await asyncio.to_thread(upgrade, s.database_url)
@@ -78,11 +77,10 @@ class Runtime:
         self.tokens = self._token_counter()
         self.rules = await self._rules()
         await self._graph()
-        self.metrics = self._metrics()
+        self.metrics = Metrics(self)
         self.escalations = Escalations.from_runtime(self, sync_s=s.escalation_sync_s)
         await self.escalations.start()  # reloads open escalations, re-arms clocks and holds
-        observers = [self.metrics.on_recorded] if self.metrics is not None else []
-        observers.append(self.escalations.observe)
+        observers: list[Observer] = [self.metrics.on_recorded, self.escalations.observe]
         self.tracer = make_run_tracer(s)  # None unless INTERLOCK_OTLP_ENDPOINT is set
         closers: list[RunsClosed] = []
         if self.tracer is not None:
@@ -136,13 +134,6 @@ class Runtime:
         identifier = Identifier(directory)
         self.linker = Linker(self.index, run_idle_s=s.run_idle_s, identifier=identifier)
         self.resolver = RunResolver(self.index, identifier, run_idle_s=s.run_idle_s)
-
-    def _metrics(self) -> Any:
-        try:
-            from proxy.telemetry import Metrics
-        except ImportError:
-            return None
-        return Metrics(self)
 
     async def aclose(self) -> None:
         self.relay = None
