@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, Field
 
 import proxy.store.queries as queries
 from proxy.graph.view import build_graph
@@ -18,6 +19,16 @@ def register(api: APIRouter, runtime: Runtime) -> None:
     @api.get("/agents")
     async def agents() -> dict[str, Any]:
         return {"items": await queries.list_agents(runtime.engine)}
+
+    @api.post("/agents/{name}/rename")
+    async def rename(name: str, body: RenameBody) -> dict[str, Any]:
+        """Show agent `name` as `body.to` from now on, and rewrite its stored calls."""
+        return await _rename(runtime, name, body.to, merge=False)
+
+    @api.post("/agents/{name}/merge")
+    async def merge(name: str, body: MergeBody) -> dict[str, Any]:
+        """Agent `name` is the same agent as `body.into`: fold its calls into it."""
+        return await _rename(runtime, name, body.into, merge=True)
 
     @api.get("/runs")
     async def runs(
@@ -45,6 +56,28 @@ def register(api: APIRouter, runtime: Runtime) -> None:
         row, calls = await _run_and_calls(runtime, run_id)
         edges = await queries.run_edges(runtime.engine, run_id)
         return build_graph(row, calls, edges)
+
+
+class RenameBody(BaseModel):
+    to: str = Field(min_length=1, max_length=200)
+
+
+class MergeBody(BaseModel):
+    into: str = Field(min_length=1, max_length=200)
+
+
+async def _rename(runtime: Runtime, old: str, new: str, *, merge: bool) -> dict[str, Any]:
+    if runtime.linker is None:
+        raise HTTPException(503, "the graph is not running yet")
+    if old == new:
+        raise HTTPException(400, "old and new names are the same")
+    directory = runtime.linker.directory
+    if merge:
+        directory.merge(old, new)
+    else:
+        directory.rename(old, new)
+    moved = await queries.rename_agent(runtime.engine, old, new)
+    return {"agent": old, "now": directory.resolve(old), "calls_rewritten": moved}
 
 
 async def _run_and_calls(runtime: Runtime, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:

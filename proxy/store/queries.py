@@ -224,3 +224,22 @@ async def agent_names(engine: AsyncEngine) -> dict[str, str]:
     query = sa.select(t.c.fingerprint, t.c.name).where(t.c.fingerprint.is_not(None))
     async with engine.connect() as conn:
         return {str(fp): str(name) for fp, name in (await conn.execute(query)).all()}
+
+
+async def rename_agent(engine: AsyncEngine, old: str, new: str) -> int:
+    """Rewrite stored rows of agent `old` as `new` (a rename, or a merge when `new` exists);
+    returns the number of calls moved.  Run lists in `runs.agents` keep the old name."""
+    calls, events, agents = TABLES["calls"], TABLES["guard_events"], TABLES["agents"]
+    async with engine.begin() as conn:
+        moved = (await conn.execute(sa.update(calls).where(calls.c.agent == old).values(agent=new))).rowcount
+        await conn.execute(sa.update(events).where(events.c.agent == old).values(agent=new))
+        rows = {r.name: r for r in (await conn.execute(sa.select(agents).where(agents.c.name.in_([old, new])))).all()}
+        if old in rows and new in rows:
+            a, b = rows[old], rows[new]
+            await conn.execute(sa.update(agents).where(agents.c.name == new).values(
+                calls=a.calls + b.calls, tokens=a.tokens + b.tokens,
+                first_seen=min(a.first_seen, b.first_seen), last_seen=max(a.last_seen, b.last_seen)))
+            await conn.execute(sa.delete(agents).where(agents.c.name == old))
+        elif old in rows:
+            await conn.execute(sa.update(agents).where(agents.c.name == old).values(name=new))
+    return int(moved or 0)
