@@ -55,6 +55,7 @@ class Runtime:
         self.escalations: Escalations | None = None
         self.tracer: RunTracer | None = None
         self._prices: tuple[Any, PriceTable] | None = None
+        self._retry: asyncio.Task[None] | None = None
         self.metrics: Metrics | None = None
         self.linker: Linker | None = None
         self.resolver: RunResolver | None = None
@@ -62,8 +63,8 @@ class Runtime:
 
     async def start(self) -> None:
         s = self.settings
-        if self.migrate:
-            await asyncio.to_thread(upgrade, s.database_url)
+        if self.migrate and not await self._upgrade():
+            self._retry = asyncio.create_task(self._upgrade_until_done(), name="interlock-db-upgrade")
         self.engine = make_engine(s.database_url)
         self.writer = BatchWriter(
             SqlSink(self.engine),
@@ -102,6 +103,24 @@ class Runtime:
             metrics=self.metrics,
         )
 
+    async def _upgrade(self) -> bool:
+        """Apply migrations; False (logged) when the database cannot be reached."""
+        try:
+            await asyncio.to_thread(upgrade, self.settings.database_url)
+            return True
+        except Exception as exc:
+            log.error("database %s unavailable (%s): serving anyway; records go to the spool in %s "
+                      "and are written once it is back", self.settings.database_url, exc, self.settings.spool_dir)
+            return False
+
+    async def _upgrade_until_done(self, every_s: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            if await self._upgrade():
+                log.warning("database %s is back and migrated; spooled records are being written",
+                            self.settings.database_url)
+                return
+
     def run_extras(self, run: dict[str, Any], calls: list[dict[str, Any]]) -> dict[str, Any]:
         """Extra facts for /api/runs/{id}: cascade root causes and blast radius."""
         return summarize(calls)
@@ -128,7 +147,10 @@ class Runtime:
     async def _graph(self) -> None:
         """One lineage index and agent directory, shared by the request-path resolver and the linker."""
         s = self.settings
-        names = await queries.agent_names(self.engine)
+        try:
+            names = await queries.agent_names(self.engine)
+        except Exception:  # database down at start: names are pure functions of fingerprints anyway
+            names = {}
         self.index = MemoryLineageIndex()
         directory = AgentDirectory(names=names, aliases=s.agent_aliases, claims=self.index)
         identifier = Identifier(directory)
@@ -137,6 +159,8 @@ class Runtime:
 
     async def aclose(self) -> None:
         self.relay = None
+        if self._retry is not None:
+            self._retry.cancel()
         if self.forwarder is not None:
             await self.forwarder.aclose()
         if self.pipeline is not None:

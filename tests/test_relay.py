@@ -442,3 +442,56 @@ def test_stalled_database_does_not_slow_requests_and_records_arrive_later(
         rows = px.wait_calls(31, timeout=30)
         assert len(rows) == 31 == len({r["id"] for r in rows})
     drop_test_database(url)
+
+
+class _TcpGate:
+    """A loopback port that refuses connections until opened, then forwards to PostgreSQL."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def open(self) -> None:
+        asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._pipe, "127.0.0.1", self.port), self.loop).result(5)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", 5432)
+
+        async def copy(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+            w.close()
+
+        await asyncio.gather(copy(reader, up_w), copy(up_r, writer), return_exceptions=True)
+
+
+def test_database_down_at_start_is_served_and_caught_up(tmp_path: Path, upstream: FakeUpstream) -> None:
+    """The proxy starts and serves while PostgreSQL is unreachable; when it comes back the
+    schema is migrated and every spooled call is written."""
+    url = create_test_database()
+    gate = _TcpGate()
+    gated = url.replace("127.0.0.1:5432", f"127.0.0.1:{gate.port}")
+    with ProxyServer(tmp_path, upstream.url, database_url=gated, writer_timeout_s=0.5) as px:
+        for i in range(5):
+            out = oai(px).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": f"q{i}"}])
+            assert out.choices[0].message.content
+        deadline = time.monotonic() + 10
+        while httpx.get(px.url + "/healthz").json()["writer"]["spooled"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert httpx.get(px.url + "/healthz").json()["writer"]["spooled"] >= 5
+        gate.open()
+        deadline = time.monotonic() + 40
+        items: list[dict[str, object]] = []
+        while len(items) < 5 and time.monotonic() < deadline:
+            r = httpx.get(px.url + "/api/calls", params={"limit": 100})
+            assert r.status_code in (200, 503), r.text  # 503 until the database is back and migrated
+            items = r.json()["items"] if r.status_code == 200 else []
+            time.sleep(0.2)
+        assert len({c["id"] for c in items}) == 5
+    drop_test_database(url)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DBAPIError
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
@@ -52,6 +53,13 @@ def build_api(runtime: Runtime, lifespan: Callable[[FastAPI], AbstractAsyncConte
     graph_api.register(api, runtime)
     escalations_api.register(api, runtime)
     app.include_router(api)
+
+    async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"database unavailable ({type(exc).__name__}); the proxy keeps "
+                                       "serving and spools records until it is back"}, status_code=503)
+
+    app.add_exception_handler(DBAPIError, database_unavailable)
+    app.add_exception_handler(OSError, database_unavailable)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

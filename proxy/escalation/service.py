@@ -142,9 +142,12 @@ class Escalations:
         """Reload unfinished escalations (clocks re-armed, holds re-published) and start the tasks."""
         self.notifier.start()
         await self.tracker.start()
-        for route, s in (await self.store.route_stats()).items():
-            if s.get("last_delivered_at"):
-                self.stats.last_delivered[route] = s["last_delivered_at"]
+        try:
+            for route, s in (await self.store.route_stats()).items():
+                if s.get("last_delivered_at"):
+                    self.stats.last_delivered[route] = s["last_delivered_at"]
+        except Exception as exc:  # route health starts empty; deliveries refill it
+            log.warning("route delivery history not loaded (database unavailable: %s)", exc)
         self._task = asyncio.create_task(self._work(), name="interlock-escalations")
 
     async def aclose(self, grace_s: float = 5.0) -> None:

@@ -57,8 +57,12 @@ class EscalationTracker:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Reload unfinished escalations (clocks re-armed, holds re-published), then run the clock."""
-        await self.sync()
+        """Reload unfinished escalations (clocks re-armed, holds re-published), then run the clock.
+        A database that is down now is retried by the clock's periodic sync."""
+        try:
+            await self.sync()
+        except Exception as exc:
+            log.warning("escalations not reloaded yet (database unavailable: %s); retrying in the background", exc)
         self._task = asyncio.create_task(self._run(), name="interlock-escalation-clock")
 
     async def aclose(self) -> None:
