@@ -61,18 +61,24 @@ def _tool_names(body: dict[str, Any]) -> list[str]:
     return names
 
 
-def _chat_usage(call: Call, usage: Any) -> None:
+def _usage(call: Call, usage: Any, inp: str, out: str) -> None:
+    """Usage in either OpenAI shape: `prompt_/completion_tokens` (chat) or `input_/output_tokens`
+    (Responses), each with `*_details` for cached and reasoning tokens."""
     if not isinstance(usage, dict):
         return
     u = call.usage
-    u.input_tokens = as_int(usage.get("prompt_tokens"))
-    u.output_tokens = as_int(usage.get("completion_tokens"))
-    details = usage.get("prompt_tokens_details")
+    u.input_tokens = as_int(usage.get(inp))
+    u.output_tokens = as_int(usage.get(out))
+    details = usage.get(inp + "_details")
     if isinstance(details, dict):
         u.cached_tokens = as_int(details.get("cached_tokens"))
-    details = usage.get("completion_tokens_details")
+    details = usage.get(out + "_details")
     if isinstance(details, dict):
         u.reasoning_tokens = as_int(details.get("reasoning_tokens"))
+
+
+def _chat_usage(call: Call, usage: Any) -> None:
+    _usage(call, usage, "prompt_tokens", "completion_tokens")
 
 
 class OpenAIChat(_OpenAIErrors, Provider):
@@ -204,17 +210,7 @@ def _responses_input(body: dict[str, Any]) -> list[Message]:
 
 
 def _responses_usage(call: Call, usage: Any) -> None:
-    if not isinstance(usage, dict):
-        return
-    u = call.usage
-    u.input_tokens = as_int(usage.get("input_tokens"))
-    u.output_tokens = as_int(usage.get("output_tokens"))
-    d = usage.get("input_tokens_details")
-    if isinstance(d, dict):
-        u.cached_tokens = as_int(d.get("cached_tokens"))
-    d = usage.get("output_tokens_details")
-    if isinstance(d, dict):
-        u.reasoning_tokens = as_int(d.get("reasoning_tokens"))
+    _usage(call, usage, "input_tokens", "output_tokens")
 
 
 def _responses_object(call: Call, resp: Any) -> None:
