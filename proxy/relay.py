@@ -98,7 +98,8 @@ class Relay:
         try:
             body = await _read_body(receive, self.settings.max_body_bytes)
             if body is None:
-                await self._refuse_plain(call, state, 413, "invalid_request_error", "interlock_body_too_large",
+                await self._refuse_plain(call, state, route.provider, 413, "invalid_request_error",
+                                         "interlock_body_too_large",
                                          f"Interlock: request body exceeds the {self.settings.max_body_bytes}-byte limit "
                                          "(INTERLOCK_MAX_BODY_BYTES).", "too_large")
                 return
@@ -142,7 +143,6 @@ class Relay:
             agent, source, path = unquote(name), "path", "/" + tail
         call = Call(new_id(), time.time(), "openai", "other", "openai", scope["method"], path,
                     agent=agent, agent_source=source)
-        call.request = None
         headers: list[tuple[bytes, bytes]] = []
         anthropic = False
         for k, v in scope["headers"]:
@@ -171,9 +171,6 @@ class Relay:
             call.agent, call.agent_source = v.decode("utf-8", "replace"), "header"
         elif k == b"x-interlock-run":
             call.run_hint = call.run_id = v.decode("utf-8", "replace")
-
-    def _route_provider(self, call: Call) -> Provider:
-        return self.router.route(call.path, call.provider == "anthropic").provider
 
     async def _handle(self, call: Call, route: Route, headers: list[tuple[bytes, bytes]], query: bytes,
                       body: bytes, state: _Exchange) -> None:
@@ -319,14 +316,14 @@ class Relay:
         call.status = verdict.status
 
     async def _bad_json(self, call: Call, provider: Provider, state: _Exchange, why: str) -> None:
-        await self._refuse_plain(call, state, 400, "invalid_request_error", "interlock_invalid_json",
+        await self._refuse_plain(call, state, provider, 400, "invalid_request_error", "interlock_invalid_json",
                                  f"Interlock: the request body is not valid JSON ({why}); nothing was sent upstream.",
-                                 "bad_request", provider)
+                                 "bad_request")
 
-    async def _refuse_plain(self, call: Call, state: _Exchange, status: int, etype: str, code: str,
-                            message: str, outcome: str, provider: Provider | None = None) -> None:
+    async def _refuse_plain(self, call: Call, state: _Exchange, provider: Provider, status: int, etype: str,
+                            code: str, message: str, outcome: str) -> None:
         call.outcome, call.status, call.error = outcome, status, message
-        await self._send_error(state, provider or self._route_provider(call), status, etype, code, message)
+        await self._send_error(state, provider, status, etype, code, message)
 
     async def _upstream_failed(self, call: Call, provider: Provider, state: _Exchange, exc: UpstreamError) -> None:
         timeout = exc.timeout
