@@ -11,24 +11,21 @@ requests their SDKs would send; nothing tells Interlock who is who or what belon
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
-import socket
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-import uvicorn
 from rich.console import Console
 
 from proxy.app import create_app
 from proxy.graph.cli import load_graph, render_graph
 from proxy.graph.examples import agent_as_tool_script, fan_out_script, pipeline_script
 from proxy.graph.script import Exchange, merge, render
+from proxy.serving import ThreadedServer
 from proxy.settings import load_settings
 
 
@@ -47,30 +44,6 @@ class _FakeModel:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
-
-
-class _Served:
-    """An ASGI app on a loopback port in a daemon thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="auto")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve([self.sock])), daemon=True)
-
-    def __enter__(self) -> _Served:
-        self.thread.start()
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError("the demo server failed to start (see the log above)")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
 
 
 def _systems() -> list[tuple[str, list[Exchange]]]:
@@ -96,12 +69,12 @@ def _drive(proxy_url: str, model: _FakeModel, exchanges: list[Exchange]) -> None
 
 def run_demo(db: Path, keep_serving: bool, console: Console) -> int:
     model = _FakeModel()
-    with _Served(model) as upstream:
+    with ThreadedServer(model) as upstream:
         settings = load_settings(database_url=f"sqlite+aiosqlite:///{db}", upstream_openai=upstream.url,
                                  upstream_anthropic=upstream.url, rules_dir=Path(__file__).parents[1] / "rules",
                                  spool_dir=db.parent / ".demo-spool", run_idle_s=3600)
         app = create_app(settings)
-        with _Served(app) as px:
+        with ThreadedServer(app) as px:
             console.print(f"[bold]Interlock demo[/]: fake model at {upstream.url}, proxy at {px.url}, database {db}\n")
             for title, exchanges in _systems():
                 console.print(f"• {title}: {len(exchanges)} calls")

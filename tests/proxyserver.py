@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -13,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from proxy.app import InterlockApp, create_app
+from proxy.serving import ThreadedServer
 from proxy.settings import Settings, load_settings
 
 
@@ -39,15 +37,9 @@ class ProxyServer:
             **overrides,
         )
         self.app: InterlockApp = create_app(self.settings)
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.bind(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        cfg = uvicorn.Config(self.app, loop="asyncio", http="httptools", lifespan="on", access_log=False,
-                             log_level="warning", timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(cfg)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.served = ThreadedServer(self.app, loop="asyncio", http="httptools", lifespan="on",
+                                     timeout_graceful_shutdown=5)
+        self.url = self.served.url
 
     def _fresh_postgres(self) -> str:
         """A throwaway database on the test PostgreSQL (INTERLOCK_TEST_DATABASE=postgres)."""
@@ -55,27 +47,16 @@ class ProxyServer:
         self._dropdb = url.rsplit("/", 1)[1]
         return url
 
-    def _serve(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self.server.serve(sockets=[self._sock]))
-
     @property
     def runtime(self) -> Any:
         return self.app.runtime
 
     def __enter__(self) -> ProxyServer:
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("proxy did not start")
-            time.sleep(0.01)
+        self.served.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self._thread.join(timeout=20)
+        self.served.__exit__()
         if self._dropdb is not None:
             from tests.services import postgres_url
 
@@ -83,8 +64,8 @@ class ProxyServer:
 
     def run(self, fn: Callable[[], Any]) -> Any:
         """Run a coroutine function on the server's loop (to poke the runtime safely)."""
-        assert self.loop is not None
-        return asyncio.run_coroutine_threadsafe(fn(), self.loop).result(timeout=30)
+        assert self.served.loop is not None
+        return asyncio.run_coroutine_threadsafe(fn(), self.served.loop).result(timeout=30)
 
     def api(self, path: str, **params: Any) -> Any:
         r = httpx.get(self.url + path, params=params, timeout=10)
