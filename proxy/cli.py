@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -22,19 +23,35 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(**overrides)
 
 
+# Python's default (700 allocations) runs a young-generation collection every ~2 requests and
+# promotes in-flight request objects into the old generations, whose full collections then walk
+# every cached token count and lineage entry: measured 12 % of the proxy's CPU at 2,400 req/s.
+# Objects of one request die by reference counting; cycles are rare and still collected.
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Serve-time garbage-collector settings: start-up objects (modules, catalogs, encodings)
+    frozen out of every collection, and a young generation sized for a request burst."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    import uvloop
 
     from proxy.app import create_app
+    from proxy.server import run
 
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
+    tune_gc()
     print(f"interlock: serving on http://{settings.host}:{settings.port}  (database {settings.database_url})",
           file=sys.stderr)
-    uvicorn.run(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                access_log=False, log_level=settings.log_level, lifespan="on", timeout_graceful_shutdown=10,
-                proxy_headers=False, server_header=False, date_header=False)
+    uvloop.run(run(app, host=settings.host, port=settings.port, graceful_timeout_s=10))
     return 0
 
 

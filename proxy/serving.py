@@ -1,4 +1,5 @@
-"""An ASGI app served by uvicorn on a loopback port in a daemon thread (demo, tests)."""
+"""An ASGI app served by Interlock's server (proxy/server.py) on a loopback port in a daemon
+thread: the demo, and the tests that drive real SDKs over real sockets."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import asyncio
 import socket
 import threading
 import time
-from typing import Any
 
-import uvicorn
+from proxy.server import ASGIApp, Server
 
 
 class ThreadedServer:
@@ -17,30 +17,38 @@ class ThreadedServer:
     The socket is bound with IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections
     (a protocol of 0 left Nagle on: ~40 ms per reused connection)."""
 
-    def __init__(self, app: Any, **config: Any) -> None:
+    def __init__(self, app: ASGIApp, *, lifespan: bool = True, graceful_timeout_s: float = 5.0,
+                 keepalive_s: float = 5.0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        options = {"log_level": "warning", "access_log": False, "lifespan": "auto", **config}
-        self.server = uvicorn.Server(uvicorn.Config(app, **options))
+        self.server = Server(app, sock=self.sock, lifespan=lifespan, graceful_timeout_s=graceful_timeout_s,
+                             keepalive_s=keepalive_s)
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
     def _serve(self) -> None:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self.server.serve(sockets=[self.sock]))
+        try:
+            self.loop.run_until_complete(self.server.serve())
+        except BaseException as exc:  # reported by __enter__
+            self.error = exc
+        finally:
+            self.loop.close()
 
     def __enter__(self) -> ThreadedServer:
         self._thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the server failed to start (see the log above)")
+                raise RuntimeError(f"the server failed to start: {self.error!r} (see the log above)")
             time.sleep(0.01)
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
+        self.server.request_exit()
         self._thread.join(timeout=20)

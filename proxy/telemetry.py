@@ -6,29 +6,77 @@ Interlock's own (`interlock.*`).  Labels are bounded: agent, model, provider, op
 outcome, rule, action — never call ids or raw keys.
 
 Two moments feed it:
-- `observe_call` on the request path, at the end of each request (a few µs: histograms);
+- `observe_call` on the request path, at the end of each request (~1 µs: histograms aggregated
+  in `Histogram`, rendered next to the SDK's instruments);
 - `on_recorded` in the pipeline worker, after the graph resolved the agent (counters).
 Writer, pipeline and rules state are read by observable gauges at scrape time.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from proxy.call import Call
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
 
-_SECONDS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
-_TOKENS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304]
+_SECONDS: list[float] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+_TOKENS: list[float] = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304]
+
+
+_CALL_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "outcome")
+
+
+class Histogram:
+    """Fixed-bucket histogram, one series per tuple of label values.  `observe` runs on the
+    request path and the pipeline worker (event-loop thread): no lock, no allocation once a
+    series exists.  Read at scrape time by `_HistogramCollector`."""
+
+    __slots__ = ("name", "doc", "labels", "bounds", "series")
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...], bounds: list[float]) -> None:
+        self.name, self.doc, self.labels, self.bounds = name, doc, labels, bounds
+        self.series: dict[tuple[str, ...], list[float]] = {}  # per-bucket counts (+Inf last), then sum
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        s = self.series.get(key)
+        if s is None:
+            s = self.series[key] = [0.0] * (len(self.bounds) + 2)
+        s[bisect_left(self.bounds, value)] += 1
+        s[-1] += value
+
+    def family(self) -> HistogramMetricFamily:
+        """Prometheus buckets are cumulative (`le` = less than or equal)."""
+        fam = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        edges = [_le(b) for b in self.bounds] + ["+Inf"]
+        for key, s in list(self.series.items()):
+            snap = list(s)  # one atomic copy: counts and sum agree
+            buckets = list(zip(edges, accumulate(snap[:-1]), strict=True))
+            fam.add_metric(list(key), buckets, snap[-1])
+        return fam
+
+
+class _HistogramCollector(Collector):
+    def __init__(self, histograms: list[Histogram]) -> None:
+        self.histograms = histograms
+
+    def collect(self) -> Iterable[Metric]:
+        return [h.family() for h in self.histograms]
+
+
+def _le(bound: float) -> str:
+    return str(int(bound)) if bound == int(bound) else repr(bound)
 
 
 def _op_name(call: Call) -> str:
@@ -43,23 +91,22 @@ class Metrics:
         self.runtime = runtime
         self.registry = CollectorRegistry(auto_describe=True)
         self.reader = PrometheusMetricReader(registry=self.registry)
-        views = [
-            View(instrument_name="gen_ai.client.token.usage", aggregation=ExplicitBucketHistogramAggregation(_TOKENS)),
-            View(instrument_name="*duration*", aggregation=ExplicitBucketHistogramAggregation(_SECONDS)),
-            View(instrument_name="*first_chunk*", aggregation=ExplicitBucketHistogramAggregation(_SECONDS)),
-            View(instrument_name="interlock.proxy.overhead", aggregation=ExplicitBucketHistogramAggregation(_SECONDS)),
-        ]
-        self.provider = MeterProvider(metric_readers=[self.reader], views=views)
+        self.provider = MeterProvider(metric_readers=[self.reader])
         m = self.provider.get_meter("interlock")
-        self.tokens = m.create_histogram("gen_ai.client.token.usage", unit="{token}",
-                                         description="Tokens per call by type (input/output)")
-        self.duration = m.create_histogram("gen_ai.client.operation.duration", unit="s",
-                                           description="Call duration as the agent sees it")
-        self.ttfc = m.create_histogram("gen_ai.client.operation.time_to_first_chunk", unit="s",
-                                       description="Time to the first response byte")
-        self.overhead = m.create_histogram("interlock.proxy.overhead", unit="s",
-                                           description="Time the proxy adds: request arrival to upstream send, "
-                                                       "plus upstream end to response end")
+        # Histograms are aggregated here and rendered beside the SDK's instruments: an SDK
+        # histogram measurement costs ~10 µs (attribute hashing, locks, view matching) and a
+        # call makes four; `Histogram.observe` is a bisect and two list increments (~0.5 µs).
+        self.duration = Histogram("gen_ai_client_operation_duration_seconds", "Call duration as the agent sees it",
+                                  _CALL_LABELS, _SECONDS)
+        self.ttfc = Histogram("gen_ai_client_operation_time_to_first_chunk_seconds",
+                              "Time to the first response byte", _CALL_LABELS, _SECONDS)
+        self.overhead = Histogram("interlock_proxy_overhead_seconds",
+                                  "Time the proxy adds: request arrival to upstream send, plus upstream end to "
+                                  "response end", ("gen_ai_provider_name", "stream"), _SECONDS)
+        self.tokens = Histogram("gen_ai_client_token_usage", "Tokens per call by type (input/output)",
+                                ("gen_ai_token_type", "gen_ai_provider_name", "gen_ai_request_model",
+                                 "gen_ai_operation_name", "agent"), _TOKENS)
+        self.registry.register(_HistogramCollector([self.duration, self.ttfc, self.overhead, self.tokens]))
         # Counters are summed in plain dicts on the worker and read by the SDK at scrape time:
         # an SDK measurement costs ~10 µs of attribute hashing, a dict increment 0.2 µs.
         self._calls: dict[tuple[str, ...], int] = {}
@@ -96,13 +143,12 @@ class Metrics:
     def observe_call(self, call: Call, elapsed_s: float) -> None:
         """End of a request (hot path).  Labels known without the graph only."""
         self.in_flight -= 1
-        attrs = {"gen_ai.operation.name": _op_name(call), "gen_ai.provider.name": call.provider,
-                 "gen_ai.request.model": call.model_requested or "unknown", "outcome": call.outcome or "unknown"}
-        self.duration.record(elapsed_s, attrs)
+        key = (_op_name(call), call.provider, call.model_requested or "unknown", call.outcome or "unknown")
+        self.duration.observe(key, elapsed_s)
         if call.stream and call.first_byte_at is not None:
-            self.ttfc.record(max(call.first_byte_at - call.started_at, 0.0), attrs)
+            self.ttfc.observe(key, max(call.first_byte_at - call.started_at, 0.0))
         if call.overhead_s is not None:
-            self.overhead.record(call.overhead_s, {"gen_ai.provider.name": call.provider, "stream": str(call.stream).lower()})
+            self.overhead.observe((call.provider, "true" if call.stream else "false"), call.overhead_s)
 
     # ---------------------------------------------------------------- pipeline worker
 
@@ -114,9 +160,7 @@ class Metrics:
         u = call.usage
         for kind, value in (("input", u.input_tokens), ("output", u.output_tokens)):
             if value:
-                self.tokens.record(value, {"gen_ai.token.type": kind, "gen_ai.provider.name": call.provider,
-                                           "gen_ai.request.model": model, "gen_ai.operation.name": _op_name(call),
-                                           "agent": agent})
+                self.tokens.observe((kind, call.provider, model, _op_name(call), agent), value)
         if call.cost_usd:
             ck = (agent, model)
             self._cost[ck] = self._cost.get(ck, 0.0) + call.cost_usd

@@ -37,8 +37,7 @@ class ProxyServer:
             **overrides,
         )
         self.app: InterlockApp = create_app(self.settings)
-        self.served = ThreadedServer(self.app, loop="asyncio", http="httptools", lifespan="on",
-                                     timeout_graceful_shutdown=5)
+        self.served = ThreadedServer(self.app, graceful_timeout_s=5)
         self.url = self.served.url
 
     def _fresh_postgres(self) -> str:

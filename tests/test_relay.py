@@ -221,7 +221,7 @@ def test_first_chunk_reaches_client_before_upstream_produces_the_last(
     while not (first.choices and first.choices[0].delta.content):
         first = next(it)
     assert first.choices[0].delta.content == "early "
-    assert upstream.gate_reached.is_set() and not upstream.last.completed
+    assert upstream.gate_reached.wait(5) and not upstream.last.completed  # the gate holds the last chunk
     upstream.release()
     rest = "".join(c.choices[0].delta.content or "" for c in it if c.choices)
     assert rest == "late"

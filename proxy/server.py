@@ -1,0 +1,520 @@
+"""Interlock's HTTP/1.1 server: asyncio.Protocol + httptools, speaking ASGI 3 to the app.
+
+    socket ─▶ _Connection (httptools parser) ─▶ one task per request: app(scope, receive, send)
+                 │ pipelined requests wait in a queue; reading pauses while the app is slow
+                 └─ send() frames the response: Content-Length when the app gave one, else chunked
+
+Why not uvicorn: the proxy answers a few thousand requests per second per core and every
+request crosses the server twice (request in, response out).  uvicorn's per-request machinery
+(header validation by regular expression on every response header, a cycle object with its own
+events and flow-control waiters, keep-alive timers re-armed per request) measured 12 % of the
+proxy's CPU; this server keeps only what an HTTP/1.1 reverse proxy needs: keep-alive, pipelining,
+chunked and Content-Length bodies both ways, `Expect: 100-continue`, HEAD, backpressure in both
+directions, client-disconnect events, an idle timeout, ASGI lifespan and graceful shutdown.
+Anything the app sends is trusted (it is our own app); what clients send is parsed by httptools
+and refused with 400 when malformed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+
+log = logging.getLogger("interlock.server")
+
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Message]],
+                    Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+_REASONS = {
+    100: b"Continue", 200: b"OK", 201: b"Created", 202: b"Accepted", 204: b"No Content", 206: b"Partial Content",
+    301: b"Moved Permanently", 302: b"Found", 304: b"Not Modified", 307: b"Temporary Redirect",
+    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 409: b"Conflict", 413: b"Payload Too Large", 422: b"Unprocessable Entity",
+    429: b"Too Many Requests", 499: b"Client Closed Request", 500: b"Internal Server Error", 502: b"Bad Gateway",
+    503: b"Service Unavailable", 504: b"Gateway Timeout", 529: b"Overloaded",
+}
+_STATUS_LINES: dict[int, bytes] = {}
+_BODY_HIGH_WATER = 256 * 1024  # request-body bytes buffered before reading pauses
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))
+    return line
+
+
+def _simple_response(status: int, text: bytes) -> bytes:
+    return (_status_line(status) + b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n" % len(text) + text)
+
+
+class Server:
+    """Serves one ASGI app.  `serve()` runs until `request_exit()`; then it stops accepting,
+    lets requests in flight finish within `graceful_timeout_s`, closes idle connections and runs
+    the app's lifespan shutdown.  Built and awaited on the loop that will run it."""
+
+    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 8080,
+                 sock: socket.socket | None = None, lifespan: bool = True, keepalive_s: float = 5.0,
+                 graceful_timeout_s: float = 10.0) -> None:
+        self.app = app
+        self.host, self.port, self.sock = host, port, sock
+        self.lifespan = lifespan
+        self.keepalive_s = keepalive_s
+        self.graceful_timeout_s = graceful_timeout_s
+        self.started = False
+        self.connections: set[_Connection] = set()
+        self.state: dict[str, Any] = {}
+        self._exit: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lifespan: _Lifespan | None = None
+        self.all_closed: asyncio.Event | None = None  # set when the last connection closes (draining)
+
+    def request_exit(self) -> None:
+        """Ask a running `serve()` to stop; safe from any thread and from signal handlers."""
+        loop, ev = self._loop, self._exit
+        if loop is not None and ev is not None:
+            loop.call_soon_threadsafe(ev.set)
+
+    async def serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._exit = asyncio.Event()
+        if self.lifespan:
+            self._lifespan = _Lifespan(self.app, self.state)
+            if not await self._lifespan.startup():
+                raise RuntimeError("the application failed to start (see the log above)")
+        server = await self._listen()
+        self.started = True
+        try:
+            await self._exit.wait()
+        finally:
+            server.close()
+            await self._drain()
+            if self._lifespan is not None:
+                await self._lifespan.shutdown()
+
+    async def _listen(self) -> asyncio.base_events.Server:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> _Connection:
+            return _Connection(self)
+
+        if self.sock is not None:
+            return await loop.create_server(factory, sock=self.sock, backlog=2048)
+        return await loop.create_server(factory, host=self.host, port=self.port, backlog=2048, reuse_address=True)
+
+    async def _drain(self) -> None:
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self.connections:
+            self.all_closed = asyncio.Event()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.all_closed.wait(), timeout=self.graceful_timeout_s)
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class _Lifespan:
+    """ASGI lifespan: startup before the socket opens, shutdown after the last request."""
+
+    def __init__(self, app: ASGIApp, state: dict[str, Any]) -> None:
+        self.app = app
+        self.state = state
+        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self.started = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self.failed = False
+        self.task: asyncio.Task[None] | None = None
+
+    async def startup(self) -> bool:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state}
+        self.task = asyncio.create_task(self._run(scope))
+        await self.inbox.put({"type": "lifespan.startup"})
+        await self.started.wait()
+        return not self.failed
+
+    async def shutdown(self) -> None:
+        if self.task is None or self.task.done():
+            return
+        await self.inbox.put({"type": "lifespan.shutdown"})
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stopped.wait(), timeout=30)
+
+    async def _run(self, scope: MutableMapping[str, Any]) -> None:
+        try:
+            await self.app(scope, self.inbox.get, self._send)
+        except Exception:
+            if self.started.is_set() or self.failed:
+                log.exception("application lifespan failed")
+            else:  # raised without a word: an app without lifespan support (uvicorn's "auto")
+                log.debug("the application does not support the ASGI lifespan protocol", exc_info=True)
+        finally:
+            self.started.set()
+            self.stopped.set()
+
+    async def _send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "lifespan.startup.failed":
+            self.failed = True
+            log.error("application startup failed: %s", message.get("message", ""))
+        if kind.startswith("lifespan.startup"):
+            self.started.set()
+        elif kind.startswith("lifespan.shutdown"):
+            self.stopped.set()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection.  httptools calls the on_* methods while `data_received` feeds it."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.addr: tuple[Any, ...] | None = None
+        self.client: tuple[Any, ...] | None = None
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.current: _Exchange | None = None  # the request being parsed (body still arriving)
+        self.active: _Exchange | None = None  # the request whose response is being produced
+        self.queue: deque[_Exchange] = deque()
+        self.closed = False
+        self.closing = False  # shutting down: finish the active exchange, then close
+        self.write_paused = False
+        self.drained: asyncio.Future[None] | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------ transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.addr = transport.get_extra_info("sockname")
+        self.client = transport.get_extra_info("peername")
+        self.server.connections.add(self)
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        if not self.server.connections and self.server.all_closed is not None:
+            self.server.all_closed.set()
+        self._disarm_idle()
+        for ex in (self.active, self.current, *self.queue):
+            if ex is not None:
+                ex.client_gone()
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self._disarm_idle()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, b"Upgrade is not supported")
+        except httptools.HttpParserError as exc:
+            self._refuse(400, b"Invalid HTTP request: " + str(exc).encode("utf-8", "replace"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; a client that half-closes is gone
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    # ------------------------------------------------------------ parser callbacks
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        url = httptools.parse_url(self.url)
+        raw_path: bytes = url.path
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path)
+        method = parser.get_method().decode("ascii")
+        version = parser.get_http_version()
+        scope: dict[str, Any] = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": version,
+            "server": self.addr, "client": self.client, "scheme": "http", "method": method, "root_path": "",
+            "path": path, "raw_path": raw_path, "query_string": url.query or b"", "headers": self.headers,
+            "state": self.server.state.copy(),
+        }
+        ex = _Exchange(self, scope, keep_alive=parser.should_keep_alive(), head=method == "HEAD",
+                       expect_continue=(b"expect", b"100-continue") in self.headers)
+        self.current = ex
+        if self.active is None:
+            self._start(ex)
+        else:
+            self.queue.append(ex)
+            if self.transport is not None:
+                self.transport.pause_reading()  # pipelined: one at a time
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.current
+        if ex is not None and not ex.discard_body:
+            ex.feed(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.current
+        if ex is not None:
+            ex.body_complete()
+        self.current = None
+
+    # ------------------------------------------------------------ exchanges
+
+    def _start(self, ex: _Exchange) -> None:
+        self.active = ex
+        ex.task = self.loop.create_task(ex.run())
+
+    def exchange_done(self, ex: _Exchange) -> None:
+        """The app finished `ex` (response complete or not): next request, idle, or close."""
+        self.active = None
+        if self.closed:
+            return
+        if not ex.keep_alive or not ex.response_complete or self.closing or not ex.request_complete:
+            self._close()
+            return
+        if self.queue:
+            self._start(self.queue.popleft())
+            if not self.queue and self.transport is not None:
+                self.transport.resume_reading()
+        else:
+            self._arm_idle()
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.write_paused and not self.closed:
+            self.drained = self.loop.create_future()
+            await self.drained
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed and not self.queue:
+            self.transport.resume_reading()
+
+    def shutdown(self) -> None:
+        """Graceful stop: idle connections close now, busy ones after their response."""
+        self.closing = True
+        if self.active is None:
+            self._close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _refuse(self, status: int, text: bytes) -> None:
+        if self.active is None or not self.active.response_started:
+            self.write(_simple_response(status, text))
+        self._close()
+
+    def _close(self) -> None:
+        self._disarm_idle()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _arm_idle(self) -> None:
+        self.idle_timer = self.loop.call_later(self.server.keepalive_s, self._close)
+
+    def _disarm_idle(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+
+
+class _Exchange:
+    """One request/response: the ASGI `receive` and `send` the app is given."""
+
+    __slots__ = ("conn", "scope", "keep_alive", "head", "expect_continue", "task", "body", "body_size",
+                 "more_body", "waiter", "gone", "response_started", "response_complete", "chunked",
+                 "pending_head", "discard_body", "request_complete", "final_sent")
+
+    def __init__(self, conn: _Connection, scope: dict[str, Any], *, keep_alive: bool, head: bool,
+                 expect_continue: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.head = head
+        self.expect_continue = expect_continue
+        self.task: asyncio.Task[None] | None = None
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.more_body = True
+        self.request_complete = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.gone = False
+        self.response_started = False
+        self.response_complete = False
+        self.chunked = False
+        self.pending_head: bytes | None = None  # status line + headers, sent with the first body
+        self.discard_body = False
+        self.final_sent = False
+
+    # ------------------------------------------------------------ from the connection
+
+    def feed(self, data: bytes) -> None:
+        self.body.append(data)
+        self.body_size += len(data)
+        if self.body_size > _BODY_HIGH_WATER:
+            self.conn.pause_reading()
+        self._wake()
+
+    def body_complete(self) -> None:
+        self.more_body = False
+        self.request_complete = True
+        self._wake()
+
+    def client_gone(self) -> None:
+        self.gone = True
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # ------------------------------------------------------------ the app's side
+
+    async def run(self) -> None:
+        try:
+            await self.conn.server.app(self.scope, self.receive, self.send)
+        except Exception:
+            log.exception("unhandled error serving %s %s", self.scope["method"], self.scope["path"])
+            if not self.response_started and not self.gone:
+                self.conn.write(_simple_response(500, b"Internal Server Error"))
+            self.keep_alive = False
+        finally:
+            if self.response_started and not self.response_complete:
+                self.keep_alive = False
+            self.conn.exchange_done(self)
+
+    async def receive(self) -> Message:
+        """Body chunks as they arrive; once the body ended, waits for the client to leave or the
+        response to finish and then answers `http.disconnect`."""
+        if self.expect_continue:
+            self.expect_continue = False
+            if not self.response_started:
+                self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self.final_sent:
+            while not self.gone and not self.response_complete:
+                await self._wait()
+            return _DISCONNECT
+        while not self.body and self.more_body and not self.gone:
+            await self._wait()
+        if self.body or not self.more_body:
+            data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+            self.body = []
+            if self.body_size > _BODY_HIGH_WATER:
+                self.conn.resume_reading()
+            self.body_size = 0
+            self.final_sent = not self.more_body
+            return {"type": "http.request", "body": data, "more_body": self.more_body}
+        return _DISCONNECT  # the client left mid-body
+
+    async def _wait(self) -> None:
+        self.waiter = self.conn.loop.create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.response_started:
+                raise RuntimeError("http.response.start sent twice")
+            self._start(message["status"], message.get("headers") or ())
+        elif kind == "http.response.body":
+            if not self.response_started:
+                raise RuntimeError("http.response.body before http.response.start")
+            if self.response_complete or self.gone:
+                return
+            await self._body(message.get("body", b""), message.get("more_body", False))
+
+    def _start(self, status: int, headers: Any) -> None:
+        self.response_started = True
+        out = [_status_line(status)]
+        length = False
+        for name, value in headers:
+            low = name.lower()
+            if low == b"content-length":
+                length = True
+            elif low == b"connection":
+                if value.lower() == b"close":
+                    self.keep_alive = False
+                continue
+            elif low == b"transfer-encoding":
+                continue
+            out.append(b"%s: %s\r\n" % (name, value))
+        no_body = self.head or status in (204, 304) or status < 200
+        if not length and not no_body:
+            self.chunked = True
+            out.append(b"transfer-encoding: chunked\r\n")
+        if not self.request_complete:
+            self.keep_alive = False  # answered before the body ended (e.g. 413): the rest is not read
+            self.discard_body = True
+            self.body = []
+        if not self.keep_alive:
+            out.append(b"connection: close\r\n")
+        out.append(b"\r\n")
+        self.pending_head = b"".join(out)
+
+    async def _body(self, data: bytes, more: bool) -> None:
+        head, self.pending_head = self.pending_head, None
+        if self.head:
+            data = b""
+        if self.chunked:
+            payload = (b"%x\r\n%s\r\n" % (len(data), data)) if data else b""
+            if not more:
+                payload += b"0\r\n\r\n"
+        else:
+            payload = data
+        if head is not None:
+            payload = head + payload
+        if payload:
+            self.conn.write(payload)
+        if not more:
+            self.response_complete = True
+            self._wake()
+            return
+        await self.conn.drain()
+
+
+async def run(app: ASGIApp, *, host: str, port: int, graceful_timeout_s: float = 10.0) -> None:
+    """`interlock serve`: serve until SIGINT/SIGTERM."""
+    server = Server(app, host=host, port=port, graceful_timeout_s=graceful_timeout_s)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, server.request_exit)
+    await server.serve()

@@ -1,0 +1,267 @@
+"""Interlock's HTTP/1.1 server over real loopback sockets: framing, keep-alive, pipelining,
+100-continue, HEAD, bad requests, client disconnects, backpressure, lifespan, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from proxy.server import Server
+from proxy.serving import ThreadedServer
+
+
+class EchoApp:
+    """/echo: the body back with its length; /stream: N chunks; /slow: waits for `release`;
+    /hold: waits for the client to go (records http.disconnect); /boom: raises."""
+
+    def __init__(self) -> None:
+        self.disconnects = 0
+        self.gone = threading.Event()
+        self.release = threading.Event()
+        self.seen: list[dict[str, Any]] = []
+        self.lifespan: list[str] = []
+        self.fail_startup = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        self.seen.append(scope)
+        path = scope["path"]
+        if path == "/boom":
+            raise RuntimeError("boom")
+        body = b""
+        more = True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body += msg.get("body", b"")
+            more = msg.get("more_body", False)
+        if path == "/stream":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            for i in range(int(body or b"3")):
+                await send({"type": "http.response.body", "body": b"chunk%d;" % i, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        elif path == "/slow":
+            await asyncio.to_thread(self.release.wait, 10)
+            await self._reply(send, b"slow done")
+        elif path == "/hold":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"first", "more_body": True})
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                self.disconnects += 1
+                self.gone.set()
+        elif path == "/big":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            for _ in range(200):
+                await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            await self._reply(send, b"%d:%s" % (len(body), body[:64]), path=path)
+
+    async def _reply(self, send: Any, body: bytes, path: str = "") -> None:
+        await send({"type": "http.response.start", "status": 201 if path == "/created" else 200,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                self.lifespan.append("startup")
+                if self.fail_startup:
+                    await send({"type": "lifespan.startup.failed", "message": "no database"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                self.lifespan.append("shutdown")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+@pytest.fixture
+def app() -> EchoApp:
+    return EchoApp()
+
+
+@pytest.fixture
+def served(app: EchoApp) -> Iterator[ThreadedServer]:
+    with ThreadedServer(app, graceful_timeout_s=3) as s:
+        yield s
+
+
+def raw(served: ThreadedServer, data: bytes, *, read_until_close: bool = True, timeout: float = 5) -> bytes:
+    with socket.create_connection(("127.0.0.1", served.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        out = b""
+        while True:
+            try:
+                part = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not part:
+                break
+            out += part
+            if not read_until_close and out.endswith(b"\r\n\r\n") is False and b"\r\n\r\n" in out:
+                break
+        return out
+
+
+def test_content_length_body_round_trip(served: ThreadedServer) -> None:
+    r = httpx.post(served.url + "/echo", content=b"hello")
+    assert r.status_code == 200 and r.content == b"5:hello"
+    assert r.headers["content-length"] == "7"
+
+
+def test_chunked_request_body_is_reassembled(served: ThreadedServer) -> None:
+    r = httpx.post(served.url + "/echo", content=iter([b"ab", b"cd", b"ef"]))
+    assert r.content == b"6:abcdef"
+
+
+def test_streamed_response_is_chunked_and_every_chunk_arrives(served: ThreadedServer) -> None:
+    with httpx.stream("POST", served.url + "/stream", content=b"5") as r:
+        assert r.headers["transfer-encoding"] == "chunked"
+        assert b"".join(r.iter_raw()) == b"chunk0;chunk1;chunk2;chunk3;chunk4;"
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(served: ThreadedServer) -> None:
+    with httpx.Client() as client:
+        for i in range(5):
+            assert client.post(served.url + "/echo", content=b"x" * i).content == b"%d:%s" % (i, b"x" * i)
+    assert len({s["client"] for s in served.server.app.seen}) == 1  # type: ignore[attr-defined]
+
+
+def test_pipelined_requests_answered_in_order(served: ThreadedServer) -> None:
+    req = b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\n"
+    out = raw(served, req + b"one" + req + b"two" + b"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    assert out.count(b"HTTP/1.1 200 OK") == 3
+    assert out.index(b"3:one") < out.index(b"3:two") < out.index(b"0:")
+
+
+def test_expect_100_continue_gets_an_interim_response(served: ThreadedServer) -> None:
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n")
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(b"data")
+        assert b"4:data" in sock.recv(1024)
+
+
+def test_head_response_has_headers_but_no_body(served: ThreadedServer) -> None:
+    out = raw(served, b"HEAD /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"content-length: 2" in head
+    assert body == b""
+
+
+def test_malformed_request_is_a_400_and_the_server_keeps_serving(served: ThreadedServer) -> None:
+    out = raw(served, b"NOT HTTP AT ALL\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 Bad Request")
+    assert httpx.post(served.url + "/echo", content=b"ok").content == b"2:ok"
+
+
+def test_app_error_before_response_is_a_500(served: ThreadedServer) -> None:
+    r = httpx.get(served.url + "/boom")
+    assert r.status_code == 500
+    assert httpx.get(served.url + "/echo").status_code == 200
+
+
+def test_http_1_0_closes_after_the_response(served: ThreadedServer) -> None:
+    out = raw(served, b"GET /echo HTTP/1.0\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 OK") and b"connection: close" in out.lower()
+
+
+def test_client_leaving_mid_response_reaches_the_app_as_disconnect(served: ThreadedServer, app: EchoApp) -> None:
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+        sock.sendall(b"GET /hold HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert b"first" in sock.recv(1024)
+    assert app.gone.wait(5)
+    assert app.disconnects == 1
+
+
+def test_slow_reader_gets_everything_in_order(served: ThreadedServer) -> None:
+    """Backpressure: 12.5 MiB through a reader that pauses; nothing lost or reordered."""
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /big HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        time.sleep(0.3)  # let the server hit the socket's high-water mark
+        parts = []
+        while True:
+            part = sock.recv(1 << 20)
+            if not part:
+                break
+            parts.append(part)
+    _, _, body = b"".join(parts).partition(b"\r\n\r\n")
+    pieces, pos = [], 0
+    while True:
+        end = body.index(b"\r\n", pos)
+        size = int(body[pos:end], 16)
+        if size == 0:
+            break
+        pieces.append(body[end + 2:end + 2 + size])
+        pos = end + 2 + size + 2
+    decoded = b"".join(pieces)
+    total = len(decoded)
+    assert total == 200 * 65536 and set(decoded) == {ord("x")}
+
+
+def test_graceful_stop_finishes_the_request_in_flight(app: EchoApp) -> None:
+    s = ThreadedServer(app, graceful_timeout_s=5).__enter__()
+    result: dict[str, Any] = {}
+
+    def call() -> None:
+        result["r"] = httpx.get(s.url + "/slow", timeout=10)
+
+    t = threading.Thread(target=call)
+    t.start()
+    deadline = time.monotonic() + 5
+    while not any(sc["path"] == "/slow" for sc in app.seen) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stopper = threading.Thread(target=s.__exit__)
+    stopper.start()
+    time.sleep(0.2)
+    app.release.set()
+    t.join(10)
+    stopper.join(10)
+    assert result["r"].status_code == 200 and result["r"].content == b"slow done"
+    assert app.lifespan == ["startup", "shutdown"]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(s.url + "/echo", timeout=2)
+
+
+def test_failed_startup_stops_the_server_with_the_reason(app: EchoApp) -> None:
+    app.fail_startup = True
+    with pytest.raises(RuntimeError, match="failed to start"):
+        ThreadedServer(app).__enter__()
+
+
+def test_idle_keep_alive_connection_is_closed_after_the_timeout(app: EchoApp) -> None:
+    with ThreadedServer(app, keepalive_s=0.2) as s, socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert b"200 OK" in sock.recv(1024)
+        time.sleep(0.5)
+        assert sock.recv(1024) == b""  # closed by the server
+
+
+def test_server_runs_on_its_own_port(app: EchoApp) -> None:
+    async def main() -> int:
+        server = Server(app, host="127.0.0.1", port=0)
+        task = asyncio.create_task(server.serve())
+        for _ in range(500):
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        assert server.started
+        server.request_exit()
+        await task
+        return len(app.lifespan)
+
+    assert asyncio.run(main()) == 2
