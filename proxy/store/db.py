@@ -3,7 +3,8 @@
     make_engine(url)        ─▶ AsyncEngine (SQLite: WAL, busy_timeout; PostgreSQL: pre-ping)
     upgrade(url)            ─▶ alembic upgrade head, blocking (CLI; asyncio.to_thread in the app)
     upgrade_engine(engine)  ─▶ the same on an engine's connection, awaited in the running loop
-    SqlSink(engine)         ─▶ RowSink: one transaction per batch, dialect-native idempotent upserts
+    SqlSink(engine)         ─▶ RowSink: one transaction per batch, dialect-native idempotent upserts;
+                               rows sharing a key are folded first (proxy/store/coalesce.py)
 
 Everything here runs in background tasks or at start-up, never on the request path.
 """
@@ -11,6 +12,7 @@ Everything here runs in background tasks or at start-up, never on the request pa
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,19 +28,25 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from proxy.store.coalesce import (
+    COALESCE,
+    GREATEST,
+    LEAST,
+    NEW,
+    NEWER,
+    UPSERTS,
+    Upsert,
+    coalesce,
+    merge_call_updates,
+)
 from proxy.store.models import TABLES
 from proxy.store.rows import CALL_UPDATE_COLUMNS, TABLE_ORDER, Record, Row
 from proxy.store.writer import RecordRejected
 
 SQLITE_BUSY_MS = 5000
 # Upsert conflict targets; calls and guard_events are insert-only (ON CONFLICT DO NOTHING).
-_CONFLICT_KEYS: dict[str, tuple[str, ...]] = {
-    "calls": ("id",),
-    "guard_events": ("id",),
-    "edges": ("source_call_id", "target_call_id", "kind"),
-    "agents": ("name",),
-    "runs": ("id",),
-}
+_CONFLICT_KEYS: dict[str, tuple[str, ...]] = {name: u.conflict for name, u in UPSERTS.items()}
+_TABLES_OF = operator.attrgetter(*TABLE_ORDER)  # record ─▶ its row lists, in TABLE_ORDER
 
 
 def async_url(url: str) -> str:
@@ -175,14 +183,21 @@ class SqlSink:
             raise RecordRejected(rejected, cause)
 
     async def _apply(self, conn: AsyncConnection, batch: Sequence[Record]) -> None:
-        for table in TABLE_ORDER:
-            rows = [row for record in batch for row in getattr(record, table)]
+        # All of a table's rows go before the next table's (TABLE_ORDER), as they always have:
+        # runs rows of a batch are upserted before its run_merges delete merged runs.
+        if not batch:
+            return
+        by_table = zip(*map(_TABLES_OF, batch), strict=True)  # per table: each record's row list
+        for table, lists in zip(TABLE_ORDER, by_table, strict=True):
+            rows = [row for rows in lists for row in rows]
             if rows and table == "call_updates":
                 await self._update_calls(conn, rows)
             elif rows and table == "run_merges":
                 await self._merge_runs(conn, rows)
             elif rows:
-                for wave in _waves(rows, _CONFLICT_KEYS[table]):
+                # One wave unless a key's rows cannot be folded (coalesce.py); keys keep
+                # their first-arrival order.
+                for wave in coalesce(table, rows):
                     for keys, group in _by_keys(wave):
                         await conn.execute(self._statement(table, keys), group)
 
@@ -215,20 +230,31 @@ class SqlSink:
             await conn.execute(sa.delete(runs).where(runs.c.id == old))
 
     async def _update_calls(self, conn: AsyncConnection, rows: list[Row]) -> None:
-        calls = TABLES["calls"]
-        for keys, group in _by_keys(rows):
-            columns = [k for k in keys if k != "id"]
-            unknown = set(columns) - CALL_UPDATE_COLUMNS
-            if unknown or "id" not in keys:
-                raise ValueError(
-                    f"call_updates rows need id and only {sorted(CALL_UPDATE_COLUMNS)}: {sorted(keys)}"
-                )
-            stmt = (
-                sa.update(calls)
-                .where(calls.c.id == sa.bindparam("u_id"))
-                .values({c: sa.bindparam(f"u_{c}", type_=calls.c[c].type) for c in columns})
+        """One UPDATE per column set: rows for one call are folded first (later values win)."""
+        groups: dict[tuple[str, ...], list[Row]] = {}
+        for keys, group in _by_keys(merge_call_updates(rows)):
+            groups.setdefault(keys, []).extend(group)  # distinct ids: their order is irrelevant
+        for keys, group in groups.items():
+            params = [{f"u_{k}": v for k, v in row.items()} for row in group]
+            await conn.execute(self._update_statement(keys), params)
+
+    def _update_statement(self, keys: tuple[str, ...]) -> Any:
+        stmt = self._statements.get(("call_updates", keys))
+        if stmt is not None:
+            return stmt
+        columns = [k for k in keys if k != "id"]
+        unknown = set(columns) - CALL_UPDATE_COLUMNS
+        if unknown or "id" not in keys:
+            raise ValueError(
+                f"call_updates rows need id and only {sorted(CALL_UPDATE_COLUMNS)}: {sorted(keys)}"
             )
-            await conn.execute(stmt, [{f"u_{k}": v for k, v in row.items()} for row in group])
+        calls = TABLES["calls"]
+        stmt = self._statements[("call_updates", keys)] = (
+            sa.update(calls)
+            .where(calls.c.id == sa.bindparam("u_id"))
+            .values({c: sa.bindparam(f"u_{c}", type_=calls.c[c].type) for c in columns})
+        )
+        return stmt
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -252,56 +278,48 @@ def _least(a: Any, b: Any) -> Any:
     return sa.case((a < b, a), else_=sa.func.coalesce(b, a))
 
 
-def _edge_merge(t: sa.Table, new: Any) -> dict[str, Any]:
-    return {"run_id": sa.func.coalesce(new.run_id, t.c.run_id), "evidence": new.evidence}
+def _merge_sql(upsert: Upsert, t: sa.Table, new: Any) -> dict[str, Any]:
+    """The SET clauses for `upsert.merges` (coalesce.py folds rows with the same rules)."""
+    out: dict[str, Any] = {}
+    for c, merge in upsert.merges.items():
+        if merge == COALESCE:
+            out[c] = sa.func.coalesce(new[c], t.c[c])
+        elif merge == GREATEST:
+            out[c] = _greatest(new[c], t.c[c])
+        elif merge == LEAST:
+            out[c] = _least(new[c], t.c[c])
+        elif merge == NEW:
+            out[c] = new[c]
+        elif merge == NEWER:
+            by = upsert.newer_by
+            assert by is not None
+            out[c] = sa.case((new[by] >= t.c[by], new[c]), else_=t.c[c])
+        else:
+            raise ValueError(f"unknown merge {merge!r} for {t.name}.{c}")
+    return out
 
 
-def _agent_merge(t: sa.Table, new: Any) -> dict[str, Any]:
-    return {
-        "fingerprint": sa.func.coalesce(new.fingerprint, t.c.fingerprint),
-        "display_name": sa.func.coalesce(new.display_name, t.c.display_name),
-        "first_seen": _least(new.first_seen, t.c.first_seen),
-        "last_seen": _greatest(new.last_seen, t.c.last_seen),
-        "calls": _greatest(new.calls, t.c.calls),
-        "tokens": _greatest(new.tokens, t.c.tokens),
-    }
+def _merges(upsert: Upsert) -> Callable[[sa.Table, Any], dict[str, Any]]:
+    return lambda t, new: _merge_sql(upsert, t, new)
 
 
-def _run_merge(t: sa.Table, new: Any) -> dict[str, Any]:
-    newer = new.last_at >= t.c.last_at
-    return {
-        "started_at": _least(new.started_at, t.c.started_at),
-        "last_at": _greatest(new.last_at, t.c.last_at),
-        "calls": _greatest(new.calls, t.c.calls),
-        "tokens": _greatest(new.tokens, t.c.tokens),
-        "cost_usd": _greatest(new.cost_usd, t.c.cost_usd),
-        **{c: sa.case((newer, new[c]), else_=t.c[c]) for c in ("status", "agents", "flags")},
-    }
-
-
-# Upsert merges: counters are absolute totals, so max() makes replays and reordering harmless.
+# Upsert merges (coalesce.UPSERTS): counters are absolute totals, so max() makes replays and
+# reordering harmless.
 _MERGES: dict[str, Callable[[sa.Table, Any], dict[str, Any]]] = {
-    "edges": _edge_merge,
-    "agents": _agent_merge,
-    "runs": _run_merge,
+    name: _merges(upsert) for name, upsert in UPSERTS.items() if upsert.merges
 }
-
-
-def _waves(rows: list[Row], conflict: tuple[str, ...]) -> list[list[Row]]:
-    """Split rows so no wave holds one key twice (PostgreSQL refuses that in one upsert)."""
-    waves: list[list[Row]] = []
-    seen: dict[tuple[Any, ...], int] = {}
-    for row in rows:
-        key = tuple(row[k] for k in conflict)
-        n = seen.get(key, 0)
-        seen[key] = n + 1
-        if n == len(waves):
-            waves.append([])
-        waves[n].append(row)
-    return waves
 
 
 def _by_keys(rows: Iterable[Row]) -> Iterable[tuple[tuple[str, ...], list[Row]]]:
     """Consecutive runs of rows with the same columns (one executemany each), order kept."""
-    for keys, group in itertools.groupby(rows, key=lambda r: tuple(sorted(r))):
+    sorted_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def columns(row: Row) -> tuple[str, ...]:
+        keys = tuple(row)
+        found = sorted_keys.get(keys)
+        if found is None:
+            found = sorted_keys[keys] = tuple(sorted(keys))
+        return found
+
+    for keys, group in itertools.groupby(rows, key=columns):
         yield keys, list(group)

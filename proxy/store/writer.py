@@ -91,6 +91,7 @@ class BatchWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._diverting = False  # new records go to the spool: a write is unresolved, or closing
+        self._unsynced = False  # records appended to the spool since its last fsync
         self.queued = self.written = self.spooled = self.replayed = 0
         self.dropped = self.rejected = self.sink_errors = 0
 
@@ -292,6 +293,7 @@ class BatchWriter:
         self.spooled += len(records)
 
     def _spill(self, record: Record) -> None:
+        self._unsynced = True
         try:
             self._spool.append(record)
         except (OSError, TypeError) as exc:
@@ -301,9 +303,15 @@ class BatchWriter:
             self.spooled += 1
 
     async def _sync_spool(self) -> None:
+        """Fsync what was appended since the last tick; nothing to do (no thread, no fsync of
+        the directory) while nothing was.  Segments written by `prepend` are durable already."""
+        if not self._unsynced:
+            return
+        self._unsynced = False  # an append while the fsync runs sets it again
         try:
             await self._spool.sync()
         except OSError:
+            self._unsynced = True
             log.exception("writer: fsync of the spool failed")
 
     def _due(self) -> bool:

@@ -59,3 +59,21 @@ async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     async with sqlite_database(tmp_path) as engine:
         await upgrade_engine(engine)
         yield engine
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def engine_pair(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    """Two migrated databases on each backend, to compare two ways of writing the same rows."""
+
+    def database(n: int) -> contextlib.AbstractAsyncContextManager[AsyncEngine]:
+        if request.param == "postgresql":
+            return pg_database()
+        (tmp_path / f"db{n}").mkdir()
+        return sqlite_database(tmp_path / f"db{n}")
+
+    async with database(1) as first, database(2) as second:
+        await upgrade_engine(first)
+        await upgrade_engine(second)
+        yield first, second

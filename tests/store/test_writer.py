@@ -216,3 +216,28 @@ async def test_a_write_hung_past_abandon_after_is_cancelled_and_its_batch_replay
     assert await writer.flush(10)
     assert sink.call_order == ids(records)
     await writer.aclose()
+
+
+class CountingSpool(Spool):
+    syncs = 0
+
+    async def sync(self) -> None:
+        self.syncs += 1
+        await super().sync()
+
+
+async def test_the_spool_is_fsynced_only_after_records_were_appended_to_it(tmp_path: Path) -> None:
+    sink, spool = MemorySink(), CountingSpool(tmp_path)
+    writer = BatchWriter(sink, spool, queue_size=20, batch_size=5, flush_interval=0.01, write_timeout=0.05)
+    writer.start()
+    for _ in range(3):
+        for _ in range(10):
+            writer.submit(make_record())
+        assert await writer.flush(5)
+    assert spool.syncs == 0  # healthy database: no thread hop, no directory fsync per tick
+    for _ in range(30):  # past the queue: 10 records go to the spool
+        writer.submit(make_record())
+    assert writer.spooled == 10
+    assert await writer.flush(5)
+    assert spool.syncs >= 1 and writer.written == 60
+    await writer.aclose()
