@@ -8,6 +8,8 @@ import socket
 import threading
 import time
 
+import uvloop
+
 from proxy.server import ASGIApp, Server
 
 
@@ -31,7 +33,7 @@ class ThreadedServer:
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
     def _serve(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()  # the loop `interlock serve` runs on
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_until_complete(self.server.serve())

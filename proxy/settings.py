@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(600.0, gt=0)
     upstream_max_connections: int = Field(512, ge=1)
+    upstream_client: Literal["raw", "aiohttp"] = "raw"  # HTTP client for upstream calls (proxy/forward.py)
 
     writer_queue_size: int = Field(10_000, ge=1)
     writer_batch_size: int = Field(256, ge=1)

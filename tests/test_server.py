@@ -190,9 +190,8 @@ def test_client_leaving_mid_response_reaches_the_app_as_disconnect(served: Threa
 def test_slow_reader_gets_everything_in_order(served: ThreadedServer) -> None:
     """Backpressure: 12.5 MiB through a reader that pauses; nothing lost or reordered."""
     with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(b"GET /big HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        time.sleep(0.3)  # let the server hit the socket's high-water mark
+        time.sleep(0.5)  # 12.5 MiB does not fit the socket buffers: the server must pause writing
         parts = []
         while True:
             part = sock.recv(1 << 20)
