@@ -34,7 +34,8 @@ class Pipeline:
     def __init__(self, writer: Any, *, policy: ContentPolicy, max_bytes: int, linker: Any = None,
                  observers: list[Observer] | None = None, on_runs_closed: list[RunsClosed] | None = None,
                  prices: Callable[[], PriceTable] | None = None,
-                 maxsize: int = 10_000, close_every_s: float = 5.0) -> None:
+                 maxsize: int = 10_000, max_queued_bytes: int = 128 * 1024 * 1024,
+                 close_every_s: float = 5.0) -> None:
         self.writer = writer
         self.policy = policy
         self.max_bytes = max_bytes
@@ -45,6 +46,8 @@ class Pipeline:
         self.prices: Callable[[], PriceTable] = prices or (lambda: default)
         self.totals = Aggregates()
         self.queue: asyncio.Queue[Call | None] = asyncio.Queue(maxsize)
+        self.max_queued_bytes = max_queued_bytes
+        self.queued_bytes = 0  # request + response bodies held by queued calls
         self.close_every_s = close_every_s
         self.overflowed = 0
         self.link_errors = 0
@@ -56,9 +59,14 @@ class Pipeline:
         self._task = asyncio.create_task(self._run(), name="interlock-pipeline")
 
     def submit(self, call: Call) -> None:
-        """Request path: never blocks, never raises."""
+        """Request path: never blocks, never raises.  Bounded in calls and in body bytes (a
+        backlog of 100k-token requests would otherwise hold gigabytes)."""
+        size = _body_bytes(call)
         try:
+            if self.queued_bytes + size > self.max_queued_bytes and self.queued_bytes:
+                raise asyncio.QueueFull
             self.queue.put_nowait(call)
+            self.queued_bytes += size
         except asyncio.QueueFull:
             self.overflowed += 1
             self._price(call)
@@ -73,6 +81,7 @@ class Pipeline:
                 continue
             if call is None:
                 return
+            self.queued_bytes -= _body_bytes(call)
             try:
                 self._process(call)
             except Exception:
@@ -177,3 +186,7 @@ class Pipeline:
                     self.overflowed += 1
                     self._price(call)
                     self.writer.submit(call_record(call, policy=self.policy, max_bytes=self.max_bytes))
+
+
+def _body_bytes(call: Call) -> int:
+    return len(call.request_bytes) + len(call.response_bytes)

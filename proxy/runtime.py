@@ -70,6 +70,7 @@ class Runtime:
             SqlSink(self.engine),
             Spool(s.spool_dir),
             queue_size=s.writer_queue_size,
+            queue_max_bytes=s.writer_queue_max_bytes,
             batch_size=s.writer_batch_size,
             flush_interval=s.writer_flush_interval_s,
             write_timeout=s.writer_timeout_s,
@@ -89,7 +90,7 @@ class Runtime:
             closers.append(self.tracer.on_runs_closed)
         self.pipeline = Pipeline(self.writer, policy=s.content_policy, max_bytes=s.content_max_bytes,
                                  linker=self.linker, observers=observers, on_runs_closed=closers,
-                                 prices=self.price_table)
+                                 prices=self.price_table, max_queued_bytes=s.pipeline_queue_max_bytes)
         await self.pipeline.start()
         self.forwarder = make_forwarder(s, self.transport)
         self.relay = Relay(

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     upstream_client: Literal["raw", "aiohttp"] = "raw"  # HTTP client for upstream calls (proxy/forward.py)
 
     writer_queue_size: int = Field(10_000, ge=1)
+    # Memory bounds of the two in-memory queues behind the request path (bodies dominate: a
+    # 100k-token request is ~0.5 MB).  Past them, calls are stored unlinked / spooled to disk.
+    writer_queue_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    pipeline_queue_max_bytes: int = Field(128 * 1024 * 1024, ge=1024)
     writer_batch_size: int = Field(256, ge=1)
     writer_flush_interval_s: float = Field(0.25, gt=0)
     writer_timeout_s: float = Field(10.0, gt=0)

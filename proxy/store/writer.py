@@ -72,6 +72,7 @@ class BatchWriter:
         spool: Spool,
         *,
         queue_size: int = 10_000,
+        queue_max_bytes: int = 64 * 1024 * 1024,
         batch_size: int = 256,
         flush_interval: float = 0.25,
         write_timeout: float = 10.0,
@@ -81,6 +82,8 @@ class BatchWriter:
         self._sink, self._spool = sink, spool
         self._queue: deque[Record] = deque()
         self._queue_size, self._batch_size = queue_size, batch_size
+        self._queue_max_bytes = queue_max_bytes
+        self._queue_bytes = 0  # stored content held by `_queue` (approximate: characters)
         self._flush_interval, self._write_timeout = flush_interval, write_timeout
         self._backoff_min, self._backoff_max = backoff
         self._abandon_after = abandon_after
@@ -119,10 +122,13 @@ class BatchWriter:
     def submit(self, record: Record) -> None:
         """Hand a record over.  Hot path: synchronous, never awaits, never raises; when the queue
         is full (or the spool is in use) the record is appended to the spool file instead."""
-        if self._diverting or self._spool.pending or len(self._queue) >= self._queue_size:
+        weight = _weight(record)
+        if (self._diverting or self._spool.pending or len(self._queue) >= self._queue_size
+                or (self._queue_bytes + weight > self._queue_max_bytes and self._queue)):
             self._spill(record)
             return
         self._queue.append(record)
+        self._queue_bytes += weight
         self.queued += 1
         if len(self._queue) >= self._batch_size:
             self._wake.set()
@@ -148,6 +154,7 @@ class BatchWriter:
                 await self._task
         leftover = [*self._abandon_pending(), *self._inflight, *self._queue]
         self._inflight, self._queue = [], deque()
+        self._queue_bytes = 0
         try:
             self._spool.prepend_now(leftover)
             self._spool.close()
@@ -167,7 +174,7 @@ class BatchWriter:
                 await self._step()
             except Exception:  # the writer must outlive any bug below; the data stays queued/spooled
                 log.exception("writer: unexpected error; retrying")
-                self._queue.extendleft(reversed(self._inflight))
+                self._requeue(self._inflight)
                 self._inflight = []
                 self._fail()
 
@@ -182,6 +189,7 @@ class BatchWriter:
     async def _drain_queue(self) -> None:
         while self._queue and self._pending is None and self._due():
             batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
+            self._queue_bytes = max(0, self._queue_bytes - sum(map(_weight, batch))) if self._queue else 0
             self._inflight = batch
             written = await self._write(batch, None)
             if written is None:  # hung: the batch waits in _pending, the rest goes behind it
@@ -284,13 +292,18 @@ class BatchWriter:
         try:
             await self._spool.prepend(records)
         except OSError:
-            self._queue.extendleft(reversed(first))  # kept in memory; retried next tick
+            self._requeue(first)  # kept in memory; retried next tick
             log.exception("writer: could not spool %d record(s)", len(records))
             return
         finally:
             self._diverting = diverting or self._pending is not None or self._closing
         self._queue.clear()
+        self._queue_bytes = 0
         self.spooled += len(records)
+
+    def _requeue(self, records: list[Record]) -> None:
+        self._queue.extendleft(reversed(records))
+        self._queue_bytes += sum(map(_weight, records))
 
     def _spill(self, record: Record) -> None:
         self._unsynced = True
@@ -390,3 +403,9 @@ class MemorySink:
         if table == "calls":
             self.call_order.append(row["id"])
         rows[key] = {**rows.get(key, {}), **row}
+
+
+def _weight(record: Record) -> int:
+    """Stored content a record holds, in characters (what makes a queue of them heavy)."""
+    return sum(len(row.get("request_content") or "") + len(row.get("response_content") or "")
+               for row in record.calls)

@@ -241,3 +241,29 @@ async def test_the_spool_is_fsynced_only_after_records_were_appended_to_it(tmp_p
     assert await writer.flush(5)
     assert spool.syncs >= 1 and writer.written == 60
     await writer.aclose()
+
+
+async def test_queue_of_heavy_records_spools_past_its_byte_bound_and_keeps_order(tmp_path: Path) -> None:
+    """Memory stays bounded by bytes, not only by count: 200 KB bodies past 1 MB go to disk."""
+    sink = MemorySink()
+    writer = make_writer(sink, tmp_path, queue_size=1000, batch_size=5, queue_max_bytes=1_000_000)
+    records = [make_record(request_bytes=b"x" * 100_000, response_bytes=b"y" * 100_000, max_bytes=256 * 1024)
+               for _ in range(20)]
+    for r in records:  # no await: the queue cannot drain while we submit
+        writer.submit(r)
+    assert writer.queued == 5 and writer.spooled == 15
+    assert await writer.flush(10)
+    assert sink.call_order == ids(records)
+    assert writer.dropped == 0 and writer.written == 20
+    await writer.aclose()
+
+
+async def test_one_record_larger_than_the_byte_bound_still_queues_when_alone(tmp_path: Path) -> None:
+    sink = MemorySink()
+    writer = make_writer(sink, tmp_path, queue_max_bytes=1024)
+    record = make_record(request_bytes=b"x" * 50_000)
+    writer.submit(record)
+    assert writer.queued == 1 and writer.spooled == 0
+    assert await writer.flush(5)
+    assert sink.call_order == ids([record])
+    await writer.aclose()
