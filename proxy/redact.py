@@ -1,9 +1,33 @@
 """Credential masking for stored content, and the short hash that groups calls by API key.
 
-Both run wherever a call is turned into a row (background, no I/O, never raise).  The pattern is
-one regex compiled at import (immutable).  Running it over every position of a 200 kB body costs
-~100 ms in `re`, so every branch starts with a literal trigger: `str.find` (memchr-fast) locates
-the few candidate positions and the regex is only tried, anchored, there.
+Both run wherever a call is turned into a row (background, no I/O, never raise).  The patterns
+are compiled at import (immutable).  Running the whole alternation at every position of a 200 kB
+body costs ~100 ms in `re`, and one `str.find` pass per trigger word (20 of them) ~3 ms on 256 kB,
+so candidates come from anchor characters that are rare in prose:
+
+    branch   lead (case-insensitive: ci)       anchor  searched in
+    scheme   Bearer Basic                      B       the text
+    pw       ci passw(or)d pwd ... [:=]        : =     the text reversed (\\s* comes before [:=])
+    kv       ci key token secret credential    : =     the text reversed
+             s? ... [:=]
+    sk       sk-                               -       the text reversed
+    aws      AKIA ASIA                         A       the text
+    jwt      eyJ                               J       the text reversed
+    gh       gh[pousr]_                        _       the text reversed
+    github   github_pat_                       _       the text reversed
+    google   AIza                              A       the text
+    slack    xox[abprs]-                       -       the text reversed
+
+An anchor absent from the text costs one memchr; a present one, one pass of a finder: the
+anchor as the pattern's literal first character (a tight C loop), the rest of the lead in a
+lookahead (checked in C, and zero-width so overlapping leads are all found).
+
+Same result as the former scan (every position where the lowered text holds a trigger word,
+the whole alternation tried there, left to right): a branch can only match where its lead is,
+which its finder finds, and a finder only finds positions where the lowered text holds that
+branch's trigger (`ci` letters are the characters that lower to them: the letter, its capital,
+and the Kelvin sign for k).  Only the branch found there is tried: no other can start there.
+Text holding U+0130 (it lowers to two characters) goes through the whole alternation, as before.
 """
 
 from __future__ import annotations
@@ -13,47 +37,72 @@ import re
 
 MASK = "[REDACTED]"
 
-_SECRET = re.compile(
-    r"""
-      (?P<scheme>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{8,}
-    | (?P<pw>(?i:passw(?:or)?d|pwd)\\?["']?\s*[:=]\s*\\?["']?)[^\s"'\\,;}]{4,}
-    | (?P<kv>(?i:key|token|secret|credential)s?\\?["']?\s*[:=]\s*\\?["']?)
-        (?![0-9.]+(?![A-Za-z0-9+/_=~-]))[A-Za-z0-9+/_.=~-]{16,}   # not a plain number (token counts)
-    | \bsk-(?:ant-|proj-)?[A-Za-z0-9_-]{16,}
-    | \b(?:AKIA|ASIA)[0-9A-Z]{16}\b
-    | \beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}
-    | \bgh[pousr]_[A-Za-z0-9]{30,}
-    | \bgithub_pat_[A-Za-z0-9_]{30,}
-    | \bAIza[0-9A-Za-z_-]{35}
-    | \bxox[abprs]-[A-Za-z0-9-]{10,}
-    """,
-    re.VERBOSE,
+# The branches of the secret pattern, in alternation order.  `scheme`, `pw` and `kv` keep
+# their named group (the words before the value) unmasked.
+_BRANCHES = {
+    "scheme": r"(?P<scheme>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{8,}",
+    "pw": r"""(?P<pw>(?i:passw(?:or)?d|pwd)\\?["']?\s*[:=]\s*\\?["']?)[^\s"'\\,;}]{4,}""",
+    "kv": (
+        r"""(?P<kv>(?i:key|token|secret|credential)s?\\?["']?\s*[:=]\s*\\?["']?)"""
+        r"(?![0-9.]+(?![A-Za-z0-9+/_=~-]))[A-Za-z0-9+/_.=~-]{16,}"  # not a plain number (token counts)
+    ),
+    "sk": r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_-]{16,}",
+    "aws": r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
+    "jwt": r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+    "gh": r"\bgh[pousr]_[A-Za-z0-9]{30,}",
+    "github": r"\bgithub_pat_[A-Za-z0-9_]{30,}",
+    "google": r"\bAIza[0-9A-Za-z_-]{35}",
+    "slack": r"\bxox[abprs]-[A-Za-z0-9-]{10,}",
+}
+_SECRET = re.compile("|".join(_BRANCHES.values()))
+_BRANCH = {name: re.compile(source) for name, source in _BRANCHES.items()}
+_EXPANDS = "\u0130"  # the only character whose lower() is two characters (tests check all of them)
+
+
+def _ci_reversed(*words: str) -> str:
+    """Alternation of the words reversed, each letter as the class of what lowers to it."""
+    kelvin = {"k": "\u212a"}  # the only non-ASCII character that lowers to an ASCII letter
+    return "|".join("".join(f"[{c}{c.upper()}{kelvin.get(c, '')}]" for c in reversed(w)) for w in words)
+
+
+# Finders: the named group that matched names the branch.  In the reversed text a lead starts
+# at len(text) - end(group); in the text, at start().
+_LEAD = (
+    r"""(?=\s*["']?\\?(?:s?(?P<kv>"""
+    + _ci_reversed("key", "token", "secret", "credential")
+    + ")|(?P<pw>"
+    + _ci_reversed("password", "passwd", "pwd")
+    + ")))"
+)
+_REVERSED = (
+    (":", re.compile(":" + _LEAD)),
+    ("=", re.compile("=" + _LEAD)),
+    ("-", re.compile(r"-(?=(?P<sk>ks)|[abprs](?P<slack>xox))")),
+    ("_", re.compile(r"_(?=[pousr](?P<gh>hg)|(?P<github>tap_buhtig))")),
+    ("J", re.compile(r"J(?=(?P<jwt>ye))")),
+)
+_FORWARD = (
+    ("B", re.compile(r"B(?=(?P<scheme>earer|asic))")),
+    ("A", re.compile(r"A(?=(?P<aws>KIA|SIA)|(?P<google>Iza))")),
 )
 
 
-# Every branch of _SECRET starts with one of these (lowercased); keep the two lists in step.
-_TRIGGERS = (
-    "bearer", "basic", "passw", "pwd", "key", "token", "secret", "credential", "sk-", "akia",
-    "asia", "eyj", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "aiza", "xox",
-)  # fmt: skip
-
-
 def _mask(m: re.Match[str]) -> str:
-    return (m.group("scheme") or m.group("pw") or m.group("kv") or "") + MASK
+    groups = m.groupdict()
+    return (groups.get("scheme") or groups.get("pw") or groups.get("kv") or "") + MASK
 
 
 def redact_text(text: str) -> str:
     """Mask bearer tokens, API keys (OpenAI, Anthropic, AWS, GitHub, Google, Slack), JWTs and
     values following words such as key/token/secret/password.  Keeps the surrounding text."""
-    low = text.lower()
-    if len(low) != len(text):  # some non-ASCII letters change length when lowered
+    if _EXPANDS in text:
         return _SECRET.sub(_mask, text)
     out: list[str] = []
     last = 0
-    for start in _candidates(low):
+    for start, branch in _candidates(text):
         if start < last:
             continue
-        m = _SECRET.match(text, start)
+        m = _BRANCH[branch].match(text, start)
         if m is not None:
             out += (text[last:start], _mask(m))
             last = m.end()
@@ -63,14 +112,27 @@ def redact_text(text: str) -> str:
     return "".join(out)
 
 
-def _candidates(low: str) -> list[int]:
-    found: set[int] = set()
-    for trigger in _TRIGGERS:
-        i = low.find(trigger)
-        while i != -1:
-            found.add(i)
-            i = low.find(trigger, i + 1)
-    return sorted(found)
+def _candidates(text: str) -> list[tuple[int, str]]:
+    """(lead position, branch) in position order: every place a branch can match."""
+    found: list[tuple[int, str]] = []
+    for anchor, finder in _FORWARD:
+        if anchor in text:
+            found += [(m.start(), m.lastgroup or "") for m in finder.finditer(text, text.find(anchor))]
+    if any(anchor in text for anchor, _ in _REVERSED):
+        found += _reversed_candidates(text)
+    found.sort()
+    return found
+
+
+def _reversed_candidates(text: str) -> list[tuple[int, str]]:
+    rev, n = text[::-1], len(text)
+    found: list[tuple[int, str]] = []
+    for anchor, finder in _REVERSED:
+        if anchor in rev:
+            for m in finder.finditer(rev, rev.find(anchor)):
+                group = m.lastgroup or ""
+                found.append((n - m.end(group), group))
+    return found
 
 
 def api_key_hash(value: str) -> str:

@@ -19,6 +19,7 @@ from proxy.graph.identity import AgentDirectory, Identifier
 from proxy.graph.index import MemoryLineageIndex
 from proxy.graph.linker import Linker
 from proxy.graph.runs import RunResolver
+from proxy.graph.threads import ChainCache
 from proxy.guards.chain import GuardChain
 from proxy.guards.counters import make_counter_store
 from proxy.pipeline import Observer, Pipeline, RunsClosed
@@ -155,8 +156,9 @@ class Runtime:
         self.index = MemoryLineageIndex()
         directory = AgentDirectory(names=names, aliases=s.agent_aliases, claims=self.index)
         identifier = Identifier(directory)
-        self.linker = Linker(self.index, run_idle_s=s.run_idle_s, identifier=identifier)
-        self.resolver = RunResolver(self.index, identifier, run_idle_s=s.run_idle_s)
+        chains = ChainCache()  # one per process: the linker and the resolver hash the same messages
+        self.linker = Linker(self.index, run_idle_s=s.run_idle_s, identifier=identifier, chains=chains)
+        self.resolver = RunResolver(self.index, identifier, run_idle_s=s.run_idle_s, chains=chains)
 
     async def aclose(self) -> None:
         self.relay = None

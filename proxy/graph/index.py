@@ -95,7 +95,7 @@ class _Run:
     closed: bool = False
     explicit: bool = False
     pairs: set[tuple[str, str]] = field(default_factory=set)
-    seen: set[int] = field(default_factory=set)
+    seen: set[int] | frozenset[int] = frozenset()  # frozen: shared with the caller, copied on write
 
     def state(self, run_id: str) -> RunState:
         return RunState(
@@ -270,12 +270,20 @@ class MemoryLineageIndex:
 
     def run_seen(self, run_id: str, hashes: Collection[int]) -> set[int]:
         run = self._runs.get(self._root(run_id))
-        return run.seen & set(hashes) if run is not None else set()
+        return set(hashes) & run.seen if run is not None else set()
 
     def add_run_seen(self, run_id: str, hashes: Iterable[int]) -> None:
+        """A frozenset given to a run that has seen nothing yet is kept as it is, not copied:
+        the same big message opening many runs (one-shot calls) is held once."""
         run = self._runs.get(self._root(run_id))
-        if run is not None and len(run.seen) < self._max_run_seen:
-            run.seen.update(hashes)
+        if run is None or len(run.seen) >= self._max_run_seen:
+            return
+        if isinstance(run.seen, frozenset):
+            if not run.seen and isinstance(hashes, frozenset):
+                run.seen = hashes
+                return
+            run.seen = set(run.seen)
+        run.seen.update(hashes)
 
     def _evict_runs(self) -> None:
         runs, horizon = self._runs, self._now - self.ttl_s

@@ -52,6 +52,7 @@ class Segment:
     via: str  # user | tool_result | assistant | instructions | system
     hashes: set[int]
     seen: tuple[int, ...] = ()  # user messages: what a run remembers (see seen_keys)
+    seen_set: frozenset[int] = frozenset()  # `seen` as a set, for big cached segments (runs share it)
 
 
 def seen_keys(exact: int, hashes: set[int]) -> tuple[int, ...]:

@@ -24,6 +24,7 @@ weak lineage from another run is dropped as a look-alike, strong lineage merges 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
@@ -94,6 +95,7 @@ class Linker:
         identifier: Identifier | None = None,
         config: LineageConfig | None = None,
         shingler: Shingler | None = None,
+        chains: threads.ChainCache | None = None,
     ) -> None:
         self.index = index
         self.run_idle_s = run_idle_s
@@ -101,8 +103,9 @@ class Linker:
         self.identifier = identifier or Identifier(directory or AgentDirectory(claims=index))
         self.config = config or LineageConfig()
         self.shingler = shingler or Shingler()
+        self.chains = chains or threads.ChainCache()
         self._scanned_prompts: dict[str, None] = {}
-        self._big_pieces: dict[tuple[int, int, str], tuple[set[int], tuple[int, ...]]] = {}
+        self._big_pieces: dict[tuple[str, int, str], tuple[str, Segment]] = {}
 
     @property
     def directory(self) -> AgentDirectory:
@@ -147,7 +150,7 @@ class Linker:
         call = ctx.call
         if call.previous_response_id and self._from_response(ctx, call.previous_response_id):
             return
-        ctx.prefix = threads.chain(threads.seed(ctx.ident.key), ctx.atoms)
+        ctx.prefix = self.chains.chain(threads.seed(ctx.ident.key), ctx.atoms)
         if not ctx.prefix:
             ctx.thread_id = call.id
             return
@@ -166,7 +169,7 @@ class Linker:
         ref = self.index.get_refs([threads.response_key(response_id)])[0]
         if ref is None:
             return False
-        ctx.prefix = threads.chain(bytes.fromhex(ref.chain), ctx.atoms)
+        ctx.prefix = self.chains.chain(bytes.fromhex(ref.chain), ctx.atoms)
         if ref.agent == ctx.ident.key:
             ctx.pred, ctx.pred_via, ctx.thread_id = ref, "previous_response_id", ref.thread_id
         else:
@@ -186,17 +189,24 @@ class Linker:
             ctx.segments.append(self._piece(-1, "instructions", system))
 
     def _piece(self, index: int, via: str, text: str) -> Segment:
-        big = len(text) >= _BIG_SEGMENT
-        key = (hash(text), len(text), via)
-        cached = self._big_pieces.get(key) if big else None
-        if cached is None:
-            exact, hashes = self.shingler.target(text)
-            cached = (hashes, seen_keys(exact, hashes) if via == "user" else ())
-            if big:  # the same large document sent again (RAG context, retries, fan-out) is shingled once
-                if len(self._big_pieces) >= _BIG_CACHED:
-                    self._big_pieces.pop(next(iter(self._big_pieces)))
-                self._big_pieces[key] = cached
-        return Segment(index, via, *cached)
+        if len(text) < _BIG_SEGMENT:
+            return self._shingled(index, via, text)
+        # The same large document sent again (RAG context, retries, fan-out, a benchmark) is
+        # shingled once.  Keyed without hashing it (~0.1 ms per 500 kB): a hit must be equal.
+        key = (via, len(text), text[:64])
+        cached = self._big_pieces.get(key)
+        if cached is not None and cached[0] == text:
+            return dataclasses.replace(cached[1], index=index)
+        seg = self._shingled(index, via, text)
+        seg = dataclasses.replace(seg, seen_set=frozenset(seg.seen))  # shared by the runs it goes to
+        if key not in self._big_pieces and len(self._big_pieces) >= _BIG_CACHED:
+            self._big_pieces.pop(next(iter(self._big_pieces)))
+        self._big_pieces[key] = (text, seg)
+        return seg
+
+    def _shingled(self, index: int, via: str, text: str) -> Segment:
+        exact, hashes = self.shingler.target(text)
+        return Segment(index, via, hashes, seen_keys(exact, hashes) if via == "user" else ())
 
     def _first_sight(self, fingerprint: str) -> bool:
         seen = self._scanned_prompts
@@ -229,9 +239,8 @@ class Linker:
     def _find_content_sources(self, ctx: _Ctx) -> None:
         if not ctx.segments:
             return
-        present: set[int] = set()
-        for seg in ctx.segments:
-            present |= seg.hashes
+        segs = ctx.segments  # one segment (the usual case, and a big one): its shingles, not a copy
+        present = segs[0].hashes if len(segs) == 1 else set().union(*(seg.hashes for seg in segs))
         hits = self.index.lookup(present)
         if not hits:
             return
@@ -432,7 +441,7 @@ class Linker:
         out = threads.output_atoms(call.completion)
         ok = bool(out) and call.outcome in (None, "ok")
         last = ctx.prefix[-1] if ctx.prefix else threads.seed(ctx.ident.key)
-        head = threads.chain(last, out)[-1] if out else last
+        head = self.chains.chain(last, out)[-1] if out else last
         ref = Ref(call.id, ctx.thread_id, ctx.run_id, ctx.ident.key, ended, head.hex(), ok)
         refs = {threads.head_key(head) if ok else threads.input_key(last): ref}
         if call.completion.response_id:
@@ -466,9 +475,11 @@ class Linker:
         fed = [e.source for e in edges if e.kind != "human" and e.source != pred]
         if fed:
             self.index.add_thread_sources(ctx.thread_id, fed)
-        seen = [h for seg in ctx.segments for h in seg.seen]
-        if seen:
-            self.index.add_run_seen(ctx.run_id, seen)
+        seen = [seg for seg in ctx.segments if seg.seen]
+        if len(seen) == 1:
+            self.index.add_run_seen(ctx.run_id, seen[0].seen_set or seen[0].seen)
+        elif seen:
+            self.index.add_run_seen(ctx.run_id, [h for seg in seen for h in seg.seen])
 
     @staticmethod
     def _is_handoff(src: _Source, edges: list[Edge]) -> bool:

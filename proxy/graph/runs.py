@@ -7,8 +7,8 @@
                                                                a new worker's first call is
                                                                placed by content lineage)
 
-No shingling, one blake2b per message and one index read: tens of microseconds for a
-4k-token request.  The linker honours `call.run_id` set here, so budgets and the graph agree.
+No shingling, one blake2b per message (a remembered one for a long message seen before:
+threads.ChainCache) and one index read: tens of microseconds for a 4k-token request.  The linker honours `call.run_id` set here, so budgets and the graph agree.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from proxy.graph.model import Ref
 
 class RunResolver:
     """Cheap, synchronous, never raises.  Share the Identifier with the Linker so both name
-    agents alike."""
+    agents alike (and the ChainCache too, when both run on one event loop)."""
 
     def __init__(
         self,
@@ -34,11 +34,13 @@ class RunResolver:
         *,
         run_idle_s: float = 900.0,
         clock: Callable[[], float] = time.time,
+        chains: threads.ChainCache | None = None,
     ) -> None:
         self.index = index
         self.identifier = identifier
         self.run_idle_s = run_idle_s
         self.clock = clock
+        self.chains = chains or threads.ChainCache()
 
     def resolve_agent(self, call: Call) -> str:
         """The agent's display name (explicit name, else from its prompt): for per-agent rules."""
@@ -62,7 +64,7 @@ class RunResolver:
         if not out:
             return
         key = self.identifier.identify(call).key
-        head = threads.chain(threads.seed(key), threads.atoms(call.messages) + out)[-1]
+        head = self.chains.chain(threads.seed(key), threads.atoms(call.messages) + out)[-1]
         ended = call.ended_at or self.clock()
         ref = Ref(call.id, call.id, call.run_id, key, ended, head.hex())
         existing = self.index.get_refs([threads.head_key(head)])[0]
@@ -75,7 +77,7 @@ class RunResolver:
         items = threads.atoms(call.messages)
         if not items:
             return None
-        prefix = threads.chain(threads.seed(self.identifier.identify(call).key), items)
+        prefix = self.chains.chain(threads.seed(self.identifier.identify(call).key), items)
         refs = self.index.get_refs([threads.head_key(d) for d in reversed(prefix)])
         return next((r for r in refs if r is not None), None)
 

@@ -11,11 +11,14 @@ dropped (they are part of the agent's identity), an assistant turn becomes its t
 atom per tool call, so a Responses API history (one item per function call), a Chat history
 (tool calls inside the message) and an Anthropic history (text and tool_use blocks) of the
 same conversation give the same atoms.  Costs one blake2b per atom: safe on the request path.
+`ChainCache` remembers the steps over long atoms, so a resent long message (a 100k-token
+prompt, a RAG document, a long history) is hashed once, not on every call (~1 ms per 500 kB).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import orjson
@@ -92,9 +95,68 @@ def chain(start: bytes, items: list[Atom]) -> list[bytes]:
     out: list[bytes] = []
     h = start
     for atom in items:
-        h = hashlib.blake2b(h + atom.encode(), digest_size=_DIGEST).digest()
+        h = _step(h, atom)
         out.append(h)
     return out
+
+
+def _step(h: bytes, atom: Atom) -> bytes:
+    return hashlib.blake2b(h + atom.encode(), digest_size=_DIGEST).digest()
+
+
+_StepKey = tuple[bytes, str, str | None, int, str]
+
+
+class ChainCache:
+    """`chain` that remembers its steps over atoms of at least `min_chars` characters.
+
+    A step is keyed by the digest before it and the atom (role, tool id, length, first
+    characters) and kept with the atom's text, which a hit must equal (a memcmp, ~50x faster
+    than the blake2b): results are exactly `chain`'s.  Holds references to at most
+    `max_chars` characters of text, least recently used out first.  Called from the linker
+    (background) and the RunResolver (request path); no I/O, never raises, not thread-safe."""
+
+    def __init__(self, *, min_chars: int = 4096, max_chars: int = 8_000_000) -> None:
+        self.min_chars = min_chars
+        self.max_chars = max_chars
+        self._steps: OrderedDict[_StepKey, tuple[str, bytes]] = OrderedDict()
+        self._chars = 0
+
+    @property
+    def chars(self) -> int:
+        """Characters of text held."""
+        return self._chars
+
+    def chain(self, start: bytes, items: list[Atom]) -> list[bytes]:
+        """Prefix hashes: result[i] covers items[: i + 1] (the same as `chain`)."""
+        out: list[bytes] = []
+        h = start
+        for atom in items:
+            h = self._step(h, atom) if len(atom.text) >= self.min_chars else _step(h, atom)
+            out.append(h)
+        return out
+
+    def _step(self, h: bytes, atom: Atom) -> bytes:
+        text = atom.text
+        key = (h, atom.role, atom.tool_id, len(text), text[:64])
+        hit = self._steps.get(key)
+        if hit is not None and hit[0] == text:
+            self._steps.move_to_end(key)
+            return hit[1]
+        digest = _step(h, atom)
+        self._keep(key, text, digest, hit)
+        return digest
+
+    def _keep(self, key: _StepKey, text: str, digest: bytes, replaced: tuple[str, bytes] | None) -> None:
+        if len(text) > self.max_chars:
+            return
+        if replaced is not None:  # same key, other text (an edit past the first characters)
+            self._chars -= len(replaced[0])
+        self._steps[key] = (text, digest)
+        self._steps.move_to_end(key)
+        self._chars += len(text)
+        while self._chars > self.max_chars:
+            self._chars -= len(self._steps.popitem(last=False)[1][0])
 
 
 def head_key(digest: bytes) -> str:

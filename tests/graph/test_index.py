@@ -86,3 +86,17 @@ def test_first_claim_owns_a_name() -> None:
     index = MemoryLineageIndex()
     assert index.claim_name("researcher", "fp1") == "fp1"
     assert index.claim_name("researcher", "fp2") == "fp1"
+
+
+def test_a_frozenset_of_seen_inputs_is_shared_until_its_run_adds_more() -> None:
+    index = MemoryLineageIndex()
+    for run in ("r1", "r2", "r3"):
+        index.touch_run(run, started_at=0.0, ended_at=1.0)
+    shared = frozenset({1, 2, 3})
+    for run in ("r1", "r2", "r3"):
+        index.add_run_seen(run, shared)
+    index.add_run_seen("r2", [4])
+    index.merge_runs("r3", ["r2"])
+    assert index.run_seen("r1", {1, 4, 9}) == {1}
+    assert index.run_seen("r3", {1, 4, 9}) == {1, 4}
+    assert shared == {1, 2, 3}

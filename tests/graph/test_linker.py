@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from proxy.call import Completion, Message
 from proxy.graph import Linker, MemoryLineageIndex
 from tests.graph.factory import make_call
@@ -165,3 +167,43 @@ def test_odd_calls_do_not_raise() -> None:
     for call in odd:
         res = lk.observe(call)
         assert res.run_id and res.agent
+
+
+def document(seed: int, chars: int = 20_000) -> str:
+    """Distinct pseudo-English, long enough for the linker's cache of big segments."""
+    rng = random.Random(seed)
+    vocab = [f"{a}{b}" for a in ("pro", "con", "re", "de", "ex", "in", "sub", "over") for b in
+             ("cess", "tract", "port", "sign", "form", "ject", "vert", "duct", "mit", "pose")]  # fmt: skip
+    words: list[str] = []
+    while sum(map(len, words)) + len(words) < chars:
+        words.append(rng.choice(vocab))
+    return " ".join(words)
+
+
+def test_a_big_handoff_sent_to_several_workers_links_each_of_them() -> None:
+    lk, brief = linker(), document(1)
+    lk.observe(make_call("o1", system="You are the orchestrator.", output=brief))
+    for i in range(3):
+        worker = make_call(f"w{i}", system=f"You are worker {i}.", user=brief, started_at=2.0 + i, ended_at=2.5 + i)
+        assert [(e.source, e.kind) for e in lk.observe(worker).edges] == [("o1", "handoff")]
+
+
+def test_a_big_message_like_a_cached_one_in_length_and_opening_is_shingled_anew() -> None:
+    lk, cached = linker(), document(2)
+    lk.observe(make_call("w0", system="You are the reader.", user=cached))
+    handed = cached[:100] + document(3, len(cached))[100 : len(cached)]
+    lk.observe(make_call("o1", system="You are the orchestrator.", output=handed[100:], started_at=1.0, ended_at=2.0))
+    res = lk.observe(make_call("w1", system="You are the reader.", user=handed, started_at=3.0, ended_at=4.0))
+    assert len(handed) == len(cached) and [(e.source, e.kind) for e in res.edges] == [("o1", "handoff")]
+
+
+def test_a_big_human_message_opening_many_runs_is_seen_only_in_each_of_them() -> None:
+    lk, text = linker(), document(4)
+    for run in ("a", "b"):
+        lk.observe(make_call(f"{run}1", user=text, output="Reading.", run_hint=run))
+    again = make_call("a2", run_hint="a", started_at=2.0, ended_at=3.0)
+    again.messages = follow_up(text, "Reading.", text)
+    fresh = make_call("b2", run_hint="b", started_at=2.0, ended_at=3.0)
+    fresh.messages = follow_up(text, "Reading.", document(5))
+    assert [e.kind for e in lk.observe(again).edges] == ["continuation"]
+    assert [e.kind for e in lk.observe(fresh).edges] == ["continuation", "human"]

@@ -45,3 +45,31 @@ def test_leading_system_messages_are_not_atoms() -> None:
     call = call_from_exchange(ex)
     assert call.messages[0].role == "system"
     assert threads.atoms(call.messages)[0].role == "u"
+
+
+def long_atoms(text: str) -> list[threads.Atom]:
+    return [threads.Atom("u", text, None, 0), threads.Atom("a", "short", None, 1), threads.Atom("t", text, "t1", 2)]
+
+
+def test_chain_cache_gives_the_digests_of_chain_again_and_again() -> None:
+    cache, seed = threads.ChainCache(min_chars=1000), threads.seed("agent")
+    items = long_atoms("word " * 2000)
+    for _ in range(3):
+        assert cache.chain(seed, items) == threads.chain(seed, items)
+    assert cache.chain(threads.seed("other"), items) == threads.chain(threads.seed("other"), items)
+
+
+def test_chain_cache_is_not_fooled_by_an_edit_past_the_first_characters() -> None:
+    cache, seed = threads.ChainCache(min_chars=1000), threads.seed("agent")
+    original, edited = "x" * 5000, "x" * 2500 + "y" + "x" * 2499
+    cache.chain(seed, long_atoms(original))
+    assert cache.chain(seed, long_atoms(edited)) == threads.chain(seed, long_atoms(edited))
+    assert cache.chain(seed, long_atoms(original)) == threads.chain(seed, long_atoms(original))
+
+
+def test_chain_cache_holds_at_most_max_chars() -> None:
+    cache, seed = threads.ChainCache(min_chars=10, max_chars=100), threads.seed("agent")
+    items = [threads.Atom("u", f"{i} " + "z" * 40, None, i) for i in range(6)]
+    assert cache.chain(seed, items) == threads.chain(seed, items)
+    assert 0 < cache.chars <= 100
+    assert cache.chain(seed, items) == threads.chain(seed, items)
