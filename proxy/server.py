@@ -55,6 +55,11 @@ def _status_line(status: int) -> bytes:
     return line
 
 
+def _host_port(addr: Any) -> tuple[Any, ...] | None:
+    """ASGI's (host, port) from a socket address (IPv6 ones carry flow info and scope id)."""
+    return tuple(addr[:2]) if isinstance(addr, tuple) else None
+
+
 def _simple_response(status: int, text: bytes) -> bytes:
     return (_status_line(status) + b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
             b"content-length: %d\r\n\r\n" % len(text) + text)
@@ -199,12 +204,12 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
-        self.addr = transport.get_extra_info("sockname")
+        self.addr = _host_port(transport.get_extra_info("sockname"))
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.client = transport.get_extra_info("peername")
+        self.client = _host_port(transport.get_extra_info("peername"))
         self.server.connections.add(self)
         self._arm_idle()
 
