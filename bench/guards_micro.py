@@ -1,6 +1,6 @@
 """Guard evaluation micro-benchmark: what the guard chain adds to one call.
 
-    .venv/bin/python bench/guards_micro.py [--calls 3000] [--chunks 50] [--redis URL]
+    .venv/bin/python bench/guards_micro.py [--calls 3000] [--chunks 50] [--redis URL] [--turns]
 
 Builds a chain from 50 active rules (20 budgets in tokens and USD over every scope and
 window, 20 loop rules covering all five detectors, 10 context rules) with the in-memory
@@ -11,22 +11,34 @@ tool calls, a 600-character answer), and separately one `on_chunk`.  Two layouts
   scoped      rules scoped to 10 agents by `match:`, so ~5 apply to a call (typical)
   default     the shipped rules/default.yaml (6 flag-only rules)
 
+The 50 rules make 70 guards: a context rule builds three (fit, truncated output, dropped
+history).  The chain runs consecutive budget rules as one batch (one counter-store call per
+hook for all of them), and consecutive context guards as another.  Each call has a
+conversation of its own (topic i), so the fingerprints remembered across calls (a resent
+history is not hashed again) barely help here: the worst case for them.  `--turns` adds the
+all-match rules over 50 conversations resent turn after turn (1 to 20 steps, 4 to 61
+messages), with and without those fingerprints.
+
 Target: p50 <= 0.2 ms per call with 50 rules.  `--redis` adds a run against Redis
-(informational: dominated by one round trip per rule and hook).
+(informational: the budget rules share one round trip per hook, each loop rule still makes
+its own, started concurrently).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from proxy.call import Call, Chunk, Completion, Message, ToolCall, Usage
-from proxy.guards import GuardChain, build_chain, make_deps
+from proxy.guards import FingerprintHandoffs, GuardChain, build_chain, make_deps
 from proxy.guards.counters import CounterStore, MemoryCounterStore, RedisCounterStore
+from proxy.guards.facts import FactsCache, Fingerprints
 from proxy.rules import RuleSet, load_rules, parse_rule
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "rules"
@@ -79,7 +91,20 @@ def conversation(i: int) -> list[Message]:
     return msgs
 
 
-def make_call(i: int) -> Call:
+def resent(i: int) -> list[Message]:
+    """Conversation i % 50 (its agent and run are call i's) at turn (i // 50) % 20: what the
+    previous turn sent plus one more step, as agents resend their whole history."""
+    c, turns = i % 50, (i // 50) % 20 + 1
+    msgs = [Message("system", "You are a careful research agent. Use the tools; cite sources.")]
+    for t in range(turns):
+        tc = ToolCall(f"tc-{c}-{t}", "search", f'{{"q": "topic {c} part {t}", "limit": 5}}')
+        msgs.append(Message("user", f"Step {t}: look into topic {c}, aspect {t}, and summarise."))
+        msgs.append(Message("assistant", "", [tc]))
+        msgs.append(Message("tool", f"result {c}.{t}: " + "lorem ipsum dolor sit amet " * 20, [], tc.id))
+    return msgs
+
+
+def make_call(i: int, history: Callable[[int], list[Message]] = conversation) -> Call:
     return Call(
         id=f"bench-{i}",
         started_at=time.time(),
@@ -95,7 +120,7 @@ def make_call(i: int) -> Call:
         max_tokens=1024,
         input_tokens_counted=1800,
         stream=True,
-        messages=conversation(i),
+        messages=history(i),
     )
 
 
@@ -105,13 +130,15 @@ def finish(call: Call, i: int) -> None:
     call.usage = Usage(input_tokens=1800, output_tokens=300)
 
 
-async def measure(chain: GuardChain, calls: int, chunks: int) -> tuple[list[float], list[float], list[float]]:
+async def measure(
+    chain: GuardChain, calls: int, chunks: int, history: Callable[[int], list[Message]] = conversation
+) -> tuple[list[float], list[float], list[float]]:
     """Per call: wall and CPU seconds of on_request + on_response; per chunk: wall seconds.
     CPU time (this thread) is what other processes on a shared machine cannot inflate."""
     per_call, per_cpu, per_chunk = [], [], []
     chunk = Chunk(raw=b"data: {}\n\n", text_delta="x")
     for i in range(calls):
-        call = make_call(i)
+        call = make_call(i, history)
         c0, t0 = time.thread_time(), time.perf_counter()
         await chain.on_request(call)
         t1, c1 = time.perf_counter(), time.thread_time()
@@ -147,6 +174,16 @@ async def run(label: str, store: CounterStore, scoped: bool | None, calls: int, 
     report(label, *await measure(chain, calls, chunks), guards=len(chain))
 
 
+async def run_turns(label: str, calls: int, chunks: int, *, remember: bool) -> None:
+    """All-match over conversations resent turn after turn; `remember=False` hashes every
+    message of every turn again (what the fingerprints remembered across calls save)."""
+    store, facts = MemoryCounterStore(), FactsCache(known=None if remember else Fingerprints(max_chars=0))
+    deps = dataclasses.replace(make_deps(store), facts=facts, handoffs=FingerprintHandoffs(store, facts))
+    chain = build_chain(RuleSet(tuple(rules(False))), deps)
+    await measure(chain, min(300, calls), chunks, resent)  # warm-up
+    report(label, *await measure(chain, calls, chunks, resent), guards=len(chain))
+
+
 async def drop_keys(store: RedisCounterStore, prefix: str) -> None:
     client = store._r
     keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
@@ -159,10 +196,14 @@ async def main() -> None:
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--chunks", type=int, default=50)
     ap.add_argument("--redis", help="also run against this Redis URL (keys under interlock-bench:)")
+    ap.add_argument("--turns", action="store_true", help="also all-match over resent conversations")
     args = ap.parse_args()
     await run("memory all-match", MemoryCounterStore(), False, args.calls, args.chunks)
     await run("memory scoped", MemoryCounterStore(), True, args.calls, args.chunks)
     await run("memory rules/default", MemoryCounterStore(), None, args.calls, args.chunks)
+    if args.turns:
+        await run_turns("memory turns", args.calls, args.chunks, remember=True)
+        await run_turns("memory turns, no memo", args.calls, args.chunks, remember=False)
     if args.redis:
         prefix = f"interlock-bench:{time.time_ns()}:"
         store = RedisCounterStore.from_url(args.redis, prefix=prefix)

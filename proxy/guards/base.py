@@ -6,13 +6,18 @@
           ──release(call)─────────▶          (a later guard denied: undo on_request's holds)
 
 `RuleGuard` is a guard built from one rule of a rules file; `GuardChain` (chain.py) runs
-many of them and is itself a `Guard`.
+many of them and is itself a `Guard`.  A `Batch` runs one hook for several consecutive rule
+guards of a kind at once (one store round trip, shared arithmetic), with the same answers.
+Hot-path rules: `ALLOW` is one shared object (return it, do not build `Verdict()`), and a
+reason sentence is built only for a verdict that is not allow.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
@@ -118,6 +123,13 @@ class Guard:
         forwarded, so undo whatever this guard's `on_request` reserved.  Idempotent."""
         return None
 
+    def runs(self, hook: str) -> bool:
+        """Whether the chain must call `hook` ("on_request", "on_chunk", "on_response") for
+        this guard; asked once per rule set and kind of call, never per call.  By default:
+        when the class overrides the hook.  A guard whose rule turns a hook into a no-op
+        answers False for it, and the chain skips it."""
+        return overrides(self, hook)
+
 
 def overrides(guard: Guard, hook: str) -> bool:
     """True when the guard's class replaces the base hook (lets the chain skip no-op hooks)."""
@@ -140,6 +152,38 @@ class Matcher:
         return all(rx.match(getattr(call, attr) or "") is not None for attr, rx in self._tests)
 
 
+G = TypeVar("G", bound=Guard)
+# What a batch calls for one guard whose hook raised: logs, counts, returns its verdict.
+Failed = Callable[[G, Exception], "Verdict"]
+
+
+class Batch(ABC, Generic[G]):
+    """Runs one hook for a run of consecutive guards of one kind in a single pass, so that,
+    say, twenty budget rules cost one counter-store round trip per hook instead of twenty.
+
+    A guard opts in through its `batch` attribute.  The chain hands every run of consecutive
+    guards (of one call's matching guards) sharing a batch object to that batch instead of
+    calling their hooks one by one.  Each method must answer exactly what the guards' own
+    hooks would have, called in rule order: a guard's own hook may simply call its batch with
+    itself alone.  The same timing rules apply as for the hooks (see `Guard`)."""
+
+    @abstractmethod
+    async def on_request(self, guards: Sequence[G], call: Call, failed: Failed[G]) -> list[Verdict]:
+        """Each guard's `on_request` in order, stopping after the first deny: one verdict per
+        guard that ran, so the list covers every guard or ends with the deny (the guards after
+        it must then hold nothing).  A guard that fails alone gets `failed(guard, exc)` as its
+        verdict (as if its own hook had raised); raising counts as every guard failing."""
+
+    @abstractmethod
+    def on_chunk(self, guards: Sequence[G], call: Call, chunk: Chunk) -> Sequence[Verdict]:
+        """The non-allow verdicts of each guard's `on_chunk` in order, ending at the first deny
+        (usually none: return an empty tuple).  Synchronous, hot path: no I/O."""
+
+    @abstractmethod
+    async def on_response(self, guards: Sequence[G], call: Call, failed: Failed[G]) -> list[Verdict]:
+        """Each guard's `on_response`: one verdict per guard, in order (`failed` as above)."""
+
+
 R = TypeVar("R", bound="RuleBase")
 
 
@@ -150,6 +194,7 @@ class RuleGuard(Guard, Generic[R]):
 
     operations: ClassVar[frozenset[str]] = GENERATIVE
     uses_handoffs = False  # True: every call's output must be recorded in the HandoffSource
+    batch: Batch[Any] | None = None  # runs the hooks of consecutive guards sharing it at once
 
     def __init__(self, rule: R) -> None:
         self.rule = rule
@@ -180,6 +225,9 @@ class GuardDeps:
     handoffs: HandoffSource
     facts: FactsCache
     default_max_tokens: int = 4096
+    # Batch objects by kind, so the guards of one kind built on these deps share one (and
+    # guards on other deps, e.g. another counter store, never land in the same batch).
+    batches: dict[str, Batch[Any]] = field(default_factory=dict)
 
 
 T = TypeVar("T")
@@ -203,6 +251,9 @@ class CallSlots(Generic[T]):
 
     def get(self, call: Call) -> T | None:
         return self._items.get(call.id)
+
+    def __contains__(self, call_id: str) -> bool:
+        return call_id in self._items
 
     def pop(self, call: Call) -> T | None:
         return self._items.pop(call.id, None)

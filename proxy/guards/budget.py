@@ -9,16 +9,33 @@
     release      a later guard denied: give the whole reservation back
 
 USD budgets count micro-dollars; the worst case prices input without cache hits.
+
+Every hook runs through `Budgets`, the batch of the budget rules on one counter store: the
+chain hands it each run of consecutive budget rules of a call (one `reserve_many` and one
+`adjust_many`, so one Redis round trip per hook for all of them), a lone rule's hooks call it
+with that rule alone.  It keeps the calls' holds: call id → {rule: _Hold}.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from proxy.call import Call, Chunk
-from proxy.guards.base import ALLOW, GENERATIVE, Action, CallSlots, GuardDeps, RuleGuard, Verdict
+from proxy.guards.base import (
+    ALLOW,
+    GENERATIVE,
+    Action,
+    Batch,
+    CallSlots,
+    Failed,
+    GuardDeps,
+    RuleGuard,
+    Verdict,
+)
+from proxy.guards.counters import Adjustment, Ask, CounterStore
 from proxy.guards.scopes import describe_scope, scope_getter, scope_value
 
 if TYPE_CHECKING:
@@ -28,10 +45,12 @@ CODE = "interlock_budget_exceeded"
 MICRO = 1_000_000
 # outcomes that, before any upstream byte, mean the provider never ran the call
 NOT_BILLED = frozenset({"denied", "unreachable", "bad_request", "too_large"})
+_UNSET: Any = object()
 
 
 @dataclass(slots=True)
 class _Hold:
+    value: str  # the call's scope value
     key: str
     bucket: int
     reserved: int  # units reserved at admission
@@ -48,6 +67,7 @@ class TokenBudget(RuleGuard["BudgetRule"]):
     (add them under `pricing:`)."""
 
     operations = GENERATIVE | {"embeddings"}
+    batch: Budgets
 
     def __init__(self, rule: BudgetRule, deps: GuardDeps) -> None:
         super().__init__(rule)
@@ -58,11 +78,19 @@ class TokenBudget(RuleGuard["BudgetRule"]):
         self._limit = math.floor((rule.limit_usd or 0) * MICRO) if self._usd else int(rule.limit_tokens or 0)
         self._window = rule.window_s
         self._enforce = rule.action == "deny"
-        self._holds: CallSlots[_Hold] = CallSlots()
         self._scope = scope_getter(rule.scope)
+        self._scope_name = rule.scope
         self._prefix = f"budget:{self.name}:{rule.window}:{rule.scope}:"
         self._admit_limit = self._limit if self._enforce else None
+        warn_at = rule.warn_at
+        self._warn_from = None if warn_at is None else warn_at * self._limit
+        self._quiet = self._enforce and warn_at is None  # no verdict possible after settling
+        self._cuts = rule.cutoff
         self._left: dict[str, float] = {}  # scope value → units left, recently active ones (metrics)
+        batch = deps.batches.get("budget")
+        if not isinstance(batch, Budgets) or batch.counters is not deps.counters:
+            batch = deps.batches["budget"] = Budgets(deps.counters)
+        self.batch = batch
 
     # ------------------------------------------------------------------ units
 
@@ -75,63 +103,32 @@ class TokenBudget(RuleGuard["BudgetRule"]):
             return f"{self._units(part)} of {self._units(whole)}"
         return f"{int(part):,} of {self._units(whole)}"
 
-    def _rates(self, call: Call) -> tuple[int, float] | None:
-        """(units for the counted input, units per output token); None when unpriced."""
-        inp = call.input_tokens_counted or 0
-        if not self._usd:
-            return inp, 1.0
-        price = self._prices.lookup(call.model_requested)
-        if price is None:
-            return None
-        return math.ceil(inp * price.input), price.output
-
     # ------------------------------------------------------------------ hooks
 
     async def on_request(self, call: Call) -> Verdict:
-        value = self._scope(call)
-        rates = self._rates(call)
-        if not value or rates is None or self._holds.get(call) is not None:
-            return ALLOW
-        base, rate = rates
-        max_out = 0 if call.operation == "embeddings" else call.max_tokens or self._default_max
-        need = base + math.ceil(max_out * rate)
-        key = self._prefix + value
-        res = await self._counters.reserve(key, need, self._admit_limit, self._window)
-        if not res.ok:
-            return self._refusal(call, res.spent_after, need, max_out)
-        allowance = need + max(0, self._limit - res.spent_after)
-        self._note(value, res.spent_after)
-        self._holds.put(call, _Hold(key, res.bucket, need, base, rate, allowance))
-        return ALLOW
+        return (await self.batch.on_request((self,), call, _raise))[0]
 
     def on_chunk(self, call: Call, chunk: Chunk) -> Verdict:
-        hold = self._holds.get(call)
+        """Per stream event: kept apart from `Budgets.on_chunk` (same steps) to stay as cheap
+        as a lone rule was before batches."""
         n = chunk.output_tokens_so_far
+        tab = self.batch._holds.get(call)
+        hold = None if tab is None else tab.get(self)
         if hold is None or n is None:
             return ALLOW
         hold.so_far = n
-        if hold.cut or not self.rule.cutoff or hold.base + n * hold.out_rate <= hold.allowance:
+        if not self._cuts or hold.cut or hold.base + n * hold.out_rate <= hold.allowance:
             return ALLOW
         hold.cut = True
         return self._cutoff(call, n)
 
     async def on_response(self, call: Call) -> Verdict:
-        hold = self._holds.pop(call)
-        if hold is None:
-            return ALLOW
-        delta = self._consumed(call, hold) - hold.reserved
-        if delta == 0 and self._enforce and self.rule.warn_at is None:
-            return ALLOW
-        total = await self._counters.adjust(hold.key, delta, self._window, hold.bucket)
-        self._note(self._scope(call) or "", total)
-        return await self._after(call, hold, total)
+        return (await self.batch.on_response((self,), call, _raise))[0]
 
-    def _note(self, value: str, spent: float) -> None:
-        left = self._left
-        left.pop(value, None)
-        left[value] = self._limit - spent
-        if len(left) > 256:
-            left.pop(next(iter(left)))
+    async def release(self, call: Call) -> None:
+        hold = self.batch.take(call, self)
+        if hold is not None:
+            await self._counters.adjust(hold.key, -hold.reserved, self._window, hold.bucket)
 
     def remaining(self) -> list[tuple[str, str, float]]:
         """(scope value, unit, amount left) for /metrics.  Bounded labels: per value for the
@@ -143,11 +140,6 @@ class TokenBudget(RuleGuard["BudgetRule"]):
         if self.rule.scope in ("global", "model"):
             return [(value, unit, left * scale) for value, left in items]
         return [("min", unit, min(left for _, left in items) * scale)]
-
-    async def release(self, call: Call) -> None:
-        hold = self._holds.pop(call)
-        if hold is not None:
-            await self._counters.adjust(hold.key, -hold.reserved, self._window, hold.bucket)
 
     # ------------------------------------------------------------------ settling
 
@@ -164,14 +156,6 @@ class TokenBudget(RuleGuard["BudgetRule"]):
             return 0  # the upstream refused; providers do not bill errors
         out = hold.so_far or len(call.completion.text) // 4
         return hold.base + math.ceil(out * hold.out_rate)
-
-    async def _after(self, call: Call, hold: _Hold, total: int) -> Verdict:
-        if not self._enforce and total > self._limit:
-            return self._over(call, total)
-        warn_at = self.rule.warn_at
-        if warn_at is not None and total >= warn_at * self._limit and await self._first_warning(call, hold):
-            return self._warning(call, total)
-        return ALLOW
 
     async def _first_warning(self, call: Call, hold: _Hold) -> bool:
         period = "run" if self._window is None else str(int(call.started_at // self._window))
@@ -256,6 +240,167 @@ class TokenBudget(RuleGuard["BudgetRule"]):
         action: Action = "escalate" if self.rule.action == "escalate" else "flag"
         data = self._data(call, total, warn_at=self.rule.warn_at)
         return self.verdict(action, reason, data, code="interlock_budget_warning")
+
+
+class Budgets(Batch[TokenBudget]):
+    """The budget rules on one counter store (see `GuardDeps.batches`), run together.  The
+    per-call arithmetic is done once, the store is asked once per hook, and the holds of a
+    call live in one dict (call id → {rule: hold}), bounded like `CallSlots`."""
+
+    def __init__(self, counters: CounterStore) -> None:
+        self.counters = counters
+        self._holds: CallSlots[dict[TokenBudget, _Hold]] = CallSlots()
+
+    def take(self, call: Call, guard: TokenBudget) -> _Hold | None:
+        """Remove and return the guard's hold on the call."""
+        tab = self._holds.get(call)
+        if tab is None:
+            return None
+        hold = tab.pop(guard, None)
+        if not tab:
+            self._holds.pop(call)
+        return hold
+
+    async def on_request(
+        self, guards: Sequence[TokenBudget], call: Call, failed: Failed[TokenBudget]
+    ) -> list[Verdict]:
+        """(`failed` is never called: only the store can fail, and then every rule does.)"""
+        tab = self._holds.get(call) or {}
+        inp = call.input_tokens_counted or 0
+        embeddings, out = call.operation == "embeddings", call.max_tokens
+        model = call.model_requested
+        plans: list[tuple[TokenBudget, str, str, int, int, float, int] | None] = []
+        asks: list[Ask] = []
+        values: dict[str, str | None] = {}  # scope → the call's value (6 scopes, many rules)
+        for g in guards:  # what each rule reserves: hot, so written out in one loop
+            value = values.get(g._scope_name, _UNSET)
+            if value is _UNSET:
+                value = values[g._scope_name] = g._scope(call)
+            if not value or g in tab:
+                plans.append(None)
+                continue
+            max_out = 0 if embeddings else out or g._default_max
+            if g._usd:
+                price = g._prices.lookup(model)
+                if price is None:
+                    plans.append(None)
+                    continue
+                base, rate = math.ceil(inp * price.input), price.output
+                need = base + math.ceil(max_out * rate)
+            else:
+                base, rate, need = inp, 1.0, inp + max_out
+            key = g._prefix + value
+            plans.append((g, value, key, need, base, rate, max_out))
+            asks.append((key, need, g._admit_limit, g._window))
+        if not asks:
+            return [ALLOW] * len(guards)
+        results = iter(await self.counters.reserve_many(asks))
+        verdicts: list[Verdict] = []
+        for plan in plans:
+            if plan is None:
+                verdicts.append(ALLOW)
+                continue
+            res = next(results, None)
+            if res is None:
+                break
+            g, value, key, need, base, rate, max_out = plan
+            ok, spent, bucket = res
+            if not ok:
+                verdicts.append(g._refusal(call, spent, need, max_out))
+                break  # reserve_many stopped at this refusal: the later rules do not run
+            room = g._limit - spent
+            left = g._left  # the metrics' recency order: re-insert; hot, so inline
+            left.pop(value, None)
+            left[value] = room
+            if len(left) > 256:
+                del left[next(iter(left))]
+            tab[g] = _Hold(value, key, bucket, need, base, rate, need + (room if room > 0 else 0))
+            verdicts.append(ALLOW)
+        if tab:
+            self._holds.put(call, tab)
+        return verdicts
+
+    def on_chunk(self, guards: Sequence[TokenBudget], call: Call, chunk: Chunk) -> Sequence[Verdict]:
+        n = chunk.output_tokens_so_far
+        tab = self._holds.get(call)
+        if n is None or tab is None:
+            return ()
+        for g in guards:  # TokenBudget.on_chunk for each, written out: per rule and event
+            hold = tab.get(g)
+            if hold is None:
+                continue
+            hold.so_far = n
+            if g._cuts and not hold.cut and hold.base + n * hold.out_rate > hold.allowance:
+                hold.cut = True
+                return (g._cutoff(call, n),)  # the only verdict a budget gives a chunk
+        return ()
+
+    async def on_response(
+        self, guards: Sequence[TokenBudget], call: Call, failed: Failed[TokenBudget]
+    ) -> list[Verdict]:
+        tab = self._holds.get(call)
+        verdicts: list[Verdict] = [ALLOW] * len(guards)
+        if tab is None:
+            return verdicts
+        billed = _Billed(call)
+        tokens = billed.tokens
+        settling: list[tuple[int, _Hold]] = []
+        adjustments: list[Adjustment] = []
+        for i, g in enumerate(guards):
+            hold = tab.pop(g, None)
+            if hold is None:
+                continue
+            consumed = tokens if not g._usd else billed.usd(g, hold)
+            delta = (g._consumed(call, hold) if consumed is None else consumed) - hold.reserved
+            if delta != 0 or not g._quiet:
+                settling.append((i, hold))
+                adjustments.append((hold.key, delta, g._window, hold.bucket))
+        if not tab:
+            self._holds.pop(call)
+        if adjustments:
+            totals = await self.counters.adjust_many(adjustments)
+            for (i, hold), total in zip(settling, totals, strict=True):
+                g = guards[i]
+                left = g._left  # as in on_request
+                left.pop(hold.value, None)
+                left[hold.value] = g._limit - total
+                if len(left) > 256:
+                    del left[next(iter(left))]
+                if not g._enforce and total > g._limit:
+                    verdicts[i] = g._over(call, total)
+                elif g._warn_from is not None and total >= g._warn_from:
+                    verdicts[i] = g._warning(call, total) if await g._first_warning(call, hold) else ALLOW
+        return verdicts
+
+
+class _Billed:
+    """`TokenBudget._consumed` when the provider reported usage, for many rules of one call:
+    the tokens, or the cost in one price table, are worked out once.  None: only the guard
+    can tell (no usage reported, or never billed)."""
+
+    __slots__ = ("_call", "_costs", "_known", "tokens")
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+        self._known = call.usage.reported and not (call.outcome in NOT_BILLED and call.first_byte_at is None)
+        self._costs: dict[int, int | None] = {}
+        self.tokens = call.usage.total() if self._known else None
+
+    def usd(self, guard: TokenBudget, hold: _Hold) -> int | None:
+        """Micro-dollars consumed, in the guard's price table."""
+        if not self._known:
+            return None
+        call = self._call
+        prices = guard._prices
+        cost = self._costs.get(id(prices), -1)
+        if cost == -1:
+            usd = prices.cost_usd(call.model_served or call.model_requested, call.usage)
+            cost = self._costs[id(prices)] = None if usd is None else math.ceil(usd * MICRO)
+        return hold.reserved if cost is None else cost
+
+
+def _raise(guard: TokenBudget, exc: Exception) -> Verdict:
+    raise exc
 
 
 def build(rule: BudgetRule, deps: GuardDeps) -> list[TokenBudget]:

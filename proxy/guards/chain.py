@@ -4,6 +4,13 @@ Runs guards in rule order, stops `on_request`/`on_chunk` at the first deny, appe
 non-allow verdict to `call.guard_events`, and isolates a guard that throws (logged, counted in
 `GuardStats`, treated as allow unless its rule is `fail_closed`).  When a guard denies in
 `on_request`, the guards before it are told to `release` what they reserved.
+
+Per kind of call (operation, agent, model, provider, API key: the fields `match:` reads) the
+chain works out once which guards apply and splits them by hook into steps:
+
+    matching guards ──▶ per hook, the guards that run it (`Guard.runs`) ──▶ steps
+                        step = one guard, or a run of consecutive guards sharing a `Batch`
+                               (e.g. twenty budgets: one counter-store round trip per hook)
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from proxy.guards.base import (
     ALLOW,
     GENERATIVE,
     SEVERITY,
+    Batch,
     CallSlots,
     Guard,
     RuleGuard,
@@ -46,10 +54,46 @@ class GuardStats:
         self.errors_by_rule[rule] = self.errors_by_rule.get(rule, 0) + 1
 
 
+Step = tuple["Batch[Any] | None", tuple[AnyGuard, ...]]  # (None, (guard,)) or (batch, guards)
+
+
+def _steps(guards: Sequence[AnyGuard], *, lone: bool = True) -> tuple[Step, ...]:
+    """Consecutive guards sharing a batch become one step (a lone one too, when `lone`: the
+    batch is its fast path); every other guard is its own step."""
+    steps: list[tuple[Batch[Any] | None, list[AnyGuard]]] = []
+    for guard in guards:
+        batch = guard.batch
+        if batch is not None and steps and steps[-1][0] is batch:
+            steps[-1][1].append(guard)
+        else:
+            steps.append((batch, [guard]))
+    return tuple((batch if lone or len(run) > 1 else None, tuple(run)) for batch, run in steps)
+
+
 @dataclass(slots=True, frozen=True)
 class _Active:
+    """The guards that apply to one kind of call, split by the hooks they actually run, so
+    the hot loops never await a hook that would only return ALLOW."""
+
     guards: tuple[AnyGuard, ...]
-    chunkers: tuple[AnyGuard, ...]
+    requesters: tuple[AnyGuard, ...]  # in rule order; verdict indices refer to this
+    releasers: frozenset[AnyGuard]
+    request_steps: tuple[Step, ...]
+    chunk_steps: tuple[Step, ...]
+    response_steps: tuple[Step, ...]
+
+    @classmethod
+    def of(cls, guards: tuple[AnyGuard, ...]) -> _Active:
+        releasers = frozenset(g for g in guards if overrides(g, "release"))
+        requesters = tuple(g for g in guards if g.runs("on_request") or g in releasers)
+        return cls(
+            guards,
+            requesters,
+            releasers,
+            _steps(requesters),
+            _steps([g for g in guards if g.runs("on_chunk")], lone=False),  # per stream event
+            _steps([g for g in guards if g.runs("on_response")]),
+        )
 
 
 def _failure(guard: AnyGuard) -> Verdict:
@@ -69,7 +113,7 @@ class GuardChain(Guard):
 
     `observers` run at the end of every generation's `on_response`, whatever matched (the
     handoff index records outputs this way).  `concurrent=True`, chosen when the counters are
-    remote (Redis), starts every guard's hook at once so a call waits about one store round
+    remote (Redis), starts every step's hook at once so a call waits about one store round
     trip instead of one per rule; verdicts are still read in rule order, and the guards that
     ran past the first deny release their holds like the ones before it.
     """
@@ -101,8 +145,9 @@ class GuardChain(Guard):
         key = (call.operation, call.agent, call.model_requested, call.provider, call.api_key_hash)
         active = self._match_cache.get(key)
         if active is None:
-            guards = tuple(g for g in self.guards if call.operation in g.operations and g.matches(call))
-            active = _Active(guards, tuple(g for g in guards if overrides(g, "on_chunk")))
+            active = _Active.of(
+                tuple(g for g in self.guards if call.operation in g.operations and g.matches(call))
+            )
             if len(self._match_cache) >= _MATCH_CACHE_MAX:
                 self._match_cache.clear()
             self._match_cache[key] = active
@@ -111,9 +156,17 @@ class GuardChain(Guard):
     def _record(self, call: Call, verdict: Verdict, hook: str) -> None:
         call.guard_events.append(verdict.event(hook, self._clock()))
 
-    def _failed(self, guard: AnyGuard, hook: str, call: Call) -> Verdict:
+    def _failed(self, guard: AnyGuard, hook: str, call: Call, exc: BaseException | None = None) -> Verdict:
+        """Logs `exc` (default: the exception being handled) and counts it."""
         self.stats.count(guard.name)
-        log.exception("guard %r (%s) failed in %s for call %s", guard.name, guard.kind, hook, call.id)
+        log.error(
+            "guard %r (%s) failed in %s for call %s",
+            guard.name,
+            guard.kind,
+            hook,
+            call.id,
+            exc_info=exc if exc is not None else True,
+        )
         return _failure(guard)
 
     # ------------------------------------------------------------------ hooks
@@ -124,30 +177,72 @@ class GuardChain(Guard):
         Returns the deny, else the most severe flag/escalate, else ALLOW."""
         active = self._select(call)
         self._active.put(call, active)
-        if self.concurrent and len(active.guards) > 1:
-            verdicts = list(await asyncio.gather(*(self._request(g, call) for g in active.guards)))
+        if self.concurrent and len(active.request_steps) > 1:
+            notable, ran = await self._at_once(call, active.request_steps), len(active.requesters)
         else:
-            verdicts = []
-            for guard in active.guards:
-                verdicts.append(await self._request(guard, call))
-                if verdicts[-1].denied:
-                    break
-        return await self._settle(call, active.guards, verdicts)
+            notable, ran = await self._in_order(call, active.request_steps)
+        if not notable:
+            return ALLOW
+        return await self._settle(call, active, notable, ran)
 
-    async def _request(self, guard: AnyGuard, call: Call) -> Verdict:
-        try:
-            return await guard.on_request(call)
-        except Exception:
-            return self._failed(guard, "on_request", call)
-
-    async def _settle(self, call: Call, guards: tuple[AnyGuard, ...], verdicts: list[Verdict]) -> Verdict:
-        result = ALLOW
-        for i, verdict in enumerate(verdicts):
-            if verdict.action == "allow":
+    async def _in_order(self, call: Call, steps: tuple[Step, ...]) -> tuple[list[tuple[int, Verdict]], int]:
+        """(index, verdict) of the non-allow answers, and how many guards ran (up to a deny)."""
+        notable: list[tuple[int, Verdict]] = []
+        i = 0
+        for step in steps:
+            batch, guards = step
+            if batch is None:
+                guard = guards[0]
+                try:
+                    verdict = await guard.on_request(call)
+                except Exception:
+                    verdict = self._failed(guard, "on_request", call)
+                if verdict is not ALLOW and verdict.action != "allow":
+                    notable.append((i, verdict))
+                    if verdict.action == "deny":
+                        return notable, i + 1
+                i += 1
                 continue
+            for j, verdict in enumerate(await self._request(step, call)):
+                if verdict is not ALLOW and verdict.action != "allow":
+                    notable.append((i + j, verdict))
+                    if verdict.action == "deny":
+                        return notable, i + j + 1
+            i += len(guards)
+        return notable, i
+
+    async def _at_once(self, call: Call, steps: tuple[Step, ...]) -> list[tuple[int, Verdict]]:
+        """Every step started at once: (index, verdict) of the non-allow answers.  A batch that
+        stopped at a deny answers for fewer guards than it has; the ones after it hold nothing."""
+        runs = await asyncio.gather(*(self._request(step, call) for step in steps))
+        notable: list[tuple[int, Verdict]] = []
+        offset = 0
+        for (_, guards), verdicts in zip(steps, runs, strict=True):
+            notable += [(offset + j, v) for j, v in enumerate(verdicts) if v.action != "allow"]
+            offset += len(guards)
+        return notable
+
+    async def _request(self, step: Step, call: Call) -> Sequence[Verdict]:
+        batch, guards = step
+        try:
+            if batch is None:
+                return (await guards[0].on_request(call),)
+            return await batch.on_request(
+                guards, call, lambda g, exc: self._failed(g, "on_request", call, exc)
+            )
+        except Exception:
+            return [self._failed(g, "on_request", call) for g in guards]
+
+    async def _settle(
+        self, call: Call, active: _Active, notable: list[tuple[int, Verdict]], ran: int
+    ) -> Verdict:
+        result = ALLOW
+        guards = active.requesters
+        for i, verdict in notable:
             self._record(call, verdict, "request")
             if verdict.denied:
-                await self._release(guards[:i] + guards[i + 1 : len(verdicts)], call)
+                others = [g for g in guards[:i] + guards[i + 1 : ran] if g in active.releasers]
+                await self._release(others, call)
                 return verdict
             result = worst(result, verdict)
         return result
@@ -155,12 +250,30 @@ class GuardChain(Guard):
     def on_chunk(self, call: Call, chunk: Chunk) -> Verdict:
         """Runs the guards that meter streams; the first deny cuts the stream."""
         active = self._active.get(call)
-        chunkers = active.chunkers if active is not None else self._select(call).chunkers
-        for guard in chunkers:
-            try:
-                verdict = guard.on_chunk(call, chunk)
-            except Exception:
-                verdict = self._failed(guard, "on_chunk", call)
+        for batch, guards in (active if active is not None else self._select(call)).chunk_steps:
+            if batch is not None:
+                verdict = self._chunk_batch(batch, guards, call, chunk)
+            else:
+                guard = guards[0]
+                try:
+                    verdict = guard.on_chunk(call, chunk)
+                except Exception:
+                    verdict = self._failed(guard, "on_chunk", call)
+                if verdict is not ALLOW and verdict.action != "allow":
+                    self._record(call, verdict, "chunk")
+            if verdict.action == "deny":
+                return verdict
+        return ALLOW
+
+    def _chunk_batch(
+        self, batch: Batch[Any], guards: tuple[AnyGuard, ...], call: Call, chunk: Chunk
+    ) -> Verdict:
+        """Records the batch's non-allow verdicts; returns its deny, else ALLOW."""
+        try:
+            verdicts = batch.on_chunk(guards, call, chunk)
+        except Exception:
+            verdicts = [self._failed(g, "on_chunk", call) for g in guards]
+        for verdict in verdicts:
             if verdict.action != "allow":
                 self._record(call, verdict, "chunk")
                 if verdict.action == "deny":
@@ -170,25 +283,48 @@ class GuardChain(Guard):
     async def on_response(self, call: Call) -> Verdict:
         """Runs every guard that saw the request (all of them, even after a deny), so that each
         settles its reservation, then the observers.  Idempotent per guard.  Returns the most
-        severe verdict."""
-        guards = (self._active.pop(call) or self._select(call)).guards
-        if self.concurrent and len(guards) > 1:
-            verdicts = await asyncio.gather(*(self._response(g, call) for g in guards))
+        severe verdict.  Events are recorded once every guard ran."""
+        steps = (self._active.pop(call) or self._select(call)).response_steps
+        if self.concurrent and len(steps) > 1:
+            runs = await asyncio.gather(*(self._response(step, call) for step in steps))
+            notable = [v for run in runs for v in run if v is not ALLOW and v.action != "allow"]
         else:
-            verdicts = [await self._response(g, call) for g in guards]
+            notable = await self._responses(call, steps)
         result = ALLOW
-        for verdict in verdicts:
-            if verdict.action != "allow":
-                self._record(call, verdict, "response")
-                result = worst(result, verdict)
-        await self._observe(call)
+        for verdict in notable:
+            self._record(call, verdict, "response")
+            result = worst(result, verdict)
+        if self.observers:
+            await self._observe(call)
         return result
 
-    async def _response(self, guard: AnyGuard, call: Call) -> Verdict:
+    async def _responses(self, call: Call, steps: tuple[Step, ...]) -> list[Verdict]:
+        """The non-allow verdicts of every step's `on_response`, run one after the other."""
+        notable: list[Verdict] = []
+        for step in steps:
+            batch, guards = step
+            if batch is None:
+                guard = guards[0]
+                try:
+                    verdict = await guard.on_response(call)
+                except Exception:
+                    verdict = self._failed(guard, "on_response", call)
+                if verdict is not ALLOW and verdict.action != "allow":
+                    notable.append(verdict)
+                continue
+            notable += [v for v in await self._response(step, call) if v is not ALLOW and v.action != "allow"]
+        return notable
+
+    async def _response(self, step: Step, call: Call) -> Sequence[Verdict]:
+        batch, guards = step
         try:
-            return await guard.on_response(call)
+            if batch is None:
+                return (await guards[0].on_response(call),)
+            return await batch.on_response(
+                guards, call, lambda g, exc: self._failed(g, "on_response", call, exc)
+            )
         except Exception:
-            return self._failed(guard, "on_response", call)
+            return [self._failed(g, "on_response", call) for g in guards]
 
     async def _observe(self, call: Call) -> None:
         """Observers see every generation, matched by a rule or not (e.g. the handoff index)."""
@@ -204,7 +340,7 @@ class GuardChain(Guard):
     async def release(self, call: Call) -> None:
         active = self._active.get(call)
         if active is not None:
-            await self._release(active.guards, call)
+            await self._release([g for g in active.guards if g in active.releasers], call)
 
     async def _release(self, guards: Sequence[AnyGuard], call: Call) -> None:
         for guard in guards:

@@ -7,17 +7,22 @@
     DroppedHistory   on_request   the previous turn's messages are no longer all there
                                   although the conversation continues         → flag
 
-The after-the-fact checks can only flag (or escalate when that is the rule's action).
+The after-the-fact checks can only flag (or escalate when that is the rule's action).  The
+three guards of a rule (hence 30 guards for 10 context rules) run, with those of the rules
+next to it, as one `ContextChecks` batch: the handoff lookup and the history check are
+shared by every rule of a call and awaited once, the rest are plain function calls.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from proxy.call import Call
-from proxy.guards.base import ALLOW, Action, GuardDeps, RuleGuard, Verdict
-from proxy.guards.handoffs import TRUNCATED
+from proxy.call import Call, Chunk
+from proxy.guards.base import ALLOW, Action, Batch, Failed, GuardDeps, RuleGuard, Verdict
+from proxy.guards.facts import lazy
+from proxy.guards.handoffs import TRUNCATED, Handoff
 
 if TYPE_CHECKING:
     from proxy.rules import ContextRule
@@ -27,16 +32,86 @@ CODE_LOSS = "interlock_context_loss"
 _HISTORY_KEEP = 8
 _HISTORY_TTL_S = 3600.0
 _MAX_DIGESTS = 512
+_UNKNOWN: Any = object()
 
 
 class _ContextGuard(RuleGuard["ContextRule"]):
+    """`on_request` = `decide(call, await fact(call))`: the fact (a handoff, a history check)
+    is shared by every context rule of a call, so `ContextChecks` awaits it once for all."""
+
+    needs: str | None = None  # which shared fact `decide` needs (None: no I/O at all); a
+    # guard that needs one allows when it is None (nothing found), without being asked
+
     def __init__(self, rule: ContextRule, deps: GuardDeps) -> None:
         super().__init__(rule)
         self.deps = deps
+        batch = deps.batches.setdefault("context", ContextChecks())
+        self.batch = batch if isinstance(batch, ContextChecks) else None
 
     @property
     def after_action(self) -> Action:
         return "escalate" if self.rule.action == "escalate" else "flag"
+
+    async def on_request(self, call: Call) -> Verdict:
+        fact = await self.fact(call)
+        return ALLOW if fact is None and self.needs is not None else self.decide(call, fact)
+
+    async def fact(self, call: Call) -> Any:
+        """The shared fact `decide` needs (may await the counter store)."""
+        return None
+
+    def decide(self, call: Call, fact: Any) -> Verdict:
+        """The `on_request` verdict, given the fact.  Synchronous."""
+        return ALLOW
+
+    def settle(self, call: Call) -> Verdict:
+        """The `on_response` verdict.  Synchronous: no context check does I/O after a call."""
+        return ALLOW
+
+    async def on_response(self, call: Call) -> Verdict:
+        return self.settle(call)
+
+
+class ContextChecks(Batch[_ContextGuard]):
+    """Consecutive context guards of a call (a rule's three, the next rule's three...) in one
+    pass: each shared fact is awaited once, when the first guard in rule order needs it, and
+    the checks themselves are plain function calls.  Stateless."""
+
+    async def on_request(
+        self, guards: Sequence[_ContextGuard], call: Call, failed: Failed[_ContextGuard]
+    ) -> list[Verdict]:
+        facts: dict[str, Any] = {}
+        out: list[Verdict] = []
+        for guard in guards:
+            need = guard.needs
+            try:
+                if need is None:
+                    verdict = guard.decide(call, None)
+                else:
+                    fact = facts.get(need, _UNKNOWN)
+                    if fact is _UNKNOWN:
+                        fact = facts[need] = await guard.fact(call)
+                    verdict = ALLOW if fact is None else guard.decide(call, fact)
+            except Exception as exc:  # this guard fails alone; the next one asking retries
+                verdict = failed(guard, exc)
+            out.append(verdict)
+            if verdict is not ALLOW and verdict.action == "deny":
+                break
+        return out
+
+    def on_chunk(self, guards: Sequence[_ContextGuard], call: Call, chunk: Chunk) -> Sequence[Verdict]:
+        return ()
+
+    async def on_response(
+        self, guards: Sequence[_ContextGuard], call: Call, failed: Failed[_ContextGuard]
+    ) -> list[Verdict]:
+        out: list[Verdict] = []
+        for guard in guards:
+            try:
+                out.append(guard.settle(call))
+            except Exception as exc:
+                out.append(failed(guard, exc))
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +160,18 @@ class ContextFit(_ContextGuard):
         super().__init__(rule, deps)
         self.catalog = deps.catalog.with_overrides({k: v.spec() for k, v in rule.models.items()})
 
-    async def on_request(self, call: Call) -> Verdict:
+    def runs(self, hook: str) -> bool:
+        return hook != "on_response" and super().runs(hook)
+
+    def decide(self, call: Call, fact: Any) -> Verdict:
         spec = self.catalog.lookup(call.model_requested)
         inp = call.input_tokens_counted
         if spec is None or inp is None:
             return ALLOW
         output = call.max_tokens or self.rule.default_output or spec.max_output
-        fit = _Fit(inp, output, self.rule.margin_tokens, spec.context_window)
-        return ALLOW if fit.need <= fit.window else self._verdict(call, fit)
+        if inp + output + self.rule.margin_tokens <= spec.context_window:
+            return ALLOW
+        return self._verdict(call, _Fit(inp, output, self.rule.margin_tokens, spec.context_window))
 
     def _source(self, call: Call) -> str:
         if call.max_tokens:
@@ -117,7 +196,9 @@ class TruncatedOutput(_ContextGuard):
 
     uses_handoffs = True
 
-    async def on_response(self, call: Call) -> Verdict:
+    needs: str | None = "handoff"
+
+    def settle(self, call: Call) -> Verdict:
         if call.finish_reason not in TRUNCATED:
             return ALLOW
         out = call.usage.output_tokens or call.max_tokens
@@ -130,8 +211,11 @@ class TruncatedOutput(_ContextGuard):
         data = {"check": "output_truncated", "output_tokens": out, "max_tokens": call.max_tokens}
         return self.verdict(self.after_action, reason, data, code=CODE_LOSS)
 
-    async def on_request(self, call: Call) -> Verdict:
-        handoff = await self.deps.handoffs.handoff_into(call)
+    async def fact(self, call: Call) -> Handoff | None:
+        return await self.deps.handoffs.handoff_into(call)
+
+    def decide(self, call: Call, fact: Any) -> Verdict:
+        handoff: Handoff | None = fact
         if handoff is None or not handoff.truncated:
             return ALLOW
         reason = (
@@ -144,12 +228,18 @@ class TruncatedOutput(_ContextGuard):
 
 
 class History:
-    """One request's message digests, indexed to test whether it continues an earlier one."""
+    """One request's message digests, indexed (lazily) to test whether it continues an earlier one."""
 
     def __init__(self, digests: list[str]) -> None:
         self.digests = digests
-        self.present = set(digests)
-        self.pairs = set(zip(digests, digests[1:], strict=False))
+
+    @lazy
+    def present(self) -> set[str]:
+        return set(self.digests)
+
+    @lazy
+    def pairs(self) -> set[tuple[str, str]]:
+        return set(zip(self.digests, self.digests[1:], strict=False))
 
     def dropped(self, previous: list[str]) -> int | None:
         """How many messages of `previous` are missing here, when this request continues it
@@ -173,10 +263,22 @@ class DroppedHistory(_ContextGuard):
     """Flags a conversation whose earlier turns vanished between two requests of one agent in
     one run (the framework trimmed the history)."""
 
-    async def on_request(self, call: Call) -> Verdict:
+    needs: str | None = "history"
+
+    def runs(self, hook: str) -> bool:
+        return hook != "on_response" and super().runs(hook)
+
+    async def fact(self, call: Call) -> tuple[int, int, int] | None:
         facts = self.deps.facts(call)  # one push per call, shared by every context rule
-        found = await facts.once("history", lambda: self._check(call, facts.message_digests[-_MAX_DIGESTS:]))
-        return ALLOW if found is None else self._verdict(call, *found)
+        found = facts.get("history", _UNKNOWN)
+        if found is _UNKNOWN:
+            found = await facts.once(
+                "history", lambda: self._check(call, facts.message_digests[-_MAX_DIGESTS:])
+            )
+        return cast("tuple[int, int, int] | None", found)
+
+    def decide(self, call: Call, fact: Any) -> Verdict:
+        return ALLOW if fact is None else self._verdict(call, *fact)
 
     async def _check(self, call: Call, digests: list[str]) -> tuple[int, int, int] | None:
         if not digests:
@@ -187,6 +289,8 @@ class DroppedHistory(_ContextGuard):
         )
         history = History(digests)
         for raw in previous:  # newest first: the turn this request continues decides
+            if raw[raw.rfind(",") + 1 :] not in history.present:
+                continue  # its last message is gone: not continued here (what `dropped` finds first)
             before = raw.split(",")
             lost = history.dropped(before)
             if lost is not None:

@@ -5,11 +5,18 @@
       ├─ request_digest    normalised digest of the whole request (retry storms)
       ├─ thread            agent + digest(system, first user message)
       ├─ incoming          shingle hashes of the newest non-assistant input (handoff matching)
+      ├─ tool_results      fingerprints of the newest tool results (tool repeats)
       └─ output_sketch     bottom-k sketch of what the model produced (no-progress, ping-pong)
+         output_encoded, output_similarity(stored sketch)
+
+    FactsCache(call) ──▶ CallFacts, one per call ──uses──▶ Fingerprints (across calls):
+        per conversation the messages last seen and their digests (a resent history is
+        compared with ==, not hashed again), normalised system prompts, decoded sketches
 
 Near-duplicate text is compared with bottom-k sketches of word-bigram hashes (crc32, stable
 across processes): `similarity` estimates Jaccard between two sketches, `containment`
-estimates how much of a stored sketch appears in a full hash set.
+estimates how much of a stored sketch appears in a full hash set.  What is remembered across
+calls never changes a value: it only saves recomputing it.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ import hashlib
 import re
 import zlib
 from array import array
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from functools import cached_property
-from typing import Any, TypeVar, cast
+from operator import attrgetter
+from typing import Any, Generic, NamedTuple, TypeVar, cast, overload
 
 import orjson
 
@@ -35,8 +43,36 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _SHINGLE_CHARS = 8_000  # long texts: shingles of their head and tail only
 _NORMALIZE_MAX = 65_536
 
+_SYSTEM_ROLES = frozenset({"system", "developer"})
+_ROLE, _TEXT, _TOOL_CALLS = attrgetter("role"), attrgetter("text"), attrgetter("tool_calls")
+
 Sketch = tuple[int, ...]
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class lazy(Generic[T]):
+    """`functools.cached_property` minus the lock Python 3.11 takes on every first access
+    (a third of the cost of a cheap fact): computed on first read, then a plain attribute.
+    For objects used from one thread (the event loop)."""
+
+    def __init__(self, func: Callable[[Any], T]) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> lazy[T]: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+
+    def __get__(self, obj: object | None, owner: type | None = None) -> T | lazy[T]:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.func(obj)
+        return value
 
 
 def normalize(text: str) -> str:
@@ -157,64 +193,242 @@ def incoming_messages(messages: list[Message]) -> list[Message]:
     return tail
 
 
+class Memo(Generic[K, V]):
+    """A bounded map of values that are costly to recompute and cheap to look up, like
+    proxy/tokens.py's count cache: two generations of plain dicts.  A hit in the young one is
+    one lookup; a hit in the old one is promoted.  When the young one has taken `cap` units of
+    weight (the characters a key holds), it becomes the old one and the previous old one is
+    dropped, so whatever was used in the last generation survives."""
+
+    __slots__ = ("_cap", "_old", "_weight", "_young")
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._young: dict[K, V] = {}
+        self._old: dict[K, V] = {}
+        self._weight = 0
+
+    def get(self, key: K) -> V | None:
+        value = self._young.get(key)
+        if value is None:
+            value = self._old.get(key)
+        return value
+
+    def put(self, key: K, value: V, weight: int = 1) -> V:
+        self._young[key] = value
+        self._weight += weight + 1
+        if self._weight >= self._cap:
+            self._old, self._young, self._weight = self._young, {}, 0
+        return value
+
+    def __len__(self) -> int:
+        return len(self._young) + len(self._old)
+
+
+def message_key(m: Message) -> tuple[str, ...]:
+    """What a message's digest depends on (role, text, tool-call names and arguments), as a
+    tuple of the parsed strings themselves: no copy, and equal keys compare with memcmp."""
+    if not m.tool_calls:
+        return (m.role, m.text)
+    return (m.role, m.text, *[part for tc in m.tool_calls for part in (tc.name, tc.arguments)])
+
+
+class _Thread(NamedTuple):
+    """One conversation's messages as last seen, and their digests."""
+
+    messages: list[Message]
+    digests: list[str]
+    chars: int
+
+    def continued_by(self, messages: list[Message]) -> bool:
+        """The new messages start with exactly these ones: texts and roles compare with ==
+        (a memcmp per text, in C); tool calls as dataclasses, ids included, which can only
+        cost a recomputation."""
+        n = len(self.messages)
+        if len(messages) < n:
+            return False
+        old, new = self.messages, messages[:n]
+        return (
+            list(map(_TEXT, new)) == list(map(_TEXT, old))
+            and list(map(_ROLE, new)) == list(map(_ROLE, old))
+            and list(map(_TOOL_CALLS, new)) == list(map(_TOOL_CALLS, old))
+        )
+
+
+class _Threads:
+    """The last messages seen per conversation (LRU), bounded by the characters they hold."""
+
+    def __init__(self, max_chars: int) -> None:
+        self._items: OrderedDict[tuple[str | None, int], _Thread] = OrderedDict()
+        self._chars = 0
+        self._max_chars = max_chars
+
+    def get(self, key: tuple[str | None, int]) -> _Thread | None:
+        thread = self._items.get(key)
+        if thread is not None:
+            self._items.move_to_end(key)
+        return thread
+
+    def put(self, key: tuple[str | None, int], thread: _Thread) -> None:
+        old = self._items.pop(key, None)
+        self._chars -= old.chars if old is not None else 0
+        if thread.chars > self._max_chars:
+            return
+        self._items[key] = thread
+        self._chars += thread.chars
+        while self._chars > self._max_chars:
+            self._chars -= self._items.popitem(last=False)[1].chars
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _anchor(messages: list[Message]) -> int:
+    """Which conversation: its first two messages, by role, length and opening (as
+    proxy/tokens.py does).  A clash only costs a failed comparison, never a wrong digest."""
+    if len(messages) < 2:
+        return hash(tuple((m.role, len(m.text), m.text[:256]) for m in messages))
+    a, b = messages[0], messages[1]
+    return hash((a.role, len(a.text), a.text[:256], b.role, len(b.text), b.text[:256]))
+
+
+class Fingerprints:
+    """Fingerprints remembered across calls.  Agents resend their whole history every turn:
+    per conversation (agent + first two messages) the messages last seen and their digests
+    are kept, and a call that starts with exactly those messages (compared with ==, much
+    cheaper than hashing them again) only hashes the messages after them, like the token
+    counter (proxy/tokens.py).  System prompts are normalised once, stored sketches decoded
+    once.  Bounded; never shared between processes; the values are those computed afresh.
+    Relies on parsed messages not being changed afterwards (providers build new ones)."""
+
+    def __init__(self, max_chars: int = 8_000_000, max_sketches: int = 16_384) -> None:
+        self._threads = _Threads(max_chars)
+        self._normal: Memo[tuple[str, ...], str] = Memo(max_chars // 4)
+        self._sketches: Memo[str, Sketch] = Memo(max_sketches)
+        self.continued = 0  # calls whose digests continued a known conversation
+
+    def message_digests(self, call: Call) -> list[str]:
+        """`digest(_message_text(m))` for each message of the call."""
+        msgs = call.messages
+        key = (call.agent, _anchor(msgs))
+        seen = self._threads.get(key)
+        if seen is not None and seen.continued_by(msgs):
+            self.continued += 1
+            digests = seen.digests + [digest(_message_text(m)) for m in msgs[len(seen.digests) :]]
+        else:
+            digests = [digest(_message_text(m)) for m in msgs]
+        self._threads.put(key, _Thread(list(msgs), digests, sum(map(len, map(_TEXT, msgs)))))
+        return digests
+
+    def normalized(self, m: Message) -> str:
+        """`normalize(_message_text(m))` (system prompts: the same in every call of an agent)."""
+        key = message_key(m)
+        text = self._normal.get(key)
+        if text is None:
+            text = self._normal.put(key, normalize(_message_text(m)), len(m.text))
+        return text
+
+    def normalized_text(self, text: str) -> str:
+        key = ("", text)
+        normal = self._normal.get(key)
+        if normal is None:
+            normal = self._normal.put(key, normalize(text), len(text))
+        return normal
+
+    def decode(self, encoded: str) -> Sketch:
+        """`decode_sketch(encoded)` (the same stored sketches are read by every later call)."""
+        sketch = self._sketches.get(encoded)
+        if sketch is None:
+            sketch = self._sketches.put(encoded, decode_sketch(encoded))
+        return sketch
+
+
+_PENDING: Any = object()  # in CallFacts._pending: computing, nobody waiting yet
+
+
 class CallFacts:
     """Lazily computed fingerprints of one call.  Request facts are final once the request is
-    parsed; output facts must first be read after the call ended (in `on_response`)."""
+    parsed; output facts must first be read after the call ended (in `on_response`).
+    `known` remembers fingerprints across calls (None: compute everything afresh)."""
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: Call, known: Fingerprints | None = None) -> None:
         self.call = call
+        self.id = call.id
+        self.known = known
         self._done: dict[str, Any] = {}
-        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._pending: dict[str, Any] = {}  # name → _PENDING, or the future waiters await
+        self._similar: dict[str, float] = {}
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """What `once(name, ...)` computed for this call, else `default` (no await: the
+        cheap path for the second and later guards asking)."""
+        return self._done.get(name, default)
 
     async def once(self, name: str, compute: Callable[[], Awaitable[T]]) -> T:
         """Run `compute` once per call, however many guards ask, concurrent ones included
-        (they await the first caller's result; no task is created)."""
+        (they await the first caller's result; no task is created, and a future only when
+        someone has to wait)."""
         if name in self._done:
             return cast(T, self._done[name])
         pending = self._pending.get(name)
         if pending is not None:
+            if pending is _PENDING:
+                pending = self._pending[name] = asyncio.get_running_loop().create_future()
             return cast(T, await pending)
-        future = self._pending[name] = asyncio.get_running_loop().create_future()
+        self._pending[name] = _PENDING
         try:
             result = await compute()
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # waiters re-raise it; nobody else must log it
+            future = self._pending.pop(name)
+            if future is not _PENDING and not future.done():
+                future.set_exception(exc)
+                future.exception()  # waiters re-raise it; nobody else must log it
             raise
-        finally:
-            del self._pending[name]
+        future = self._pending.pop(name)
         self._done[name] = result
-        future.set_result(result)
+        if future is not _PENDING and not future.done():
+            future.set_result(result)
         return result
 
-    @cached_property
+    @lazy
     def message_digests(self) -> list[str]:
+        if self.known is not None:
+            return self.known.message_digests(self.call)
         return [digest(_message_text(m)) for m in self.call.messages]
 
-    @cached_property
+    @lazy
     def request_digest(self) -> str:
         """Model, tools, system prompt and messages; system prompts and the newest message are
         normalised (timestamps, ids and whitespace vary between resends), the rest exact."""
-        call, msgs, digests = self.call, self.call.messages, self.message_digests
-        parts = [call.model_requested or "", ",".join(call.tools), normalize(call.system or "")]
+        call, msgs, digests, known = self.call, self.call.messages, self.message_digests, self.known
+        system = call.system or ""
+        parts = [
+            call.model_requested or "",
+            ",".join(call.tools),
+            normalize(system) if known is None else known.normalized_text(system),
+        ]
         last = len(msgs) - 1
         for i, m in enumerate(msgs):
             # Large texts compare exactly: resends repeat a big document byte for byte, and
             # normalising 500 KB on the request path costs ~15 ms.
-            volatile = (i == last or m.role in ("system", "developer")) and len(m.text) <= _NORMALIZE_MAX
-            parts.append(normalize(_message_text(m)) if volatile else digests[i])
+            if len(m.text) > _NORMALIZE_MAX or (i != last and m.role not in _SYSTEM_ROLES):
+                parts.append(digests[i])
+            elif i == last or known is None:
+                parts.append(normalize(_message_text(m)))
+            else:  # a system prompt: the same in every call of the agent
+                parts.append(known.normalized(m))
         return digest(*parts)
 
-    @cached_property
+    @lazy
     def thread(self) -> str:
         first = next((m.text for m in self.call.messages if m.role == "user"), "")
         return f"{self.call.agent or '-'}/{digest(self.call.system or '', first)}"
 
-    @cached_property
+    @lazy
     def incoming(self) -> set[int]:
         return shingles(" ".join(m.text for m in incoming_messages(self.call.messages)))
 
-    @cached_property
+    @lazy
     def tool_results(self) -> list[tuple[ToolCall, Message, str]]:
         """(tool call, its result, digest of name + canonical args + normalised result) for
         each tool result in the newest input whose call appears in the conversation."""
@@ -231,29 +445,54 @@ class CallFacts:
                 out.append((tc, m, digest(tc.name, canonical_args(tc.arguments), normalize(m.text))))
         return out
 
-    @cached_property
+    @lazy
     def output_text(self) -> str:
         c = self.call.completion
         return "\n".join(p for p in (c.text, tool_calls_text(c.tool_calls)) if p)
 
-    @cached_property
+    @lazy
     def output_sketch(self) -> Sketch:
         return sketch_of(shingles(self.output_text))
 
+    @lazy
+    def output_encoded(self) -> str:
+        return encode_sketch(self.output_sketch)
+
+    def decode(self, encoded: str) -> Sketch:
+        return decode_sketch(encoded) if self.known is None else self.known.decode(encoded)
+
+    def output_similarity(self, encoded: str) -> float:
+        """`similarity(output_sketch, decode_sketch(encoded))`, once per stored sketch and call
+        (every no-progress rule over the same scope reads the same list)."""
+        value = self._similar.get(encoded)
+        if value is None:
+            value = self._similar[encoded] = similarity(self.output_sketch, self.decode(encoded))
+        return value
+
 
 class FactsCache:
-    """CallFacts by call id, bounded (oldest dropped), so several guards share one computation."""
+    """CallFacts by call id, bounded (oldest dropped), so several guards share one computation;
+    `known` carries fingerprints over from call to call."""
 
-    __slots__ = ("_cap", "_items")
+    __slots__ = ("_cap", "_items", "_last", "known")
 
-    def __init__(self, cap: int = 4096) -> None:
+    def __init__(self, cap: int = 4096, known: Fingerprints | None = None) -> None:
         self._cap = cap
         self._items: dict[str, CallFacts] = {}
+        self._last: CallFacts | None = None
+        self.known = known if known is not None else Fingerprints()
 
     def __call__(self, call: Call) -> CallFacts:
+        last = self._last  # every guard of the call asks in turn: usually the same call
+        if last is not None and last.call is call and last.id == call.id:
+            return last
         facts = self._items.get(call.id)
         if facts is None or facts.call is not call:
             if len(self._items) >= self._cap:
                 self._items.pop(next(iter(self._items)))
-            facts = self._items[call.id] = CallFacts(call)
+            facts = self._items[call.id] = CallFacts(call, self.known)
+        self._last = facts
         return facts
+
+    def decode(self, encoded: str) -> Sketch:
+        return self.known.decode(encoded)

@@ -9,12 +9,14 @@
 
 Graduated: occurrences 1..max_repeats pass; the next one gets the rule's `action`; with
 `deny_after: N`, occurrences beyond max_repeats + N are denied.  Counts live in the
-CounterStore within `window` and per `scope` (default: agent within run).
+CounterStore within `window` and per `scope` (default: agent within run).  A hook the rule
+makes a no-op is not run at all (`runs`): no_progress's on_request only when it can deny,
+ceiling's on_response only with a tokens-per-minute cap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +24,9 @@ import orjson
 
 from proxy.call import Call, ToolCall
 from proxy.guards.base import ALLOW, Action, GuardDeps, RuleGuard, Verdict
-from proxy.guards.facts import canonical_args, decode_sketch, encode_sketch, similarity
+from proxy.guards.facts import canonical_args, encode_sketch, similarity
 from proxy.guards.handoffs import Handoff
-from proxy.guards.scopes import describe_scope, scope_value
+from proxy.guards.scopes import describe_scope, scope_key_getter, scope_value
 
 if TYPE_CHECKING:
     from proxy.rules import LoopRule
@@ -49,13 +51,19 @@ class LoopDetector(RuleGuard["LoopRule"]):
         self.handoffs = deps.handoffs
         self.window = rule.window_s
         self.keep = rule.max_repeats + (rule.deny_after or 0) + 1
+        self.max_repeats = rule.max_repeats
+        self._prefix = f"loop:{self.name}:{rule.detect}:"
+        self._scope_of = None if rule.scope == "thread" else scope_key_getter(rule.scope)
 
     def scope(self, call: Call) -> str:
-        thread = self.facts(call).thread if self.rule.scope == "thread" else None
-        return scope_value(self.rule.scope, call, thread=thread, missing="-") or "-"
+        if self._scope_of is not None:
+            return self._scope_of(call)
+        return scope_value("thread", call, thread=self.facts(call).thread, missing="-") or "-"
 
     def key(self, call: Call, *parts: str) -> str:
-        return ":".join(("loop", self.name, self.rule.detect, self.scope(call), *parts))
+        """`loop:<rule>:<detect>:<scope value>[:<part>...]`."""
+        key = self._prefix + self.scope(call)
+        return f"{key}:{':'.join(parts)}" if parts else key
 
     def level(self, n: int) -> Action | None:
         """The action for the n-th occurrence (None: still tolerated)."""
@@ -91,6 +99,8 @@ class RetryStorm(LoopDetector):
     async def on_request(self, call: Call) -> Verdict:
         fp = self.facts(call).request_digest
         n = await self.store.hit(self.key(call, fp), self.window)
+        if n <= self.max_repeats:
+            return ALLOW
         what = (
             f"The same request from {describe_scope(self.rule.scope, call)} has now been sent {n} times "
             f"within {self.rule.window}"
@@ -109,7 +119,7 @@ class ToolRepeat(LoopDetector):
             n = await self._count(call, tc.id or call.id, fp)
             if best is None or n > best[0]:
                 best = (n, tc)
-        return ALLOW if best is None else self._verdict(*best)
+        return ALLOW if best is None or best[0] <= self.max_repeats else self._verdict(*best)
 
     async def _count(self, call: Call, ident: str, fp: str) -> int:
         """Distinct tool-call ids that got this same result (a resent request adds none)."""
@@ -138,16 +148,19 @@ class NoProgress(LoopDetector):
         super().__init__(rule, deps)
         self._can_deny = rule.action == "deny" or rule.deny_after is not None
 
+    def runs(self, hook: str) -> bool:
+        return self._can_deny if hook == "on_request" else super().runs(hook)
+
     async def on_response(self, call: Call) -> Verdict:
         if call.outcome != "ok":
             return ALLOW
-        sketch = self.facts(call).output_sketch
-        if not sketch:
+        facts = self.facts(call)
+        if not facts.output_sketch:
             return ALLOW
         previous = await self.store.push(
-            self.key(call), encode_sketch(sketch), keep=self.keep, ttl_s=self.window
+            self.key(call), facts.output_encoded, keep=self.keep, ttl_s=self.window
         )
-        n = 1 + _streak(sketch, previous, self.rule.similarity)
+        n = 1 + _streak(facts.output_similarity, previous, self.rule.similarity)
         action = self.level(n)
         if action != "deny":
             return self._verdict(call, n, action)
@@ -160,7 +173,10 @@ class NoProgress(LoopDetector):
         latest = await self.store.recent(self.key(call))
         if not latest:
             return ALLOW
-        n = 1 + _streak(decode_sketch(latest[0]), latest[1:], self.rule.similarity)
+        newest = self.facts.decode(latest[0])
+        n = 1 + _streak(
+            lambda raw: similarity(newest, self.facts.decode(raw)), latest[1:], self.rule.similarity
+        )
         return self._verdict(call, n, "deny") if self.level(n) == "deny" else ALLOW
 
     def _verdict(self, call: Call, n: int, action: Action | None, note: str = "") -> Verdict:
@@ -177,11 +193,12 @@ class NoProgress(LoopDetector):
         return self.graded(n, what, advice, {"similarity": self.rule.similarity}, action)
 
 
-def _streak(sketch: tuple[int, ...], previous: list[str], threshold: float) -> int:
-    """How many of the previous outputs (encoded sketches, newest first) in a row are alike."""
+def _streak(similar_to: Callable[[str], float], previous: list[str], threshold: float) -> int:
+    """How many of the previous outputs (encoded sketches, newest first) in a row are alike,
+    `similar_to(encoded)` comparing one to the output at hand."""
     n = 0
     for raw in previous:
-        if similarity(sketch, decode_sketch(raw)) < threshold:
+        if similar_to(raw) < threshold:
             break
         n += 1
     return n
@@ -210,7 +227,7 @@ class PingPong(LoopDetector):
         for source, encoded in previous:
             if source != expected:
                 break
-            content = decode_sketch(encoded)
+            content = self.facts.decode(encoded)
             anchor = anchors.setdefault(source, content)
             if anchor is not content and similarity(anchor, content) < self.rule.similarity:
                 break
@@ -237,6 +254,13 @@ class RunCeiling(LoopDetector):
     def __init__(self, rule: LoopRule, deps: GuardDeps) -> None:
         super().__init__(rule, deps)
         self.uses_handoffs = rule.max_depth is not None
+        self._max_duration_s = rule.max_duration_s
+        self._run_prefix = f"loop:{self.name}:ceiling:"
+
+    def runs(self, hook: str) -> bool:
+        if hook == "on_response":  # it only feeds the tokens-per-minute cap
+            return self.rule.max_tokens_per_min is not None
+        return super().runs(hook)
 
     async def on_request(self, call: Call) -> Verdict:
         run = call.run_id
@@ -258,56 +282,49 @@ class RunCeiling(LoopDetector):
         )
 
     def _key(self, run: str, what: str) -> str:
-        return f"loop:{self.name}:ceiling:{run}:{what}"
+        return f"{self._run_prefix}{run}:{what}"
 
     async def _breach(self, call: Call, run: str) -> tuple[str, dict[str, Any]] | None:
+        """The first configured cap the run is over (steps, duration, depth, tokens per
+        minute, in this order); the caps after it are not checked."""
         rule = self.rule
-        checks = (
-            (rule.max_steps, self._steps),
-            (rule.max_duration, self._duration),
-            (rule.max_depth, self._depth),
-            (rule.max_tokens_per_min, self._velocity),
-        )
-        for configured, check in checks:
-            if configured is not None and (found := await check(call, run)) is not None:
-                return found
+        if rule.max_steps is not None:
+            steps = await self.store.hit(self._key(run, "steps"), None)
+            if steps > rule.max_steps:
+                return self._steps(run, steps)
+        if self._max_duration_s is not None:
+            start = await self.store.setdefault(self._key(run, "start"), repr(call.started_at), 2 * 86_400.0)
+            elapsed = call.started_at - float(start)
+            if elapsed > self._max_duration_s:
+                return self._duration(run, elapsed)
+        if rule.max_depth is not None:
+            handoff = await self.handoffs.handoff_into(call)
+            if handoff is not None and handoff.depth is not None and handoff.depth > rule.max_depth:
+                return self._depth(call, run, handoff.depth)
+        if rule.max_tokens_per_min is not None:
+            used = await self.store.spent(self._key(run, "tpm"), 60.0)
+            if used > rule.max_tokens_per_min:
+                return self._velocity(run, used)
         return None
 
-    async def _steps(self, call: Call, run: str) -> tuple[str, dict[str, Any]] | None:
+    def _steps(self, run: str, steps: int) -> tuple[str, dict[str, Any]]:
         cap = self.rule.max_steps or 0
-        steps = await self.store.hit(self._key(run, "steps"), None)
-        if steps <= cap:
-            return None
         return f"Run '{run}' has made {steps:,} model calls, over its ceiling of {cap:,}", {
             "steps": steps,
             "max_steps": cap,
         }
 
-    async def _duration(self, call: Call, run: str) -> tuple[str, dict[str, Any]] | None:
-        start = float(
-            await self.store.setdefault(self._key(run, "start"), repr(call.started_at), 2 * 86_400.0)
-        )
-        elapsed = call.started_at - start
-        if elapsed <= (self.rule.max_duration_s or 0.0):
-            return None
+    def _duration(self, run: str, elapsed: float) -> tuple[str, dict[str, Any]]:
         what = f"Run '{run}' has been going for {elapsed / 60:,.1f} minutes, over its ceiling of {self.rule.max_duration}"
         return what, {"elapsed_s": round(elapsed, 3), "max_duration": self.rule.max_duration}
 
-    async def _depth(self, call: Call, run: str) -> tuple[str, dict[str, Any]] | None:
+    def _depth(self, call: Call, run: str, depth: int) -> tuple[str, dict[str, Any]]:
         cap = self.rule.max_depth or 0
-        handoff = await self.handoffs.handoff_into(call)
-        if handoff is None or handoff.depth is None or handoff.depth <= cap:
-            return None
-        what = (
-            f"Agent '{call.agent}' is {handoff.depth} handoffs deep in run '{run}', over its ceiling of {cap}"
-        )
-        return what, {"depth": handoff.depth, "max_depth": cap}
+        what = f"Agent '{call.agent}' is {depth} handoffs deep in run '{run}', over its ceiling of {cap}"
+        return what, {"depth": depth, "max_depth": cap}
 
-    async def _velocity(self, call: Call, run: str) -> tuple[str, dict[str, Any]] | None:
+    def _velocity(self, run: str, used: int) -> tuple[str, dict[str, Any]]:
         cap = self.rule.max_tokens_per_min or 0
-        used = await self.store.spent(self._key(run, "tpm"), 60.0)
-        if used <= cap:
-            return None
         what = f"Run '{run}' used {used:,} tokens in the last minute, over its ceiling of {cap:,} tokens per minute"
         return what, {"tokens_last_minute": used, "max_tokens_per_min": cap}
 

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from proxy.call import Usage
 from proxy.guards import GuardChain
 from proxy.guards.budget import TokenBudget
-from proxy.guards.counters import CounterStore
+from proxy.guards.counters import CounterStore, MemoryCounterStore
 from tests.guards.factory import FakeClock, deps, finish, make_call, make_chunk, rule_from_yaml
 
 RUN_BUDGET = "{name: per-run, kind: budget, scope: run, limit_tokens: 10500, action: deny}"
@@ -200,3 +201,93 @@ async def test_embeddings_reserve_their_input_only(store: CounterStore) -> None:
     guard = budget(store)
     await guard.on_request(make_call(operation="embeddings", max_tokens=None, input_tokens_counted=300))
     assert await store.spent("budget:per-run:run:run:run-1", None) == 300
+
+
+# ---------------------------------------------------------------------------- several rules at once
+
+MIXED = [
+    "{name: run-tokens, kind: budget, scope: run, limit_tokens: 5000, action: deny}",
+    "{name: agent-hourly, kind: budget, scope: agent, window: 1h, limit_tokens: 100000, warn_at: 0.01, action: deny}",
+    "{name: key-usd, kind: budget, scope: api_key, limit_usd: 1.0, action: flag}",
+    "{name: all-tokens, kind: budget, scope: global, window: 1m, limit_tokens: 3000, cutoff: true, action: deny}",
+]
+KEYS = [("budget:run-tokens:run:run:run-1", None), ("budget:agent-hourly:1h:agent:agent-a", 3600.0)]
+
+
+class CountingStore(MemoryCounterStore):
+    """A memory store that counts the calls guards make to it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.calls: list[str] = []
+
+    async def reserve(self, *args: Any) -> Any:
+        self.calls.append("reserve")
+        return await super().reserve(*args)
+
+    async def reserve_many(self, asks: Any) -> Any:
+        self.calls.append("reserve_many")
+        return await super().reserve_many(asks)
+
+    async def adjust_many(self, adjustments: Any) -> Any:
+        self.calls.append("adjust_many")
+        return await super().adjust_many(adjustments)
+
+
+def budgets(store: CounterStore, texts: list[str] = MIXED, *, together: bool = True) -> list[TokenBudget]:
+    """The rules on one store; `together`: sharing deps, so the chain runs them as one batch."""
+    shared = deps(store)
+    return [TokenBudget(rule_from_yaml(t), shared if together else deps(store)) for t in texts]
+
+
+async def replay(guards: list[TokenBudget]) -> list[tuple[Any, ...]]:
+    """Five streamed calls through a chain of the rules: every verdict and guard event."""
+    chain = GuardChain(guards)
+    seen: list[tuple[Any, ...]] = []
+    for i in range(5):
+        call = make_call(stream=True, max_tokens=500)
+        seen.append((await chain.on_request(call)).action)
+        seen.append(chain.on_chunk(call, make_chunk(300 * (i + 1))).action)
+        seen.append((await chain.on_response(finish(call, usage=Usage(1000, 300 * (i + 1))))).action)
+        seen += [(e["hook"], e["action"], e["rule"], e["reason"], e["data"]) for e in call.guard_events]
+    return seen
+
+
+async def test_rules_run_together_answer_as_one_by_one(store: CounterStore) -> None:
+    one_by_one = MemoryCounterStore(clock=FakeClock())
+    together = await replay(budgets(store))
+    alone = await replay(budgets(one_by_one, together=False))
+    assert together == alone and {s[1] for s in together if isinstance(s, tuple)} >= {"deny", "flag"}
+    for key, window in KEYS:
+        assert await store.spent(key, window) == await one_by_one.spent(key, window) > 0
+
+
+async def test_rules_together_cost_one_store_call_per_hook() -> None:
+    store = CountingStore()
+    chain = GuardChain(budgets(store))
+    call = make_call()
+    await chain.on_request(call)
+    await chain.on_response(finish(call, usage=Usage(1000, 10)))
+    assert store.calls == ["reserve_many", "adjust_many"]
+
+
+async def test_a_refusal_inside_a_run_releases_the_rules_before_it(store: CounterStore) -> None:
+    texts = [MIXED[0], "{name: tiny, kind: budget, scope: run, limit_tokens: 10, action: deny}", MIXED[1]]
+    guards = budgets(store, texts)
+    call = make_call()
+    verdict = await GuardChain(guards).on_request(call)
+    assert verdict.denied and verdict.rule == "tiny"
+    assert [await store.spent(k, w) for k, w in KEYS] == [0, 0]
+    await GuardChain(guards).on_response(finish(call, outcome="denied", status=429))
+    assert [await store.spent(k, w) for k, w in KEYS] == [0, 0]
+
+
+async def test_the_first_rule_out_of_room_cuts_the_stream(store: CounterStore) -> None:
+    texts = [MIXED[0].replace("deny", "deny, cutoff: true"), MIXED[3]]
+    chain = GuardChain(budgets(store, texts))
+    call = make_call(stream=True, max_tokens=100)
+    await chain.on_request(call)
+    assert chain.on_chunk(call, make_chunk(1900)).action == "allow"
+    verdict = chain.on_chunk(call, make_chunk(2100))
+    assert verdict.denied and verdict.rule == "all-tokens"
+    assert [e["hook"] for e in call.guard_events] == ["chunk"]

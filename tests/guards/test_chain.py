@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from proxy.call import Call, Chunk
 from proxy.guards import ALLOW, GuardChain, GuardStats, RuleGuard, Verdict
-from proxy.guards.base import Guard
+from proxy.guards.base import Batch, Failed, Guard
 from tests.guards.factory import finish, make_call, make_chunk, rule_from_yaml
 
 
@@ -137,3 +138,101 @@ async def test_concurrent_chain_keeps_rule_order_and_releases_everyone_else() ->
     assert verdict.rule == "b"
     assert [e["rule"] for e in call.guard_events] == ["a", "b"]
     assert a.seen[-1] == "release" and c.seen[-1] == "release" and "release" not in b.seen
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+class Recorder(Batch[Scripted]):
+    """A batch that runs its guards' own hooks, recording how it was called."""
+
+    def __init__(self, *, raises: bool = False) -> None:
+        self.runs: list[list[str]] = []
+        self.raises = raises
+
+    async def on_request(
+        self, guards: Sequence[Scripted], call: Call, failed: Failed[Scripted]
+    ) -> list[Verdict]:
+        self.runs.append([g.name for g in guards])
+        if self.raises:
+            raise RuntimeError("store down")
+        out = []
+        for guard in guards:
+            try:
+                out.append(await guard.on_request(call))
+            except Exception as exc:
+                out.append(failed(guard, exc))
+            if out[-1].denied:
+                break
+        return out
+
+    def on_chunk(self, guards: Sequence[Scripted], call: Call, chunk: Chunk) -> Sequence[Verdict]:
+        return [v for v in (g.on_chunk(call, chunk) for g in guards) if v.action != "allow"][:1]
+
+    async def on_response(
+        self, guards: Sequence[Scripted], call: Call, failed: Failed[Scripted]
+    ) -> list[Verdict]:
+        return [await g.on_response(call) for g in guards]
+
+
+def batched(batch: Recorder, *guards: Scripted) -> list[Scripted]:
+    for guard in guards:
+        guard.batch = batch
+    return list(guards)
+
+
+async def test_consecutive_guards_sharing_a_batch_run_through_it_in_rule_order() -> None:
+    batch = Recorder()
+    (a,) = batched(batch, Scripted("a"))
+    c, d = batched(batch, Scripted("c"), Scripted("d", "flag"))
+    call = make_call()
+    verdict = await GuardChain([a, Scripted("b", "flag"), c, d]).on_request(call)
+    assert batch.runs == [["a"], ["c", "d"]]
+    assert verdict.action == "flag" and [e["rule"] for e in call.guard_events] == ["b", "d"]
+
+
+async def test_a_deny_inside_a_batch_releases_the_guards_before_it() -> None:
+    batch = Recorder()
+    a, b, c = batched(batch, Scripted("a"), Scripted("b", "deny"), Scripted("c"))
+    verdict = await GuardChain([a, b, c]).on_request(make_call())
+    assert verdict.rule == "b" and a.seen == ["request", "release"] and c.seen == []
+
+
+async def test_a_raising_batch_fails_each_of_its_guards() -> None:
+    stats = GuardStats()
+    a, b = batched(Recorder(raises=True), Scripted("a"), Scripted("b", fail_closed=True))
+    verdict = await GuardChain([a, b], stats=stats).on_request(make_call())
+    assert verdict.denied and verdict.code == "interlock_guard_error" and verdict.rule == "b"
+    assert stats.errors_by_rule == {"a": 1, "b": 1}
+
+
+async def test_a_guard_failing_inside_a_batch_fails_alone() -> None:
+    stats = GuardStats()
+    a, b = batched(Recorder(), Scripted("a", raises=True), Scripted("b", "flag"))
+    verdict = await GuardChain([a, b], stats=stats).on_request(make_call())
+    assert verdict.action == "flag" and stats.errors_by_rule == {"a": 1}
+
+
+async def test_hooks_a_guard_does_not_run_are_never_called() -> None:
+    class Quiet(Scripted):
+        release = Guard.release  # nothing to give back
+
+        def runs(self, hook: str) -> bool:
+            return hook != "on_request"
+
+    quiet = Quiet("quiet", "deny")
+    call = make_call()
+    assert await GuardChain([quiet]).on_request(call) is ALLOW
+    await GuardChain([quiet]).on_response(finish(call))
+    assert quiet.seen == ["response"]
+
+
+async def test_concurrent_chain_with_a_batch_releases_the_right_guards() -> None:
+    batch = Recorder()
+    a, b, c = batched(batch, Scripted("a"), Scripted("b", "deny"), Scripted("c"))
+    after = Scripted("after", "flag")
+    call = make_call()
+    verdict = await GuardChain([a, b, c, after], concurrent=True).on_request(call)
+    assert verdict.rule == "b" and [e["rule"] for e in call.guard_events] == ["b"]
+    assert a.seen[-1] == "release" and after.seen[-1] == "release"
+    assert c.seen == ["release"]  # never asked (the batch stopped at b), so it holds nothing

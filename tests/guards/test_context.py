@@ -4,10 +4,10 @@ from typing import Any
 
 from proxy.call import Message, Usage
 from proxy.catalog import Catalog, ModelSpec
-from proxy.guards import build_chain
+from proxy.guards import GuardStats, build_chain
 from proxy.guards.base import GuardDeps, RuleGuard
 from proxy.guards.context import ContextFit, DroppedHistory, TruncatedOutput, build, dropped
-from proxy.guards.counters import CounterStore
+from proxy.guards.counters import CounterStore, MemoryCounterStore
 from proxy.rules import RuleSet
 from tests.guards.factory import assistant, deps, finish, make_call, rule_from_yaml, system, user
 
@@ -160,3 +160,43 @@ def test_dropped_counts_only_for_continuations() -> None:
     assert dropped(["a", "b", "c", "d"], ["a", "c", "d", "e"]) == 1
     assert dropped(["a", "b", "c", "d"], ["a", "x", "y"]) is None
     assert dropped(["a", "b", "c", "d"], ["a", "b", "c", "x"]) is None  # last message edited
+
+
+# ---------------------------------------------------------------------------- several rules at once
+
+
+class NoHistoryStore(MemoryCounterStore):
+    """Fails the history pushes only."""
+
+    async def push(self, key: str, item: str, *, keep: int, ttl_s: float) -> list[str]:
+        if key.startswith("ctx:history:"):
+            raise ConnectionError("store down")
+        return await super().push(key, item, keep=keep, ttl_s=ttl_s)
+
+
+async def test_several_context_rules_flag_in_rule_order(store: CounterStore) -> None:
+    texts = [FIT.replace("deny", "flag"), "{name: tight, kind: context, margin_tokens: 5000}"]
+    chain = build_chain(RuleSet(tuple(rule_from_yaml(t) for t in texts)), deps(store))
+    full = conversation(5)
+    calls = [make_call(messages=full), make_call(messages=[full[0], *full[5:]], input_tokens_counted=125_000)]
+    for call in calls:
+        await chain.on_request(call)
+        await chain.on_response(finish(call, text="cut", finish_reason="length"))
+    got = [(e["rule"], e["data"].get("check"), e["hook"]) for e in calls[1].guard_events]
+    assert got == [  # rule order, and each rule's guards in their order
+        ("fits", "dropped_history", "request"),
+        ("tight", "fit", "request"),
+        ("tight", "dropped_history", "request"),
+        ("fits", "output_truncated", "response"),
+        ("tight", "output_truncated", "response"),
+    ]
+
+
+async def test_a_failing_history_check_fails_only_its_guards() -> None:
+    stats = GuardStats()
+    texts = ["{name: a, kind: context, margin_tokens: 5000}", "{name: b, kind: context, margin_tokens: 5000}"]
+    chain = build_chain(RuleSet(tuple(rule_from_yaml(t) for t in texts)), deps(NoHistoryStore()), stats=stats)
+    call = make_call(input_tokens_counted=125_000)
+    assert (await chain.on_request(call)).action == "flag"
+    assert [e["rule"] for e in call.guard_events] == ["a", "b"]
+    assert stats.errors_by_rule == {"a": 1, "b": 1}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.guards.counters import BUCKETS, CounterStore
+from proxy.guards.counters import BUCKETS, CounterStore, MemoryCounterStore
 from tests.guards.factory import FakeClock
 
 
@@ -74,3 +74,37 @@ async def test_remember_adds_an_item_once(store: CounterStore) -> None:
     assert await store.remember("r", "a", keep=3, ttl_s=60.0) == ["a"]
     assert await store.remember("r", "b", keep=3, ttl_s=60.0) == ["b", "a"]
     assert await store.remember("r", "a", keep=3, ttl_s=60.0) == ["b", "a"]
+
+
+async def test_reserve_many_stops_at_the_first_refusal(store: CounterStore) -> None:
+    await store.reserve("b", 90, None, None)
+    asks = [("a", 10, 100, 60.0), ("b", 20, 100, None), ("c", 30, 100, None)]
+    results = await store.reserve_many(asks)
+    assert [(r.ok, r.spent_after) for r in results] == [(True, 10), (False, 90)]
+    assert [await store.spent(k, None) for k in "abc"] == [10, 90, 0]
+
+
+async def test_reserve_many_is_reserve_for_each_ask(store: CounterStore, clock: FakeClock) -> None:
+    results = await store.reserve_many([("a", 5, None, 60.0), ("b", 7, 10, None)])
+    assert [r.ok for r in results] == [True, True]
+    clock.advance(10)
+    assert await store.adjust_many(
+        [("a", -2, 60.0, results[0].bucket), ("b", 1, None, results[1].bucket)]
+    ) == [3, 8]
+    assert await store.reserve_many([]) == [] and await store.adjust_many([]) == []
+
+
+async def test_fifty_concurrent_batches_never_exceed_a_shared_limit(store: CounterStore) -> None:
+    batches = [[("mine", 1, None, None), ("shared", 1000, 10_500, 3600.0)] for _ in range(50)]
+    results = await asyncio.gather(*(store.reserve_many(b) for b in batches))
+    assert sum(r[-1].ok for r in results) == 10
+    assert await store.spent("shared", 3600.0) == 10_000 and await store.spent("mine", None) == 50
+
+
+async def test_expired_keys_are_swept_and_memory_stays_bounded(clock: FakeClock) -> None:
+    store = MemoryCounterStore(clock=clock, idle_ttl_s=60.0)
+    for i in range(10_000):
+        await store.hit(f"k{i}", None)
+        if i % 1000 == 999:
+            clock.advance(61)  # every earlier key expires
+    assert len(store._counts) < 2 * 4096
