@@ -436,7 +436,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=1.0, help="multiply request counts and minimum seconds")
     p.add_argument("--warmup-n", type=int, default=100, help="warm-up requests per target and scenario")
     p.add_argument("--soak", type=int, default=50_000, help="requests of the RSS soak (0 = skip)")
-    p.add_argument("--python", default=sys.executable, help="python with aiohttp, uvicorn, uvloop, orjson")
+    p.add_argument("--python", default=sys.executable, help="python with aiohttp, uvloop, orjson")
     p.add_argument("--shared", type=Path, default=SHARED, help="folder of the shared harness (loadgen.py)")
     p.add_argument("--upstream", choices=("shared", "ours"), default="shared",
                    help="fake upstream: shared/bench/fake_upstream.py or tests/fake_upstream.py")
