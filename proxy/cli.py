@@ -51,7 +51,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     tune_gc()
     print(f"interlock: serving on http://{settings.host}:{settings.port}  (database {settings.database_url})",
           file=sys.stderr)
-    uvloop.run(run(app, host=settings.host, port=settings.port, graceful_timeout_s=10))
+    try:
+        uvloop.run(run(app, host=settings.host, port=settings.port, graceful_timeout_s=10))
+    except OSError as exc:
+        print(f"interlock: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

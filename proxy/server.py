@@ -99,7 +99,12 @@ class Server:
             self._lifespan = _Lifespan(self.app, self.state)
             if not await self._lifespan.startup():
                 raise RuntimeError("the application failed to start (see the log above)")
-        server = await self._listen()
+        try:
+            server = await self._listen()
+        except OSError:
+            if self._lifespan is not None:
+                await self._lifespan.shutdown()
+            raise
         self.started = True
         try:
             await self._exit.wait()

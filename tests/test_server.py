@@ -264,3 +264,17 @@ def test_server_runs_on_its_own_port(app: EchoApp) -> None:
         return len(app.lifespan)
 
     assert asyncio.run(main()) == 2
+
+
+def test_port_in_use_raises_after_shutting_the_app_down(app: EchoApp) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        async def main() -> None:
+            await Server(app, host="127.0.0.1", port=port).serve()
+
+        with pytest.raises(OSError):
+            asyncio.run(main())
+    assert app.lifespan == ["startup", "shutdown"]
