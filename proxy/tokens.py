@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import chain, compress, repeat
@@ -41,6 +40,7 @@ import tiktoken
 
 from proxy.call import Call
 from proxy.encodings import CL100K_BASE, O200K_BASE, EncodingFile, default_encodings_dir, sha256_of
+from proxy.lru import CharLRU
 
 # OpenAI's cookbook ("How to count tokens with tiktoken") for cl100k/o200k chat models:
 # every message costs 3 tokens of framing and every reply is primed with 3.
@@ -270,31 +270,6 @@ class _History:
         return _starts_with(messages, self.messages) and _starts_with(calls, self.calls)
 
 
-class _Histories:
-    """The last history counted per conversation (LRU), bounded by the characters it holds."""
-
-    def __init__(self, max_chars: int) -> None:
-        self._items: OrderedDict[tuple[str, int], _History] = OrderedDict()
-        self._chars = 0
-        self._max_chars = max_chars
-
-    def get(self, key: tuple[str, int]) -> _History | None:
-        history = self._items.get(key)
-        if history is not None:
-            self._items.move_to_end(key)
-        return history
-
-    def put(self, key: tuple[str, int], history: _History) -> None:
-        old = self._items.pop(key, None)
-        self._chars -= old.chars if old is not None else 0
-        if history.chars > self._max_chars:
-            return
-        self._items[key] = history
-        self._chars += history.chars
-        while self._chars > self._max_chars:
-            self._chars -= self._items.popitem(last=False)[1].chars
-
-
 class _Texts(NamedTuple):
     messages: list[str]  # one per message, in order
     calls: list[str]  # tool-call names and arguments, in order
@@ -335,7 +310,7 @@ class TokenCounter:
         # size) would only mis-count one text; a bare int key is twice as fast to look up
         # as a (len, hash) tuple, which matters at a thousand texts per call.
         self._caches = {name: _CountCache(cache_size) for name in self._measures}
-        self._histories = _Histories(history_chars)
+        self._histories: CharLRU[tuple[str, int], _History] = CharLRU(history_chars)
         self.lookups = 0  # texts looked up in the per-text cache
         self.encodes = 0  # texts actually encoded (per-text cache misses)
         self.continued = 0  # calls that continued a known history
@@ -386,7 +361,7 @@ class TokenCounter:
         else:
             tokens = self._count_all(encoding, messages) + self._count_all(encoding, calls)
             chars = sum(map(len, messages)) + sum(map(len, calls))
-        self._histories.put(key, _History(messages, calls, tokens, chars))
+        self._histories.put(key, _History(messages, calls, tokens, chars), chars)
         return tokens
 
     def _count_all(self, encoding: str, texts: list[str]) -> int:

@@ -18,12 +18,12 @@ prompt, a RAG document, a long history) is hashed once, not on every call (~1 ms
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import orjson
 
 from proxy.call import Completion, Message
+from proxy.lru import CharLRU
 
 _DIGEST = 16
 
@@ -118,14 +118,12 @@ class ChainCache:
 
     def __init__(self, *, min_chars: int = 4096, max_chars: int = 8_000_000) -> None:
         self.min_chars = min_chars
-        self.max_chars = max_chars
-        self._steps: OrderedDict[_StepKey, tuple[str, bytes]] = OrderedDict()
-        self._chars = 0
+        self._steps: CharLRU[_StepKey, tuple[str, bytes]] = CharLRU(max_chars)
 
     @property
     def chars(self) -> int:
         """Characters of text held."""
-        return self._chars
+        return self._steps.chars
 
     def chain(self, start: bytes, items: list[Atom]) -> list[bytes]:
         """Prefix hashes: result[i] covers items[: i + 1] (the same as `chain`)."""
@@ -141,22 +139,10 @@ class ChainCache:
         key = (h, atom.role, atom.tool_id, len(text), text[:64])
         hit = self._steps.get(key)
         if hit is not None and hit[0] == text:
-            self._steps.move_to_end(key)
             return hit[1]
         digest = _step(h, atom)
-        self._keep(key, text, digest, hit)
+        self._steps.put(key, (text, digest), len(text))  # same key, other text: replaced
         return digest
-
-    def _keep(self, key: _StepKey, text: str, digest: bytes, replaced: tuple[str, bytes] | None) -> None:
-        if len(text) > self.max_chars:
-            return
-        if replaced is not None:  # same key, other text (an edit past the first characters)
-            self._chars -= len(replaced[0])
-        self._steps[key] = (text, digest)
-        self._steps.move_to_end(key)
-        self._chars += len(text)
-        while self._chars > self.max_chars:
-            self._chars -= len(self._steps.popitem(last=False)[1][0])
 
 
 def head_key(digest: bytes) -> str:

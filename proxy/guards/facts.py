@@ -27,7 +27,6 @@ import hashlib
 import re
 import zlib
 from array import array
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from operator import attrgetter
 from typing import Any, Generic, NamedTuple, TypeVar, cast, overload
@@ -35,6 +34,7 @@ from typing import Any, Generic, NamedTuple, TypeVar, cast, overload
 import orjson
 
 from proxy.call import Call, Message, ToolCall
+from proxy.lru import CharLRU
 
 SKETCH_K = 64
 _MAX_WORDS = 1000
@@ -255,34 +255,6 @@ class _Thread(NamedTuple):
         )
 
 
-class _Threads:
-    """The last messages seen per conversation (LRU), bounded by the characters they hold."""
-
-    def __init__(self, max_chars: int) -> None:
-        self._items: OrderedDict[tuple[str | None, int], _Thread] = OrderedDict()
-        self._chars = 0
-        self._max_chars = max_chars
-
-    def get(self, key: tuple[str | None, int]) -> _Thread | None:
-        thread = self._items.get(key)
-        if thread is not None:
-            self._items.move_to_end(key)
-        return thread
-
-    def put(self, key: tuple[str | None, int], thread: _Thread) -> None:
-        old = self._items.pop(key, None)
-        self._chars -= old.chars if old is not None else 0
-        if thread.chars > self._max_chars:
-            return
-        self._items[key] = thread
-        self._chars += thread.chars
-        while self._chars > self._max_chars:
-            self._chars -= self._items.popitem(last=False)[1].chars
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 def _anchor(messages: list[Message]) -> int:
     """Which conversation: its first two messages, by role, length and opening (as
     proxy/tokens.py does).  A clash only costs a failed comparison, never a wrong digest."""
@@ -302,7 +274,7 @@ class Fingerprints:
     Relies on parsed messages not being changed afterwards (providers build new ones)."""
 
     def __init__(self, max_chars: int = 8_000_000, max_sketches: int = 16_384) -> None:
-        self._threads = _Threads(max_chars)
+        self._threads: CharLRU[tuple[str | None, int], _Thread] = CharLRU(max_chars)
         self._normal: Memo[tuple[str, ...], str] = Memo(max_chars // 4)
         self._sketches: Memo[str, Sketch] = Memo(max_sketches)
         self.continued = 0  # calls whose digests continued a known conversation
@@ -317,7 +289,8 @@ class Fingerprints:
             digests = seen.digests + [digest(_message_text(m)) for m in msgs[len(seen.digests) :]]
         else:
             digests = [digest(_message_text(m)) for m in msgs]
-        self._threads.put(key, _Thread(list(msgs), digests, sum(map(len, map(_TEXT, msgs)))))
+        thread = _Thread(list(msgs), digests, sum(map(len, map(_TEXT, msgs))))
+        self._threads.put(key, thread, thread.chars)
         return digests
 
     def normalized(self, m: Message) -> str:
