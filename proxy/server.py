@@ -284,8 +284,7 @@ class _Connection(asyncio.Protocol):
             self._start(ex)
         else:
             self.queue.append(ex)
-            if self.transport is not None:
-                self.transport.pause_reading()  # pipelined: one at a time
+            self.pause_reading()  # pipelined: one at a time
 
     def on_body(self, body: bytes) -> None:
         ex = self.current
@@ -314,8 +313,7 @@ class _Connection(asyncio.Protocol):
             return
         if self.queue:
             self._start(self.queue.popleft())
-            if not self.queue and self.transport is not None:
-                self.transport.resume_reading()
+            self.resume_reading()
         else:
             self._arm_idle()
 
@@ -369,7 +367,7 @@ class _Exchange:
     """One request/response: the ASGI `receive` and `send` the app is given."""
 
     __slots__ = ("conn", "scope", "keep_alive", "head", "expect_continue", "task", "body", "body_size",
-                 "more_body", "waiter", "gone", "response_started", "response_complete", "chunked",
+                 "waiter", "gone", "response_started", "response_complete", "chunked",
                  "pending_head", "discard_body", "request_complete", "final_sent")
 
     def __init__(self, conn: _Connection, scope: dict[str, Any], *, keep_alive: bool, head: bool,
@@ -379,10 +377,9 @@ class _Exchange:
         self.keep_alive = keep_alive
         self.head = head
         self.expect_continue = expect_continue
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # held: the loop keeps only a weak reference
         self.body: list[bytes] = []
         self.body_size = 0
-        self.more_body = True
         self.request_complete = False
         self.waiter: asyncio.Future[None] | None = None
         self.gone = False
@@ -403,7 +400,6 @@ class _Exchange:
         self._wake()
 
     def body_complete(self) -> None:
-        self.more_body = False
         self.request_complete = True
         self._wake()
 
@@ -442,16 +438,16 @@ class _Exchange:
             while not self.gone and not self.response_complete:
                 await self._wait()
             return _DISCONNECT
-        while not self.body and self.more_body and not self.gone:
+        while not self.body and not self.request_complete and not self.gone:
             await self._wait()
-        if self.body or not self.more_body:
+        if self.body or self.request_complete:
             data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
             self.body = []
             if self.body_size > _BODY_HIGH_WATER:
                 self.conn.resume_reading()
             self.body_size = 0
-            self.final_sent = not self.more_body
-            return {"type": "http.request", "body": data, "more_body": self.more_body}
+            self.final_sent = self.request_complete
+            return {"type": "http.request", "body": data, "more_body": not self.request_complete}
         return _DISCONNECT  # the client left mid-body
 
     async def _wait(self) -> None:
