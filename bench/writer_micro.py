@@ -3,6 +3,7 @@
     .venv/bin/python bench/writer_micro.py                       # SQLite temp file, 20,000 calls
     .venv/bin/python bench/writer_micro.py --legacy              # the pre-coalescing _apply (copy below)
     .venv/bin/python bench/writer_micro.py --compare --repeat 3  # both, alternating, medians
+    .venv/bin/python bench/writer_micro.py --compare-fast --repeat 3  # SqlSink(fast=False) vs fast=True
     .venv/bin/python bench/writer_micro.py --url postgresql+asyncpg://postgres@127.0.0.1:5432/test
 
 Records are built the way the pipeline builds them without a linker (Pipeline._process →
@@ -146,11 +147,18 @@ async def fresh_engine(url: str | None, directory: pathlib.Path) -> tuple[AsyncE
 
 
 async def measure(
-    records: list[Record], calls: int, *, legacy: bool, url: str | None, directory: pathlib.Path, batch: int
+    records: list[Record],
+    calls: int,
+    *,
+    legacy: bool,
+    url: str | None,
+    directory: pathlib.Path,
+    batch: int,
+    fast: bool = True,
 ) -> dict[str, float]:
     engine, cleanup = await fresh_engine(url, directory)
     try:
-        sink = (LegacySqlSink if legacy else db.SqlSink)(engine)
+        sink = (LegacySqlSink if legacy else db.SqlSink)(engine, fast=fast)
         await sink.write(build_records(2, 1, 1, start=1.0))  # warm the connection and statement caches
         counter = Counter(engine)
         batches = [records[i : i + batch] for i in range(0, len(records), batch)]
@@ -187,10 +195,21 @@ async def main() -> None:
     p.add_argument("--url", default=None, help="database URL (default: a SQLite temp file)")
     p.add_argument("--legacy", action="store_true", help="the old per-wave _apply only")
     p.add_argument("--compare", action="store_true", help="legacy and current, alternating")
+    p.add_argument(
+        "--generic", action="store_true", help="SqlSink(fast=False): Connection.execute per statement"
+    )
+    p.add_argument(
+        "--compare-fast",
+        action="store_true",
+        help="generic (fast=False) and current (fast=True), alternating",
+    )
     p.add_argument("--repeat", type=int, default=1)
     args = p.parse_args()
     records = build_records(args.calls, args.agents, args.runs)
-    modes = ["legacy", "current"] if args.compare else ["legacy" if args.legacy else "current"]
+    if args.compare or args.compare_fast:
+        modes = ["legacy" if args.compare else "generic", "current"]
+    else:
+        modes = ["legacy" if args.legacy else "generic" if args.generic else "current"]
     results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     print(
         f"{args.calls} calls ({len(records)} records), {args.agents} agents, {args.runs} runs, "
@@ -206,6 +225,7 @@ async def main() -> None:
                     url=args.url,
                     directory=pathlib.Path(tmp),
                     batch=args.batch,
+                    fast=not (mode == "generic" or args.generic),
                 )
                 results[mode].append(r)
                 print(_line(mode, r))
