@@ -30,6 +30,7 @@ from typing import Any
 from proxy.call import Call
 from proxy.guards.facts import CallFacts, FactsCache, Sketch, containment, decode_sketch, encode_sketch
 from proxy.guards.handoffs import TRUNCATED
+from proxy.lru import drop_oldest
 
 PROPAGATING = frozenset({"handoff", "return", "tool", "continuation"})
 FILTERED = frozenset({"content_filter", "refusal"})
@@ -113,7 +114,7 @@ class CascadeTracker:
 
     def _remember(self, taint: Taint) -> None:
         if len(self._taints) >= self._cap:
-            self._taints.pop(next(iter(self._taints)))
+            drop_oldest(self._taints)
         self._taints[taint.call_id] = taint
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.lru import CharLRU
+from proxy.lru import CharLRU, drop_oldest
 
 
 def test_least_recently_used_goes_first_past_the_bound() -> None:
@@ -27,3 +27,12 @@ def test_replacing_a_key_counts_its_characters_once() -> None:
     lru.put("a", "aaaa", 4)
     lru.put("a", "aaaaaa", 6)
     assert lru.chars == 6 and lru.get("a") == "aaaaaa"
+
+
+def test_drop_oldest_removes_the_oldest_share_in_insertion_order() -> None:
+    items = {str(i): i for i in range(16)}
+    drop_oldest(items)  # 1/8 of 16
+    assert list(items) == [str(i) for i in range(2, 16)]
+    small = {"a": 1}
+    drop_oldest(small)  # at least one
+    assert small == {}

@@ -68,7 +68,9 @@ def build_chain(ruleset: Any, deps: GuardDeps, *, stats: GuardStats | None = Non
         deps = dataclasses.replace(deps, prices=deps.prices.with_overrides(ruleset.pricing))
     guards = build_guards(ruleset.rules, deps)
     observers = [deps.handoffs.record_output] if any(g.uses_handoffs for g in guards) else []
-    return GuardChain(guards, stats=stats, observers=observers, concurrent=deps.counters.remote)
+    return GuardChain(
+        guards, stats=stats, observers=observers, concurrent=deps.counters.remote, done=deps.facts.forget
+    )
 
 
 __all__ = [

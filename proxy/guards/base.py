@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from proxy.call import Call, Chunk
+from proxy.lru import drop_oldest
 
 if TYPE_CHECKING:
     from proxy.catalog import Catalog
@@ -235,7 +236,7 @@ T = TypeVar("T")
 
 class CallSlots(Generic[T]):
     """Per-call state of one guard, keyed by call id, bounded so a call whose `on_response`
-    never comes cannot leak memory (the oldest entry is dropped past `cap`)."""
+    never comes cannot leak memory (at `cap`, the oldest eighth of the entries is dropped)."""
 
     __slots__ = ("_cap", "_items")
 
@@ -246,7 +247,7 @@ class CallSlots(Generic[T]):
     def put(self, call: Call, value: T) -> None:
         items = self._items
         if len(items) >= self._cap:
-            items.pop(next(iter(items)))
+            drop_oldest(items)
         items[call.id] = value
 
     def get(self, call: Call) -> T | None:

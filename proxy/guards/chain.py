@@ -115,7 +115,8 @@ class GuardChain(Guard):
     handoff index records outputs this way).  `concurrent=True`, chosen when the counters are
     remote (Redis), starts every step's hook at once so a call waits about one store round
     trip instead of one per rule; verdicts are still read in rule order, and the guards that
-    ran past the first deny release their holds like the ones before it.
+    ran past the first deny release their holds like the ones before it.  `done` is told
+    when a call's `on_response` finished (the facts cache drops what it computed for it).
     """
 
     def __init__(
@@ -126,10 +127,12 @@ class GuardChain(Guard):
         clock: Callable[[], float] = time.time,
         observers: Sequence[Callable[[Call], Awaitable[None]]] = (),
         concurrent: bool = False,
+        done: Callable[[Call], None] | None = None,
     ) -> None:
         self.guards = tuple(guards)
         self.concurrent = concurrent
         self.observers = tuple(observers)
+        self._done = done
         self.stats = stats if stats is not None else GuardStats()
         self._clock = clock
         self._active: CallSlots[_Active] = CallSlots()
@@ -296,6 +299,8 @@ class GuardChain(Guard):
             result = worst(result, verdict)
         if self.observers:
             await self._observe(call)
+        if self._done is not None:
+            self._done(call)
         return result
 
     async def _responses(self, call: Call, steps: tuple[Step, ...]) -> list[Verdict]:

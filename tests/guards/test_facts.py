@@ -135,3 +135,18 @@ async def test_output_facts_are_computed_once_per_call() -> None:
     call = finish(make_call(), text="an answer", usage=Usage(10, 3))
     facts = FactsCache()
     assert facts(call) is facts(call) and facts(call).output_sketch == sketch_of(shingles("an answer"))
+
+
+async def test_a_finished_call_s_facts_are_released() -> None:
+    """The chain drops a call's fingerprints once its on_response ran: the cache holds only
+    calls in flight, not the last thousands of request bodies."""
+    counters, facts = MemoryCounterStore(), FactsCache()
+    shared = dataclasses.replace(deps(counters), facts=facts, handoffs=FingerprintHandoffs(counters, facts))
+    chain = build_chain(RuleSet(tuple(rule_from_yaml(r) for r in RULES)), shared)
+    calls = [make_call(messages=fresh(m)) for m in turns()[:3]]
+    for call in calls:
+        await chain.on_request(call)
+    assert len(facts) == 3  # in flight: computed once, shared by every rule
+    for call in calls:
+        await chain.on_response(finish(call, text="done"))
+    assert len(facts) == 0
