@@ -284,11 +284,12 @@ class DroppedHistory(_ContextGuard):
         if not digests:
             return None
         key = f"ctx:history:{call.agent or '-'}:{call.run_id or '-'}"
-        previous = await self.deps.counters.push(
-            key, ",".join(digests), keep=_HISTORY_KEEP, ttl_s=_HISTORY_TTL_S
-        )
+        joined = ",".join(digests)
+        previous = await self.deps.counters.push(key, joined, keep=_HISTORY_KEEP, ttl_s=_HISTORY_TTL_S)
         history = History(digests)
         for raw in previous:  # newest first: the turn this request continues decides
+            if joined.startswith(raw) and joined[len(raw) : len(raw) + 1] in ("", ","):
+                return None  # continued whole (a resend, or the next turn): `dropped` gives 0
             if raw[raw.rfind(",") + 1 :] not in history.present:
                 continue  # its last message is gone: not continued here (what `dropped` finds first)
             before = raw.split(",")

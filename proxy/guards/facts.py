@@ -277,6 +277,7 @@ class Fingerprints:
         self._threads: CharLRU[tuple[str | None, int], _Thread] = CharLRU(max_chars)
         self._normal: Memo[tuple[str, ...], str] = Memo(max_chars // 4)
         self._sketches: Memo[str, Sketch] = Memo(max_sketches)
+        self._outputs: Memo[str, tuple[Sketch, str]] = Memo(max_chars // 8)
         self.continued = 0  # calls whose digests continued a known conversation
 
     def message_digests(self, call: Call) -> list[str]:
@@ -307,6 +308,15 @@ class Fingerprints:
         if normal is None:
             normal = self._normal.put(key, normalize(text), len(text))
         return normal
+
+    def output(self, text: str) -> tuple[Sketch, str]:
+        """`sketch_of(shingles(text))` and its encoding.  An agent stuck in a loop gives the
+        same answer again and again: that is what the no-progress rules look for."""
+        found = self._outputs.get(text)
+        if found is None:
+            sketch = sketch_of(shingles(text))
+            found = self._outputs.put(text, (sketch, encode_sketch(sketch)), len(text))
+        return found
 
     def decode(self, encoded: str) -> Sketch:
         """`decode_sketch(encoded)` (the same stored sketches are read by every later call)."""
@@ -386,10 +396,10 @@ class CallFacts:
             # normalising 500 KB on the request path costs ~15 ms.
             if len(m.text) > _NORMALIZE_MAX or (i != last and m.role not in _SYSTEM_ROLES):
                 parts.append(digests[i])
-            elif i == last or known is None:
+            elif known is None:
                 parts.append(normalize(_message_text(m)))
-            else:  # a system prompt: the same in every call of the agent
-                parts.append(known.normalized(m))
+            else:  # a system prompt (the same in every call of the agent), or the newest
+                parts.append(known.normalized(m))  # message (the same in every retry)
         return digest(*parts)
 
     @lazy
@@ -425,6 +435,9 @@ class CallFacts:
 
     @lazy
     def output_sketch(self) -> Sketch:
+        if self.known is not None:
+            self.output_sketch, self.output_encoded = self.known.output(self.output_text)
+            return self.output_sketch
         return sketch_of(shingles(self.output_text))
 
     @lazy
@@ -439,7 +452,11 @@ class CallFacts:
         (every no-progress rule over the same scope reads the same list)."""
         value = self._similar.get(encoded)
         if value is None:
-            value = self._similar[encoded] = similarity(self.output_sketch, self.decode(encoded))
+            if encoded == self.output_encoded and self.output_sketch:
+                value = 1.0  # the same answer again (a sketch is sorted, without repeats)
+            else:
+                value = similarity(self.output_sketch, self.decode(encoded))
+            self._similar[encoded] = value
         return value
 
 
