@@ -141,8 +141,13 @@ class ToolRepeat(LoopDetector):
 
 
 class NoProgress(LoopDetector):
-    """Consecutive near-duplicate outputs.  Flagged when the output arrives; with a deny level
-    reached, the agent's next request in the same scope is refused."""
+    """Consecutive near-duplicate outputs, turn after turn.  Flagged when the output arrives;
+    with a deny level reached, the agent's next request in the same scope is refused.
+
+    A turn is a request that differs from the previous one in the scope: the answer to a
+    resent request (the same content again, the retry rule's business) is neither counted nor
+    flagged, so a retry storm is reported once per call, as a retry, not twice.  Items are
+    stored as `<request digest>|<output sketch>` (an item without `|` is a sketch alone)."""
 
     def __init__(self, rule: LoopRule, deps: GuardDeps) -> None:
         super().__init__(rule, deps)
@@ -157,10 +162,13 @@ class NoProgress(LoopDetector):
         facts = self.facts(call)
         if not facts.output_sketch:
             return ALLOW
-        previous = await self.store.push(
-            self.key(call), facts.output_encoded, keep=self.keep, ttl_s=self.window
-        )
-        n = 1 + _streak(facts.output_similarity, previous, self.rule.similarity)
+        key, request = self.key(call), facts.request_digest
+        latest = await self.store.recent(key)
+        if latest and latest[0].partition("|")[0] == request:
+            return ALLOW  # a resend's answer: not a new turn
+        item = f"{request}|{facts.output_encoded}"
+        previous = await self.store.push(key, item, keep=self.keep, ttl_s=self.window)
+        n = 1 + _streak(facts.output_similarity, [_sketch(raw) for raw in previous], self.rule.similarity)
         action = self.level(n)
         if action != "deny":
             return self._verdict(call, n, action)
@@ -170,7 +178,7 @@ class NoProgress(LoopDetector):
     async def on_request(self, call: Call) -> Verdict:
         if not self._can_deny:
             return ALLOW
-        latest = await self.store.recent(self.key(call))
+        latest = [_sketch(raw) for raw in await self.store.recent(self.key(call))]
         if not latest:
             return ALLOW
         newest = self.facts.decode(latest[0])
@@ -191,6 +199,11 @@ class NoProgress(LoopDetector):
             "you have and where you are stuck." + note
         )
         return self.graded(n, what, advice, {"similarity": self.rule.similarity}, action)
+
+
+def _sketch(item: str) -> str:
+    """The encoded output sketch of a stored no-progress item."""
+    return item.rpartition("|")[2]
 
 
 def _streak(similar_to: Callable[[str], float], previous: list[str], threshold: float) -> int:

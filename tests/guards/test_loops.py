@@ -149,8 +149,16 @@ ANSWER = (
 )
 
 
-async def answer(guard: Guard, text: str, **overrides: object) -> Verdict:
-    call = make_call(**overrides)
+def turn_of(i: int) -> list[Message]:
+    """Turn i of a conversation where the user keeps pushing back: the history grows."""
+    history = [system("You migrate configuration files."), user("Migrate config.yaml to the new format.")]
+    for _ in range(i):
+        history += [assistant(ANSWER), user("That is not it, please try again.")]
+    return history
+
+
+async def answer(guard: Guard, text: str, turn: int = 0, **overrides: object) -> Verdict:
+    call = make_call(messages=turn_of(turn), **overrides)
     await guard.on_request(call)
     return await guard.on_response(finish(call, text=text))
 
@@ -159,9 +167,9 @@ async def test_no_progress_flags_at_the_configured_count_then_refuses_the_next_r
     store: CounterStore,
 ) -> None:
     guard = detector(store, STUCK)
-    got = [(await answer(guard, ANSWER + " " * i)).action for i in range(4)]
+    got = [(await answer(guard, ANSWER + " " * i, turn=i)).action for i in range(4)]
     assert got == ["allow", "allow", "allow", "flag"]
-    verdict = await guard.on_request(make_call())
+    verdict = await guard.on_request(make_call(messages=turn_of(4)))
     assert verdict.denied and "last 4 answers" in verdict.reason
 
 
@@ -170,7 +178,28 @@ async def test_no_progress_sees_near_duplicates(store: CounterStore) -> None:
         store, "{name: stuck, kind: loop, detect: no_progress, max_repeats: 1, similarity: 0.85}"
     )
     await answer(guard, ANSWER)
-    assert (await answer(guard, ANSWER.replace("Please check", "Kindly verify"))).action == "flag"
+    assert (await answer(guard, ANSWER.replace("Please check", "Kindly verify"), turn=1)).action == "flag"
+
+
+async def test_a_resent_request_s_answer_is_a_retry_not_a_turn(store: CounterStore) -> None:
+    """The same request sent five times gets the same answer five times: the retry rule
+    reports that; no-progress counts turns, so it stays quiet (one event per call, not two)."""
+    shared = deps(store)
+    chain = build_chain(
+        RuleSet((rule_from_yaml(STUCK.replace("deny", "flag")), rule_from_yaml(RETRY))), shared
+    )
+    rules = []
+    for _ in range(5):
+        call = make_call(messages=turn_of(0))
+        await chain.on_request(call)
+        await chain.on_response(finish(call, text=ANSWER))
+        rules.append([e["rule"] for e in call.guard_events])
+    assert rules == [[], [], [], ["retries"], ["retries"]]
+    # the next real turn, with the same answer again, is the second turn of the streak
+    call = make_call(messages=turn_of(1))
+    await chain.on_request(call)
+    await chain.on_response(finish(call, text=ANSWER))
+    assert call.guard_events == []
 
 
 async def test_progressing_answers_are_not_flagged(store: CounterStore) -> None:
