@@ -29,7 +29,7 @@ import zlib
 from array import array
 from collections.abc import Awaitable, Callable
 from operator import attrgetter
-from typing import Any, Generic, NamedTuple, TypeVar, cast, overload
+from typing import Any, Generic, TypeVar, cast, overload
 
 import orjson
 
@@ -233,12 +233,18 @@ def message_key(m: Message) -> tuple[str, ...]:
     return (m.role, m.text, *[part for tc in m.tool_calls for part in (tc.name, tc.arguments)])
 
 
-class _Thread(NamedTuple):
-    """One conversation's messages as last seen, and their digests."""
+class _Thread:
+    """One conversation's messages as last seen, their digests, and the request digest of the
+    last call that sent exactly these messages (with its model, tools and system prompt): a
+    resend, what the retry rules count, is fingerprinted by a few comparisons."""
 
-    messages: list[Message]
-    digests: list[str]
-    chars: int
+    __slots__ = ("chars", "digests", "messages", "request")
+
+    def __init__(self, messages: list[Message], digests: list[str], chars: int) -> None:
+        self.messages = messages
+        self.digests = digests
+        self.chars = chars
+        self.request: tuple[str, str, str, str] | None = None  # (model, tools, system, digest)
 
     def continued_by(self, messages: list[Message]) -> bool:
         """The new messages start with exactly these ones: texts and roles compare with ==
@@ -282,17 +288,24 @@ class Fingerprints:
 
     def message_digests(self, call: Call) -> list[str]:
         """`digest(_message_text(m))` for each message of the call."""
+        return self.thread(call).digests
+
+    def thread(self, call: Call) -> _Thread:
+        """The call's conversation with its message digests; the same object as last time when
+        the call resends exactly the messages last seen."""
         msgs = call.messages
         key = (call.agent, _anchor(msgs))
         seen = self._threads.get(key)
         if seen is not None and seen.continued_by(msgs):
             self.continued += 1
+            if len(msgs) == len(seen.messages):
+                return seen
             digests = seen.digests + [digest(_message_text(m)) for m in msgs[len(seen.digests) :]]
         else:
             digests = [digest(_message_text(m)) for m in msgs]
         thread = _Thread(list(msgs), digests, sum(map(len, map(_TEXT, msgs))))
         self._threads.put(key, thread, thread.chars)
-        return digests
+        return thread
 
     def normalized(self, m: Message) -> str:
         """`normalize(_message_text(m))` (system prompts: the same in every call of an agent)."""
@@ -374,22 +387,34 @@ class CallFacts:
         return result
 
     @lazy
+    def known_thread(self) -> _Thread | None:
+        return self.known.thread(self.call) if self.known is not None else None
+
+    @lazy
     def message_digests(self) -> list[str]:
-        if self.known is not None:
-            return self.known.message_digests(self.call)
+        thread = self.known_thread
+        if thread is not None:
+            return thread.digests
         return [digest(_message_text(m)) for m in self.call.messages]
 
     @lazy
     def request_digest(self) -> str:
         """Model, tools, system prompt and messages; system prompts and the newest message are
         normalised (timestamps, ids and whitespace vary between resends), the rest exact."""
-        call, msgs, digests, known = self.call, self.call.messages, self.message_digests, self.known
-        system = call.system or ""
-        parts = [
-            call.model_requested or "",
-            ",".join(call.tools),
-            normalize(system) if known is None else known.normalized_text(system),
-        ]
+        call, thread = self.call, self.known_thread
+        model, tools, system = call.model_requested or "", ",".join(call.tools), call.system or ""
+        if thread is None:
+            return self._request_digest(model, tools, system)
+        last = thread.request  # these very messages were sent before: the same inputs?
+        if last is not None and last[0] == model and last[1] == tools and last[2] == system:
+            return last[3]
+        found = self._request_digest(model, tools, system)
+        thread.request = (model, tools, system, found)
+        return found
+
+    def _request_digest(self, model: str, tools: str, system: str) -> str:
+        msgs, digests, known = self.call.messages, self.message_digests, self.known
+        parts = [model, tools, normalize(system) if known is None else known.normalized_text(system)]
         last = len(msgs) - 1
         for i, m in enumerate(msgs):
             # Large texts compare exactly: resends repeat a big document byte for byte, and

@@ -150,3 +150,22 @@ async def test_a_finished_call_s_facts_are_released() -> None:
     for call in calls:
         await chain.on_response(finish(call, text="done"))
     assert len(facts) == 0
+
+
+def test_a_resend_s_request_digest_is_reused_only_for_the_same_model_tools_and_system() -> None:
+    known = Fingerprints()
+    history = [system("You are a research agent."), user("find the report")]
+    variants = [
+        {},
+        {},  # an exact resend
+        {"model_requested": "gpt-4o-mini"},
+        {"tools": ["search"]},
+        {"system": "You are terse."},
+        {},
+    ]
+    for overrides in variants:
+        remembered = CallFacts(make_call(messages=fresh(history), **overrides), known).request_digest
+        afresh = CallFacts(make_call(messages=fresh(history), **overrides)).request_digest
+        assert remembered == afresh
+    digests = {CallFacts(make_call(messages=fresh(history), **o)).request_digest for o in variants}
+    assert len(digests) == 4
