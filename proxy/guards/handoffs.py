@@ -83,6 +83,8 @@ class FingerprintHandoffs:
         self._decoded: dict[str, _Output] = {}
 
     async def handoff_into(self, call: Call) -> Handoff | None:
+        if not call.run_id or not call.agent:
+            return None  # handoffs are looked for within a run (as `_find` would say)
         facts = self._facts(call)
         found = facts.get("handoff", _UNKNOWN)  # every later guard of the call: no coroutine
         if found is not _UNKNOWN:
