@@ -36,15 +36,24 @@ PROPAGATING = frozenset({"handoff", "return", "tool", "continuation"})
 FILTERED = frozenset({"content_filter", "refusal"})
 FAILED = frozenset({"upstream_error", "upstream_cut", "unreachable", "timeout"})
 NOT_CONTENT_KINDS = frozenset({"budget", "cascade", "escalation"})
+# Loop detections about how often an agent asked (the same request resent, a run over its
+# ceilings), not about what came back: the answer itself is not suspect.
+NOT_CONTENT_LOOPS = frozenset({"retry", "ceiling"})
 _SEP = "\x1f"
+
+
+def _content_fault(ev: Mapping[str, Any]) -> bool:
+    """A guard event that makes its call's output suspect (a cascade root)."""
+    if ev.get("action") not in ("flag", "deny", "escalate") or ev.get("kind") in NOT_CONTENT_KINDS:
+        return False
+    return ev.get("kind") != "loop" or (ev.get("data") or {}).get("detect") not in NOT_CONTENT_LOOPS
 
 
 def fault_kinds(call: Call, link: Any = None) -> tuple[str, ...]:
     """Why this call is a root cause (empty: it is not).  Without a link, only what the call
     itself shows (the request path's view)."""
     kinds = []
-    if any(ev.get("action") in ("flag", "deny", "escalate") and ev.get("kind") not in NOT_CONTENT_KINDS
-           for ev in call.guard_events):
+    if any(map(_content_fault, call.guard_events)):
         kinds.append("guard")
     if call.outcome in FAILED:
         kinds.append("upstream_error")

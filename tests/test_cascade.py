@@ -72,6 +72,13 @@ def test_fault_kinds() -> None:
     budget = finish(make_call())
     budget.guard_events = [{"rule": "b", "kind": "budget", "action": "deny"}]
     assert fault_kinds(flagged) == ("guard",) and fault_kinds(budget) == (), "spend is not a content fault"
+    for detect in ("retry", "ceiling"):  # how often it asked, not what came back
+        asked = finish(make_call())
+        asked.guard_events = [{"rule": "r", "kind": "loop", "action": "flag", "data": {"detect": detect}}]
+        assert fault_kinds(asked) == ()
+    stuck = finish(make_call())
+    stuck.guard_events = [{"rule": "s", "kind": "loop", "action": "flag", "data": {"detect": "no_progress"}}]
+    assert fault_kinds(stuck) == ("guard",)
 
 
 def test_blast_radius_from_stored_rows() -> None:
