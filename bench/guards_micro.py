@@ -10,6 +10,9 @@ tool calls, a 600-character answer), and separately one `on_chunk`.  Two layouts
   all-match   every rule matches every call (worst case)
   scoped      rules scoped to 10 agents by `match:`, so ~5 apply to a call (typical)
   default     the shipped rules/default.yaml (6 flag-only rules)
+  resend      rules/default.yaml on the request bench/run.sh's load generator sends: one short
+              chat resent by one agent outside any run, the same answer each time (a retry
+              storm: every call from the 4th on is flagged)
 
 The 50 rules make 70 guards: a context rule builds three (fit, truncated output, dropped
 history).  The chain runs consecutive budget rules as one batch (one counter-store call per
@@ -19,6 +22,7 @@ history is not hashed again) barely help here: the worst case for them.  `--turn
 all-match rules over 50 conversations resent turn after turn (1 to 20 steps, 4 to 61
 messages), with and without those fingerprints.
 
+Run with the garbage collector set as `interlock serve` sets it (`proxy.cli.tune_gc`).
 Target: p50 <= 0.2 ms per call with 50 rules.  `--redis` adds a run against Redis
 (informational: the budget rules share one round trip per hook, each loop rule still makes
 its own, started concurrently).
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.call import Call, Chunk, Completion, Message, ToolCall, Usage
+from proxy.cli import tune_gc
 from proxy.guards import FingerprintHandoffs, GuardChain, build_chain, make_deps
 from proxy.guards.counters import CounterStore, MemoryCounterStore, RedisCounterStore
 from proxy.guards.facts import FactsCache, Fingerprints
@@ -104,6 +109,26 @@ def resent(i: int) -> list[Message]:
     return msgs
 
 
+def loadgen(i: int) -> Call:
+    """What ../shared/bench/loadgen.py sends, as the relay hands it to the guards (agent named
+    from its system prompt, no run yet: a first turn is placed in a run later, by lineage)."""
+    return Call(
+        id=f"bench-{i}",
+        started_at=time.time(),
+        provider="openai",
+        operation="chat",
+        upstream="openai",
+        method="POST",
+        path="/v1/chat/completions",
+        agent="assistant",
+        api_key_hash="k1",
+        model_requested="gpt-4o-mini",
+        max_tokens=16,
+        input_tokens_counted=40,
+        messages=[Message("system", "You are a helpful assistant."), Message("user", "hello " * 30)],
+    )
+
+
 def make_call(i: int, history: Callable[[int], list[Message]] = conversation) -> Call:
     return Call(
         id=f"bench-{i}",
@@ -126,8 +151,17 @@ def make_call(i: int, history: Callable[[int], list[Message]] = conversation) ->
 
 def finish(call: Call, i: int) -> None:
     call.outcome, call.status, call.first_byte_at, call.finish_reason = "ok", 200, time.time(), "stop"
+    if call.agent == "assistant":  # loadgen(i): the fake upstream's answer, the same every time
+        call.completion = Completion(text="lorem ipsum dolor sit amet consectetur adipiscing elit " * 2)
+        call.usage = Usage(input_tokens=40, output_tokens=16)
+        return
     call.completion = Completion(text=f"Answer {i}: " + "the findings show a steady improvement " * 15)
     call.usage = Usage(input_tokens=1800, output_tokens=300)
+
+
+def loadgen_history(i: int) -> list[Message]:
+    """Marker for `measure`: build calls with `loadgen` instead of `make_call`."""
+    return loadgen(i).messages
 
 
 async def measure(
@@ -138,7 +172,7 @@ async def measure(
     per_call, per_cpu, per_chunk = [], [], []
     chunk = Chunk(raw=b"data: {}\n\n", text_delta="x")
     for i in range(calls):
-        call = make_call(i, history)
+        call = loadgen(i) if history is loadgen_history else make_call(i, history)
         c0, t0 = time.thread_time(), time.perf_counter()
         await chain.on_request(call)
         t1, c1 = time.perf_counter(), time.thread_time()
@@ -167,11 +201,18 @@ def report(
     )
 
 
-async def run(label: str, store: CounterStore, scoped: bool | None, calls: int, chunks: int) -> None:
+async def run(
+    label: str,
+    store: CounterStore,
+    scoped: bool | None,
+    calls: int,
+    chunks: int,
+    history: Callable[[int], list[Message]] = conversation,
+) -> None:
     ruleset = load_rules(DEFAULTS) if scoped is None else RuleSet(tuple(rules(scoped)))
     chain = build_chain(ruleset, make_deps(store))
-    await measure(chain, min(300, calls), chunks)  # warm-up
-    report(label, *await measure(chain, calls, chunks), guards=len(chain))
+    await measure(chain, min(300, calls), chunks, history)  # warm-up
+    report(label, *await measure(chain, calls, chunks, history), guards=len(chain))
 
 
 async def run_turns(label: str, calls: int, chunks: int, *, remember: bool) -> None:
@@ -198,9 +239,11 @@ async def main() -> None:
     ap.add_argument("--redis", help="also run against this Redis URL (keys under interlock-bench:)")
     ap.add_argument("--turns", action="store_true", help="also all-match over resent conversations")
     args = ap.parse_args()
+    tune_gc()
     await run("memory all-match", MemoryCounterStore(), False, args.calls, args.chunks)
     await run("memory scoped", MemoryCounterStore(), True, args.calls, args.chunks)
     await run("memory rules/default", MemoryCounterStore(), None, args.calls, args.chunks)
+    await run("memory resend/default", MemoryCounterStore(), None, args.calls, 0, loadgen_history)
     if args.turns:
         await run_turns("memory turns", args.calls, args.chunks, remember=True)
         await run_turns("memory turns, no memo", args.calls, args.chunks, remember=False)

@@ -37,8 +37,10 @@ from proxy.guards.base import (
 )
 from proxy.guards.counters import Adjustment, Ask, CounterStore
 from proxy.guards.scopes import describe_scope, scope_getter, scope_value
+from proxy.lru import drop_oldest
 
 if TYPE_CHECKING:
+    from proxy.pricing import Price
     from proxy.rules import BudgetRule
 
 CODE = "interlock_budget_exceeded"
@@ -86,7 +88,9 @@ class TokenBudget(RuleGuard["BudgetRule"]):
         self._warn_from = None if warn_at is None else warn_at * self._limit
         self._quiet = self._enforce and warn_at is None  # no verdict possible after settling
         self._cuts = rule.cutoff
-        self._left: dict[str, float] = {}  # scope value → units left, recently active ones (metrics)
+        # scope value → units left, for the metrics: at most 256 values, those first seen longest
+        # ago dropped first (an active one dropped comes back with its next call)
+        self._left: dict[str, float] = {}
         batch = deps.batches.get("budget")
         if not isinstance(batch, Budgets) or batch.counters is not deps.counters:
             batch = deps.batches["budget"] = Budgets(deps.counters)
@@ -272,6 +276,7 @@ class Budgets(Batch[TokenBudget]):
         plans: list[tuple[TokenBudget, str, str, int, int, float, int] | None] = []
         asks: list[Ask] = []
         values: dict[str, str | None] = {}  # scope → the call's value (6 scopes, many rules)
+        prices: dict[int, Price | None] = {}  # price table → the model's price (usually one table)
         for g in guards:  # what each rule reserves: hot, so written out in one loop
             value = values.get(g._scope_name, _UNSET)
             if value is _UNSET:
@@ -281,7 +286,9 @@ class Budgets(Batch[TokenBudget]):
                 continue
             max_out = 0 if embeddings else out or g._default_max
             if g._usd:
-                price = g._prices.lookup(model)
+                price = prices.get(id(g._prices), _UNSET)
+                if price is _UNSET:
+                    price = prices[id(g._prices)] = g._prices.lookup(model)
                 if price is None:
                     plans.append(None)
                     continue
@@ -309,11 +316,10 @@ class Budgets(Batch[TokenBudget]):
                 verdicts.append(g._refusal(call, spent, need, max_out))
                 break  # reserve_many stopped at this refusal: the later rules do not run
             room = g._limit - spent
-            left = g._left  # the metrics' recency order: re-insert; hot, so inline
-            left.pop(value, None)
+            left = g._left  # hot, so inline
             left[value] = room
             if len(left) > 256:
-                del left[next(iter(left))]
+                drop_oldest(left)
             tab[g] = _Hold(value, key, bucket, need, base, rate, need + (room if room > 0 else 0))
             verdicts.append(ALLOW)
         if tab:
@@ -362,10 +368,9 @@ class Budgets(Batch[TokenBudget]):
             for (i, hold), total in zip(settling, totals, strict=True):
                 g = guards[i]
                 left = g._left  # as in on_request
-                left.pop(hold.value, None)
                 left[hold.value] = g._limit - total
                 if len(left) > 256:
-                    del left[next(iter(left))]
+                    drop_oldest(left)
                 if not g._enforce and total > g._limit:
                     verdicts[i] = g._over(call, total)
                 elif g._warn_from is not None and total >= g._warn_from:
