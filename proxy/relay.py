@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
+from functools import partial
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -28,6 +29,7 @@ from proxy.guards.base import Verdict
 from proxy.providers import Route, Router
 from proxy.providers.base import Provider, StreamParser
 from proxy.redact import api_key_hash
+from proxy.server import DISCONNECT_HOOK
 from proxy.settings import Settings
 from proxy.sse import SSESplitter
 
@@ -93,7 +95,7 @@ class Relay:
             self.metrics.request_started()
         call, route, headers, query = self._new_call(scope)
         task = asyncio.current_task()
-        watch: asyncio.Task[None] | None = None
+        unwatch: Callable[[], object] | None = None
         state = _Exchange(send, arrived)
         try:
             body = await _read_body(receive, self.settings.max_body_bytes)
@@ -105,7 +107,7 @@ class Relay:
                 return
             call.request_bytes = body
             if task is not None:
-                watch = asyncio.create_task(_watch_disconnect(receive, task, state))
+                unwatch = _watch_disconnect(scope, receive, task, state)
             await self._handle(call, route, headers, query, body, state)
         except asyncio.CancelledError:
             if not state.client_gone:
@@ -124,8 +126,8 @@ class Relay:
                 await self._send_error(state, route.provider, 500, "interlock_internal_error",
                                        None, "Interlock failed to relay this request; see the proxy log.")
         finally:
-            if watch is not None:
-                watch.cancel()
+            if unwatch is not None:
+                unwatch()
             now = time.perf_counter()
             call.overhead_s = state.overhead(now)
             await self._finish(call, state.guards)
@@ -362,7 +364,7 @@ class Relay:
         call.ended_at = time.time()
         if guards is not None:
             try:
-                await asyncio.shield(guards.on_response(call))
+                await _shielded(guards.on_response(call))
             except Exception:
                 log.exception("guard on_response failed")
         if self.runs is not None and call.outcome == "ok":
@@ -403,14 +405,71 @@ class _Exchange:
         await self.send({"type": "http.response.body", "body": data, "more_body": more})
 
 
-async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], state: _Exchange) -> None:
+async def _shielded(coro: Coroutine[Any, Any, Any]) -> Any:
+    """`await asyncio.shield(coro)` without its task when `coro` returns before suspending (a
+    chain whose guards only touch memory): what runs without yielding cannot be cancelled."""
+    try:
+        first = coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    return await asyncio.shield(_resume(coro, first))
+
+
+async def _resume(coro: Coroutine[Any, Any, Any], first: Any) -> Any:
+    return await _Suspended(coro, first)
+
+
+class _Suspended:
+    """A coroutine stopped at its first suspension (it yielded `first`, the future it waits
+    on): awaiting this hands that future to the awaiting task, then drives the coroutine on."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coro, self.first = coro, first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, pending = self.coro, self.first
+        while True:
+            try:
+                sent = yield pending
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # thrown into the awaiting task (cancelled): pass it on
+                step = partial(coro.throw, exc)
+            else:
+                step = partial(coro.send, sent)
+            try:
+                pending = step()
+            except StopIteration as stop:
+                return stop.value
+
+
+def _watch_disconnect(scope: Scope, receive: Receive, task: asyncio.Task[Any], state: _Exchange) -> Callable[[], object]:
+    """Cancel `task` when the client leaves before the response ended; returns the undo.
+    Interlock's server calls back (its DISCONNECT_HOOK extension: no task per request); under
+    any other ASGI server a task waits in receive() for http.disconnect."""
+    extensions = scope.get("extensions")
+    hook = extensions.get(DISCONNECT_HOOK) if extensions else None
+    if hook is None:
+        return asyncio.create_task(_await_disconnect(receive, task, state)).cancel
+    hook(lambda: _client_left(task, state))
+    return lambda: hook(None)
+
+
+async def _await_disconnect(receive: Receive, task: asyncio.Task[Any], state: _Exchange) -> None:
     while True:
         msg = await receive()
         if msg["type"] == "http.disconnect":
-            if not state.done:
-                state.client_gone = True
-                task.cancel()
+            _client_left(task, state)
             return
+
+
+def _client_left(task: asyncio.Task[Any], state: _Exchange) -> None:
+    if not state.done:
+        state.client_gone = True
+        task.cancel()
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

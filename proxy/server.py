@@ -46,6 +46,9 @@ _REASONS = {
 _STATUS_LINES: dict[int, bytes] = {}
 _BODY_HIGH_WATER = 256 * 1024  # request-body bytes buffered before reading pauses
 _DISCONNECT: Message = {"type": "http.disconnect"}
+# Scope extension: `scope["extensions"][DISCONNECT_HOOK](callback)` asks for `callback()` when the
+# client leaves before the response is complete (None withdraws it); no task has to sit in receive().
+DISCONNECT_HOOK = "interlock.disconnect"
 
 
 def _status_line(status: int) -> bytes:
@@ -204,6 +207,7 @@ class _Connection(asyncio.Protocol):
         self.write_paused = False
         self.drained: asyncio.Future[None] | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_deadline: float | None = None  # when an idle connection closes; None: busy
 
     # ------------------------------------------------------------ transport events
 
@@ -223,7 +227,7 @@ class _Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         if not self.server.connections and self.server.all_closed is not None:
             self.server.all_closed.set()
-        self._disarm_idle()
+        self._cancel_idle()
         for ex in (self.active, self.current, *self.queue):
             if ex is not None:
                 ex.client_gone()
@@ -279,6 +283,7 @@ class _Connection(asyncio.Protocol):
         }
         ex = _Exchange(self, scope, keep_alive=parser.should_keep_alive(), head=method == "HEAD",
                        expect_continue=(b"expect", b"100-continue") in self.headers)
+        scope["extensions"] = {DISCONNECT_HOOK: ex.on_disconnect}
         self.current = ex
         if self.active is None:
             self._start(ex)
@@ -350,14 +355,33 @@ class _Connection(asyncio.Protocol):
         self._close()
 
     def _close(self) -> None:
-        self._disarm_idle()
+        self._cancel_idle()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
     def _arm_idle(self) -> None:
-        self.idle_timer = self.loop.call_later(self.server.keepalive_s, self._close)
+        """Idle from now: close after `keepalive_s` unless a request comes.  One timer per
+        connection, re-armed lazily (`_on_idle_timer`), not one scheduled per request."""
+        self.idle_deadline = deadline = self.loop.time() + self.server.keepalive_s
+        if self.idle_timer is None:
+            self.idle_timer = self.loop.call_at(deadline, self._on_idle_timer)
 
     def _disarm_idle(self) -> None:
+        self.idle_deadline = None
+
+    def _on_idle_timer(self) -> None:
+        """Runs when the idle timer fires: close if idle past the deadline, else wait on."""
+        self.idle_timer = None
+        deadline = self.idle_deadline
+        if deadline is None:
+            return  # busy: the next _arm_idle starts a timer
+        if deadline - self.loop.time() > 0.005:  # idle again since (or a coarse clock): re-arm
+            self.idle_timer = self.loop.call_at(deadline, self._on_idle_timer)
+            return
+        self._close()
+
+    def _cancel_idle(self) -> None:
+        self.idle_deadline = None
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
@@ -368,12 +392,12 @@ class _Exchange:
 
     __slots__ = ("conn", "scope", "keep_alive", "head", "expect_continue", "task", "body", "body_size",
                  "waiter", "gone", "response_started", "response_complete", "chunked",
-                 "pending_head", "discard_body", "request_complete", "final_sent")
+                 "pending_head", "discard_body", "request_complete", "final_sent", "gone_callback")
 
     def __init__(self, conn: _Connection, scope: dict[str, Any], *, keep_alive: bool, head: bool,
                  expect_continue: bool) -> None:
         self.conn = conn
-        self.scope = scope
+        self.scope: dict[str, Any] | None = scope  # until run() hands it to the app
         self.keep_alive = keep_alive
         self.head = head
         self.expect_continue = expect_continue
@@ -389,6 +413,7 @@ class _Exchange:
         self.pending_head: bytes | None = None  # status line + headers, sent with the first body
         self.discard_body = False
         self.final_sent = False
+        self.gone_callback: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ from the connection
 
@@ -406,6 +431,19 @@ class _Exchange:
     def client_gone(self) -> None:
         self.gone = True
         self._wake()
+        self._call_gone()
+
+    def on_disconnect(self, callback: Callable[[], None] | None) -> None:
+        """The DISCONNECT_HOOK extension: `callback()` runs once, from the connection's event
+        (or at once when the client is already gone), unless the response completed first."""
+        self.gone_callback = callback
+        if self.gone:
+            self._call_gone()
+
+    def _call_gone(self) -> None:
+        callback, self.gone_callback = self.gone_callback, None
+        if callback is not None and not self.response_complete:
+            callback()
 
     def _wake(self) -> None:
         w = self.waiter
@@ -415,10 +453,14 @@ class _Exchange:
     # ------------------------------------------------------------ the app's side
 
     async def run(self) -> None:
+        # Not kept: scope["extensions"] refers back to this exchange, and a cycle would leave
+        # every served request to the garbage collector instead of reference counting.
+        scope, self.scope = self.scope, None
+        assert scope is not None
         try:
-            await self.conn.server.app(self.scope, self.receive, self.send)
+            await self.conn.server.app(scope, self.receive, self.send)
         except Exception:
-            log.exception("unhandled error serving %s %s", self.scope["method"], self.scope["path"])
+            log.exception("unhandled error serving %s %s", scope["method"], scope["path"])
             if not self.response_started and not self.gone:
                 self.conn.write(_simple_response(500, b"Internal Server Error"))
             self.keep_alive = False

@@ -15,6 +15,7 @@ import openai
 import orjson
 import pytest
 
+from proxy.relay import _shielded
 from tests.fake_upstream import FakeUpstream, Reply, ToolCall
 from tests.proxyserver import ProxyServer, create_test_database, drop_test_database
 
@@ -495,3 +496,51 @@ def test_database_down_at_start_is_served_and_caught_up(tmp_path: Path, upstream
             time.sleep(0.2)
         assert len({c["id"] for c in items}) == 5
     drop_test_database(url)
+
+
+async def test_a_settle_that_never_suspends_runs_in_the_callers_task() -> None:
+    seen: list[asyncio.Task[object] | None] = []
+
+    async def settle() -> str:
+        seen.append(asyncio.current_task())
+        return "done"
+
+    assert await _shielded(settle()) == "done"
+    assert seen == [asyncio.current_task()]
+
+
+async def test_a_settle_that_suspends_finishes_even_when_its_caller_is_cancelled() -> None:
+    release = asyncio.Event()
+    steps: list[str] = []
+
+    async def settle() -> None:
+        steps.append("started")
+        await release.wait()
+        await asyncio.sleep(0)
+        steps.append("finished")
+
+    caller = asyncio.create_task(_shielded(settle()))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    release.set()
+    for _ in range(100):
+        if "finished" in steps:
+            break
+        await asyncio.sleep(0.001)
+    assert steps == ["started", "finished"]
+
+
+async def test_a_settle_that_suspends_hands_back_its_result_and_its_error() -> None:
+    async def answer() -> int:
+        await asyncio.sleep(0.001)
+        return 42
+
+    async def fail() -> None:
+        await asyncio.sleep(0.001)
+        raise KeyError("guard")
+
+    assert await _shielded(answer()) == 42
+    with pytest.raises(KeyError):
+        await _shielded(fail())

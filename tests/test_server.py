@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.server import Server
+from proxy.server import DISCONNECT_HOOK, Server
 from proxy.serving import ThreadedServer
 
 
@@ -248,6 +248,45 @@ def test_idle_keep_alive_connection_is_closed_after_the_timeout(app: EchoApp) ->
         assert b"200 OK" in sock.recv(1024)
         time.sleep(0.5)
         assert sock.recv(1024) == b""  # closed by the server
+
+
+def test_idle_timeout_counts_from_the_last_response_not_the_first(app: EchoApp) -> None:
+    with ThreadedServer(app, keepalive_s=0.4) as s, socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+        for _ in range(4):  # 0.25 s apart: past the first deadline, never idle for 0.4 s
+            sock.sendall(b"GET /echo HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert b"200 OK" in sock.recv(1024)
+            time.sleep(0.25)
+        sock.sendall(b"GET /echo HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert b"200 OK" in sock.recv(1024)
+        time.sleep(0.8)
+        assert sock.recv(1024) == b""  # then closed once idle for longer than the timeout
+
+
+def test_app_is_called_back_when_the_client_leaves_and_not_after_the_response(app: EchoApp) -> None:
+    calls: list[str] = []
+
+    async def hooked(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        await receive()
+        scope["extensions"][DISCONNECT_HOOK](lambda: calls.append(scope["path"]))
+        if scope["path"] == "/hold":
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with ThreadedServer(hooked) as s:
+        assert httpx.get(s.url + "/done").content == b"ok"
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+            sock.sendall(b"GET /hold HTTP/1.1\r\nhost: x\r\n\r\n")
+            time.sleep(0.2)
+        for _ in range(100):
+            if calls:
+                break
+            time.sleep(0.02)
+    assert calls == ["/hold"]
 
 
 def test_server_runs_on_its_own_port(app: EchoApp) -> None:

@@ -11,9 +11,11 @@ type (not JSONB).  Alembic migrations in `migrations/` must agree with this file
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from math import modf
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
@@ -58,12 +60,51 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
 
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """SQLite: an epoch float goes straight to the text SQLAlchemy's DATETIME would store
+        (the composed processor builds a datetime, then formats it from a dict); the rest, and
+        every other dialect, as TypeDecorator composes it."""
+        composed = cast(Callable[[Any], Any] | None, super().bind_processor(dialect))
+        if dialect.name != "sqlite" or composed is None:
+            return composed
+        direct = _sqlite_epoch_text(composed)
+        agrees = all(direct(t) == composed(t) for t in (0.0, -0.5, 1_700_000_000.123456, 1_700_000_000.9999996))
+        return direct if agrees else composed  # a SQLAlchemy with another storage format
+
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
         return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+def _sqlite_epoch_text(composed: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Epoch float ─▶ 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC), as `datetime.fromtimestamp` rounds it
+    (microseconds half-even, carried into the second); the part up to the second is kept for
+    the last second seen (one tuple, replaced whole: safe across threads).  Anything else, or
+    a float it cannot take, goes to `composed`, which gives the same value or error as before."""
+    last: list[tuple[float, str]] = [(0.0, "1970-01-01 00:00:00")]
+
+    def process(value: Any) -> Any:
+        if value.__class__ is not float:
+            return composed(value)
+        try:
+            frac, whole = modf(value)
+            micro = round(frac * 1e6)
+            if micro >= 1_000_000:
+                micro, whole = micro - 1_000_000, whole + 1.0
+            elif micro < 0:
+                micro, whole = micro + 1_000_000, whole - 1.0
+            second, text = last[0]
+            if whole != second:
+                text = datetime.fromtimestamp(whole, UTC).isoformat(" ")[:19]
+                last[0] = (whole, text)
+        except (ValueError, OverflowError, OSError):
+            return composed(value)
+        return f"{text}.{micro:06d}"
+
+    return process
 
 
 class Base(DeclarativeBase):

@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.types import TypeDecorator
 
 from proxy.call import Usage
 from proxy.store.db import SqlSink
-from proxy.store.models import TABLES
+from proxy.store.models import TABLES, UtcDateTime
 from proxy.store.rows import TABLE_ORDER, Record
 from proxy.store.writer import RecordRejected
 from tests.store.factories import make_record
@@ -235,3 +237,37 @@ async def test_a_database_without_tables_is_retried_not_rejected_on_the_fast_pat
 
 def test_every_recorded_table_is_covered() -> None:
     assert set(ORDER) == set(TABLES) and set(ORDER) | {"call_updates", "run_merges"} == set(TABLE_ORDER)
+
+
+def _sqlite_datetime_processors() -> tuple[Any, Any]:
+    """(UtcDateTime's SQLite bind processor, TypeDecorator's composition it replaces)."""
+    dialect = sqlite_dialect()
+    impl = UtcDateTime().dialect_impl(dialect)
+    return impl.bind_processor(dialect), TypeDecorator.bind_processor(impl, dialect)
+
+
+def test_sqlite_datetime_text_is_the_composed_processors_for_every_epoch_float() -> None:
+    direct, composed = _sqlite_datetime_processors()
+    assert direct is not composed
+    rng = random.Random(7)
+    seconds = [rng.uniform(-1e10, 2.5e11) for _ in range(20_000)]
+    seconds += [rng.uniform(1.6e9, 1.8e9) for _ in range(20_000)]
+    seconds += [round(rng.uniform(1.6e9, 1.8e9), 6) for _ in range(20_000)]
+    whole = [float(rng.randrange(-2_000_000_000, 4_000_000_000)) for _ in range(5_000)]
+    seconds += [w + d for w in whole for d in (0.0, 5e-7, 9.999995e-1, 0.9999996, -5e-7, -0.9999996)]
+    seconds += [0.0, -0.0, -0.5, 1e-7, -1e-7, T0, 4_102_444_800.999999, 253_402_300_799.0, 253_402_300_798.5]
+    for value in seconds:
+        assert direct(value) == composed(value), value
+
+
+def test_sqlite_datetime_text_leaves_other_values_and_errors_as_they_were() -> None:
+    direct, composed = _sqlite_datetime_processors()
+    values = [None, 0, 1_700_000_000, True, datetime(2025, 1, 2, 3, 4, 5, 6), datetime.now(UTC),
+              datetime.now(timezone(timedelta(hours=-7)))]  # fmt: skip
+    assert [direct(v) for v in values] == [composed(v) for v in values]
+    for bad in (float("nan"), float("inf"), -float("inf"), 1e20, "2025-01-01"):
+        with pytest.raises(Exception) as ours:
+            direct(bad)
+        with pytest.raises(Exception) as theirs:
+            composed(bad)
+        assert (type(ours.value), str(ours.value)) == (type(theirs.value), str(theirs.value))
