@@ -109,9 +109,7 @@ def resent(i: int) -> list[Message]:
     return msgs
 
 
-def loadgen(i: int) -> Call:
-    """What ../shared/bench/loadgen.py sends, as the relay hands it to the guards (agent named
-    from its system prompt, no run yet: a first turn is placed in a run later, by lineage)."""
+def _call(i: int, **fields: Any) -> Call:
     return Call(
         id=f"bench-{i}",
         started_at=time.time(),
@@ -120,8 +118,17 @@ def loadgen(i: int) -> Call:
         upstream="openai",
         method="POST",
         path="/v1/chat/completions",
-        agent="assistant",
         api_key_hash="k1",
+        **fields,
+    )
+
+
+def loadgen(i: int) -> Call:
+    """What ../shared/bench/loadgen.py sends, as the relay hands it to the guards (agent named
+    from its system prompt, no run yet: a first turn is placed in a run later, by lineage)."""
+    return _call(
+        i,
+        agent="assistant",
         model_requested="gpt-4o-mini",
         max_tokens=16,
         input_tokens_counted=40,
@@ -130,17 +137,10 @@ def loadgen(i: int) -> Call:
 
 
 def make_call(i: int, history: Callable[[int], list[Message]] = conversation) -> Call:
-    return Call(
-        id=f"bench-{i}",
-        started_at=time.time(),
-        provider="openai",
-        operation="chat",
-        upstream="openai",
-        method="POST",
-        path="/v1/chat/completions",
+    return _call(
+        i,
         agent=f"agent-{i % 10}",
         run_id=f"run-{i % 50}",
-        api_key_hash="k1",
         model_requested="gpt-4o",
         max_tokens=1024,
         input_tokens_counted=1800,
