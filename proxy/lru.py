@@ -1,6 +1,6 @@
-"""A least-recently-used map bounded by the characters its values hold.
+"""Bounded caches for values that are costly to recompute.
 
-Used by the caches that keep message texts across calls so a resent conversation is not
+`CharLRU`, a least-recently-used map bounded by the characters its values hold, is used by the caches that keep message texts across calls so a resent conversation is not
 worked again: the token counter's histories (proxy/tokens.py), the guards' fingerprints
 (proxy/guards/facts.py) and the graph's hash chains (proxy/graph/threads.py).  Pure memory,
 no I/O, never raises, not thread-safe (one event loop).
@@ -62,3 +62,42 @@ def drop_oldest(items: dict[K, V], share: int = 8) -> None:
     amortised."""
     for key in list(itertools.islice(items, max(1, len(items) // share))):
         del items[key]
+
+
+class Generations(Generic[K, V]):
+    """A bounded map of values that are costly to recompute and cheap to look up: two
+    generations of plain dicts approximating LRU.  An entry costs its weight plus one; when
+    the young generation has taken `cap`, it becomes the old one and the previous old one is
+    dropped, so whatever was used in the last generation survives.  A hit in the young one is
+    one lookup, with no reordering; a hit in the old one is promoted.  Used by the token
+    counter's per-text counts and the guards' normalised texts, sketches and decodings."""
+
+    __slots__ = ("_cap", "_old", "_weight", "_young")
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._young: dict[K, V] = {}
+        self._old: dict[K, V] = {}
+        self._weight = 0
+
+    def __len__(self) -> int:
+        return len(self._young) + len(self._old)
+
+    def young_hits(self, keys: list[K]) -> list[V | None]:
+        """The young generation's values for `keys` (one C-level pass; misses are None)."""
+        return list(map(self._young.get, keys))
+
+    def get(self, key: K) -> V | None:
+        value = self._young.get(key)
+        if value is None:
+            value = self._old.pop(key, None)
+            if value is not None:
+                self.put(key, value)
+        return value
+
+    def put(self, key: K, value: V, weight: int = 1) -> V:
+        self._young[key] = value
+        self._weight += weight + 1
+        if self._weight >= self._cap:
+            self._old, self._young, self._weight = self._young, {}, 0
+        return value

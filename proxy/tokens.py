@@ -40,7 +40,7 @@ import tiktoken
 
 from proxy.call import Call
 from proxy.encodings import CL100K_BASE, O200K_BASE, EncodingFile, default_encodings_dir, sha256_of
-from proxy.lru import CharLRU
+from proxy.lru import CharLRU, Generations
 
 # OpenAI's cookbook ("How to count tokens with tiktoken") for cl100k/o200k chat models:
 # every message costs 3 tokens of framing and every reply is primed with 3.
@@ -223,38 +223,9 @@ def _approx_measure(text: str) -> int:
 # ---------------------------------------------------------------- counting
 
 
-class _CountCache:
-    """Bounded text-key -> token count map; two generations of plain dicts approximate LRU.
-
-    New entries go to `young`; a hit in `old` is promoted.  When `young` reaches half the
-    capacity it becomes `old` and the previous `old` is dropped, so whatever was used in
-    the last generation survives and memory stays under `size` entries.  A hit in `young`
-    (the common case: history resent every turn) is one dict lookup, with no reordering.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._half = max(1, size // 2)
-        self._young: dict[int, int] = {}
-        self._old: dict[int, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._young) + len(self._old)
-
-    def young_hits(self, keys: list[int]) -> list[int | None]:
-        return list(map(self._young.get, keys))
-
-    def get(self, key: int) -> int | None:
-        n = self._young.get(key)
-        if n is None:
-            n = self._old.pop(key, None)
-            if n is not None:
-                self.put(key, n)
-        return n
-
-    def put(self, key: int, n: int) -> None:
-        self._young[key] = n
-        if len(self._young) >= self._half:
-            self._old, self._young = self._young, {}
+def _count_cache(size: int) -> Generations[int, int]:
+    """Text key ─▶ token count, at most `size` entries (each weighs 2: half of them young)."""
+    return Generations(2 * max(1, size // 2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +280,7 @@ class TokenCounter:
         # in-process cache).  A 64-bit collision among the cached texts (~1e-10 at full
         # size) would only mis-count one text; a bare int key is twice as fast to look up
         # as a (len, hash) tuple, which matters at a thousand texts per call.
-        self._caches = {name: _CountCache(cache_size) for name in self._measures}
+        self._caches = {name: _count_cache(cache_size) for name in self._measures}
         self._histories: CharLRU[tuple[str, int], _History] = CharLRU(history_chars)
         self.lookups = 0  # texts looked up in the per-text cache
         self.encodes = 0  # texts actually encoded (per-text cache misses)
@@ -375,7 +346,7 @@ class TokenCounter:
                 counts[i] = self._resolve(encoding, cache, texts[i], keys[i])
         return sum(cast(list[int], counts))
 
-    def _resolve(self, encoding: str, cache: _CountCache, text: str, key: int) -> int:
+    def _resolve(self, encoding: str, cache: Generations[int, int], text: str, key: int) -> int:
         n = cache.get(key)  # in the old generation, or equal to a text earlier in this call
         if n is None:
             n = self._measures[encoding](text) if text else 0

@@ -34,7 +34,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 import orjson
 
 from proxy.call import Call, Message, ToolCall
-from proxy.lru import CharLRU, drop_oldest
+from proxy.lru import CharLRU, Generations, drop_oldest
 
 SKETCH_K = 64
 _MAX_WORDS = 1000
@@ -48,8 +48,6 @@ _ROLE, _TEXT, _TOOL_CALLS = attrgetter("role"), attrgetter("text"), attrgetter("
 
 Sketch = tuple[int, ...]
 T = TypeVar("T")
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 class lazy(Generic[T]):
@@ -193,38 +191,6 @@ def incoming_messages(messages: list[Message]) -> list[Message]:
     return tail
 
 
-class Memo(Generic[K, V]):
-    """A bounded map of values that are costly to recompute and cheap to look up, like
-    proxy/tokens.py's count cache: two generations of plain dicts.  A hit in the young one is
-    one lookup; a hit in the old one is promoted.  When the young one has taken `cap` units of
-    weight (the characters a key holds), it becomes the old one and the previous old one is
-    dropped, so whatever was used in the last generation survives."""
-
-    __slots__ = ("_cap", "_old", "_weight", "_young")
-
-    def __init__(self, cap: int) -> None:
-        self._cap = cap
-        self._young: dict[K, V] = {}
-        self._old: dict[K, V] = {}
-        self._weight = 0
-
-    def get(self, key: K) -> V | None:
-        value = self._young.get(key)
-        if value is None:
-            value = self._old.get(key)
-        return value
-
-    def put(self, key: K, value: V, weight: int = 1) -> V:
-        self._young[key] = value
-        self._weight += weight + 1
-        if self._weight >= self._cap:
-            self._old, self._young, self._weight = self._young, {}, 0
-        return value
-
-    def __len__(self) -> int:
-        return len(self._young) + len(self._old)
-
-
 def message_key(m: Message) -> tuple[str, ...]:
     """What a message's digest depends on (role, text, tool-call names and arguments), as a
     tuple of the parsed strings themselves: no copy, and equal keys compare with memcmp."""
@@ -281,9 +247,9 @@ class Fingerprints:
 
     def __init__(self, max_chars: int = 8_000_000, max_sketches: int = 16_384) -> None:
         self._threads: CharLRU[tuple[str | None, int], _Thread] = CharLRU(max_chars)
-        self._normal: Memo[tuple[str, ...], str] = Memo(max_chars // 4)
-        self._sketches: Memo[str, Sketch] = Memo(max_sketches)
-        self._outputs: Memo[str, tuple[Sketch, str]] = Memo(max_chars // 8)
+        self._normal: Generations[tuple[str, ...], str] = Generations(max_chars // 4)
+        self._sketches: Generations[str, Sketch] = Generations(max_sketches)
+        self._outputs: Generations[str, tuple[Sketch, str]] = Generations(max_chars // 8)
         self.continued = 0  # calls whose digests continued a known conversation
 
     def message_digests(self, call: Call) -> list[str]:

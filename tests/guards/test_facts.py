@@ -7,7 +7,8 @@ from typing import Any
 from proxy.call import Call, Message, Usage
 from proxy.guards import FingerprintHandoffs, build_chain
 from proxy.guards.counters import MemoryCounterStore
-from proxy.guards.facts import CallFacts, FactsCache, Fingerprints, Memo, encode_sketch, shingles, sketch_of
+from proxy.guards.facts import CallFacts, FactsCache, Fingerprints, encode_sketch, shingles, sketch_of
+from proxy.lru import Generations
 from proxy.rules import RuleSet
 from tests.guards.factory import (
     assistant,
@@ -106,7 +107,7 @@ def test_remembered_conversations_are_bounded_by_characters() -> None:
 
 
 def test_memo_is_bounded() -> None:
-    memo: Memo[int, int] = Memo(100)
+    memo: Generations[int, int] = Generations(100)
     for i in range(1000):
         memo.put(i, i)
     assert len(memo) <= 100 and memo.get(999) == 999
