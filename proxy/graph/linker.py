@@ -38,6 +38,7 @@ from proxy.graph.identity import AgentDirectory, Identifier
 from proxy.graph.index import LineageIndex
 from proxy.graph.lineage import Lineage, LineageConfig, Segment, attribute, drop_relayed, score, seen_keys
 from proxy.graph.model import HUMAN_PREFIX, CallRecord, Edge, Identity, LinkResult, Ref, RunState
+from proxy.lru import drop_oldest
 
 LINKABLE = frozenset({"chat", "responses", "messages"})
 _BIG_SEGMENT = 16_384  # characters: segments this large are cached (shingling them costs ms)
@@ -200,7 +201,7 @@ class Linker:
         seg = self._shingled(index, via, text)
         seg = dataclasses.replace(seg, seen_set=frozenset(seg.seen))  # shared by the runs it goes to
         if key not in self._big_pieces and len(self._big_pieces) >= _BIG_CACHED:
-            self._big_pieces.pop(next(iter(self._big_pieces)))
+            drop_oldest(self._big_pieces)
         self._big_pieces[key] = (text, seg)
         return seg
 

@@ -206,7 +206,7 @@ class GuardChain(Guard):
                         return notable, i + 1
                 i += 1
                 continue
-            for j, verdict in enumerate(await self._request(step, call)):
+            for j, verdict in enumerate(await self._step(step, call, "on_request")):
                 if verdict is not ALLOW and verdict.action != "allow":
                     notable.append((i + j, verdict))
                     if verdict.action == "deny":
@@ -217,7 +217,7 @@ class GuardChain(Guard):
     async def _at_once(self, call: Call, steps: tuple[Step, ...]) -> list[tuple[int, Verdict]]:
         """Every step started at once: (index, verdict) of the non-allow answers.  A batch that
         stopped at a deny answers for fewer guards than it has; the ones after it hold nothing."""
-        runs = await asyncio.gather(*(self._request(step, call) for step in steps))
+        runs = await asyncio.gather(*(self._step(step, call, "on_request") for step in steps))
         notable: list[tuple[int, Verdict]] = []
         offset = 0
         for (_, guards), verdicts in zip(steps, runs, strict=True):
@@ -225,16 +225,16 @@ class GuardChain(Guard):
             offset += len(guards)
         return notable
 
-    async def _request(self, step: Step, call: Call) -> Sequence[Verdict]:
+    async def _step(self, step: Step, call: Call, hook: str) -> Sequence[Verdict]:
+        """One step's `hook` ("on_request" or "on_response"): the verdicts of its guards, a
+        guard that raised (or, in a batch, every guard when the batch raised) as failed."""
         batch, guards = step
         try:
             if batch is None:
-                return (await guards[0].on_request(call),)
-            return await batch.on_request(
-                guards, call, lambda g, exc: self._failed(g, "on_request", call, exc)
-            )
+                return (await getattr(guards[0], hook)(call),)
+            return await getattr(batch, hook)(guards, call, lambda g, exc: self._failed(g, hook, call, exc))
         except Exception:
-            return [self._failed(g, "on_request", call) for g in guards]
+            return [self._failed(g, hook, call) for g in guards]
 
     async def _settle(
         self, call: Call, active: _Active, notable: list[tuple[int, Verdict]], ran: int
@@ -289,7 +289,7 @@ class GuardChain(Guard):
         severe verdict.  Events are recorded once every guard ran."""
         steps = (self._active.pop(call) or self._select(call)).response_steps
         if self.concurrent and len(steps) > 1:
-            runs = await asyncio.gather(*(self._response(step, call) for step in steps))
+            runs = await asyncio.gather(*(self._step(step, call, "on_response") for step in steps))
             notable = [v for run in runs for v in run if v is not ALLOW and v.action != "allow"]
         else:
             notable = await self._responses(call, steps)
@@ -317,19 +317,8 @@ class GuardChain(Guard):
                 if verdict is not ALLOW and verdict.action != "allow":
                     notable.append(verdict)
                 continue
-            notable += [v for v in await self._response(step, call) if v is not ALLOW and v.action != "allow"]
+            notable += [v for v in await self._step(step, call, "on_response") if v is not ALLOW and v.action != "allow"]
         return notable
-
-    async def _response(self, step: Step, call: Call) -> Sequence[Verdict]:
-        batch, guards = step
-        try:
-            if batch is None:
-                return (await guards[0].on_response(call),)
-            return await batch.on_response(
-                guards, call, lambda g, exc: self._failed(g, "on_response", call, exc)
-            )
-        except Exception:
-            return [self._failed(g, "on_response", call) for g in guards]
 
     async def _observe(self, call: Call) -> None:
         """Observers see every generation, matched by a rule or not (e.g. the handoff index)."""
