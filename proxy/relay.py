@@ -412,11 +412,7 @@ async def _shielded(coro: Coroutine[Any, Any, Any]) -> Any:
         first = coro.send(None)
     except StopIteration as stop:
         return stop.value
-    return await asyncio.shield(_resume(coro, first))
-
-
-async def _resume(coro: Coroutine[Any, Any, Any], first: Any) -> Any:
-    return await _Suspended(coro, first)
+    return await asyncio.shield(_Suspended(coro, first))
 
 
 class _Suspended:
