@@ -22,6 +22,7 @@ linking throughput on one core and linker+index memory per 10k live calls (trace
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import itertools
 import pathlib
@@ -217,10 +218,15 @@ def agents_for(
     saved = gen.rng.getstate()
     gen.rng.seed(f"{pattern}/{v}")
     out = {}
+    shared = gen.prompt(SHARED_PROMPT, gen.rng.randint(900, 1500)) if pattern != "broadcast" else (
+        "You are a helpful AI assistant. Solve tasks using your coding and language skills. "
+        "Reply TERMINATE when the task is done."
+    )
     for name, (line, api, tools) in roles.items():
         stateful = api == "responses+"
+        system = shared if line == "=" else "" if not line else gen.prompt(line, gen.rng.randint(900, 1500))
         out[name] = AgentSpec(
-            gen.prompt(line, gen.rng.randint(900, 1500)), tools, api.rstrip("+"), stateful=stateful
+            system, tools, api.rstrip("+*"), stateful=stateful, rewrite=api.endswith("*")
         )
     gen.rng.setstate(saved)
     return out
@@ -474,6 +480,89 @@ def handoff_history(gen: Gen, run: Run, topic: list[str]) -> None:
     run.step("specialist", "b", (Result(b1, 0, (docs,)),), w.paragraph(topic, 70), took=gen.took())
 
 
+SHARED_PROMPT = (
+    "You are an expert assistant who can solve any task using tool calls. You will be given a task "
+    "to solve as best you can. To do so, you have been given access to some tools."
+)
+BOILERPLATE = (
+    "Here is a summary of the key findings.",
+    "Let me know if you would like me to expand on any of these points.",
+    "I hope this helps! Feel free to ask if you have any further questions.",
+    "Based on the information provided, here is my analysis of the situation.",
+    "```python\nimport os\nimport sys\nimport json\n\ndef main():\n    pass\n```",
+    "In conclusion, the approach outlined above should address the main requirements.",
+    "Please review the following and provide feedback on the overall structure.",
+)
+TEMPLATE_TASK = (
+    "Research the current state of the market for electric bicycles in Europe, identify the three "
+    "largest manufacturers and write a short report with recommendations for a new entrant."
+)
+
+
+def _boiler(gen: Gen, text: str) -> str:
+    """Wrap an output in the stock phrases every run of every system shares."""
+    rng = gen.rng
+    return f"{rng.choice(BOILERPLATE)}\n\n{text}\n\n{rng.choice(BOILERPLATE)}"
+
+
+def managed(gen: Gen, run: Run, topic: list[str]) -> None:
+    """smolagents-style: a manager and managed agents, all with one prompt and one tool set; each
+    managed agent learns its name from the task wrapper; histories resent as text."""
+    w = gen.words
+    workers = ("search_agent", "code_agent")[: gen.rng.randint(1, 2)]
+    m = run.step("manager", "m", (User((w.paragraph(topic, 30),)),),
+                 tools=(ToolUse("delegate", {"task": w.paragraph(topic, 25)}),), took=gen.took())  # fmt: skip
+    for i, worker in enumerate(workers):
+        wrap = (
+            f"You're a helpful agent named '{worker}'. You have been submitted this task by your manager.\n"
+            "---\nTask:\n{}\n---\nYou're helping your manager solve a wider task: so make sure to not "
+            "provide a one-line answer, but give as much information as possible."
+        )
+        q = Quote(m, tool=0, wrap=wrap)
+        first = len(run.steps)
+        last = worker_turns(run, gen, worker, f"w{i}", User((q,)), topic)
+        run.edge(m, run.steps[first].id)
+        res = Result(m, 0, (Quote(last, wrap=f"Here is the final answer from your managed agent '{worker}':\n{{}}"),))
+        more = i + 1 < len(workers)
+        tools = (ToolUse("delegate", {"task": w.paragraph(topic, 25)}),) if more else ()
+        m2 = run.step("manager", "m", (res,), "" if more else w.paragraph(topic, 40), tools=tools, took=gen.took())
+        run.edge(last, m2)
+        m = m2
+
+
+def fan_in(gen: Gen, run: Run, topic: list[str]) -> None:
+    """CrewAI-style sequential crew: the writer's task carries both earlier outputs as context."""
+    w = gen.words
+    r = run.step("researcher", "r", (User(("Research: " + w.paragraph(topic, 30),)),),
+                 _boiler(gen, w.paragraph(topic, 80)), took=gen.took())  # fmt: skip
+    a = run.step("analyst", "a", (User(("Analyse: " + w.paragraph(topic, 20), gen.quote(r, run.steps[-1].text))),),
+                 _boiler(gen, w.paragraph(topic, 80)), took=gen.took())  # fmt: skip
+    run.edge(r, a)
+    texts = [s.text for s in run.steps]
+    ctx = (
+        "Write the final report. This is the context you're working with:\n",
+        gen.quote(r, texts[0]),
+        "\n----------\n",
+        gen.quote(a, texts[1]),
+    )
+    f = run.step("writer", "f", (User(ctx),), w.paragraph(topic, 100), took=gen.took())
+    run.edge(r, f)
+    run.edge(a, f)
+
+
+def template(gen: Gen, run: Run, topic: list[str]) -> None:
+    """One system run many times at once on the same task text: planner → researcher → writer,
+    outputs full of the stock phrases every run shares."""
+    w = gen.words
+    p = run.step("planner", "p", (User((TEMPLATE_TASK,)),), _boiler(gen, w.paragraph(topic, 70)), took=gen.took())
+    r = run.step("researcher", "r", (User(("Task: " + TEMPLATE_TASK, gen.quote(p, run.steps[-1].text))),),
+                 _boiler(gen, w.paragraph(topic, 90)), took=gen.took())  # fmt: skip
+    run.edge(p, r)
+    f = run.step("writer", "f", (User(("Task: " + TEMPLATE_TASK, gen.quote(r, run.steps[-1].text))),),
+                 _boiler(gen, w.paragraph(topic, 90)), took=gen.took())  # fmt: skip
+    run.edge(r, f)
+
+
 def _with_after(step: Step, after: tuple[str, ...]) -> Step:
     return Step(step.id, step.agent, step.thread, step.input, step.text, step.tools, step.finish, after,
                 step.took, step.fork, step.run, step.stream)  # fmt: skip
@@ -531,23 +620,82 @@ PATTERNS: dict[str, tuple[Callable[[Gen, Run, list[str]], None], dict[str, tuple
         "triage": ("You are the triage agent.", "responses", ("transfer_to_specialist",)),
         "specialist": ("You are the specialist.", "responses", ("lookup",)),
     }),
+    # hard cases: identity without a role-stating prompt, evidence among look-alike runs
+    "managed": (managed, {
+        "manager": ("=", "chat*", ("delegate", "final_answer", "search")),
+        "search_agent": ("=", "chat*", ("delegate", "final_answer", "search")),
+        "code_agent": ("=", "chat*", ("delegate", "final_answer", "search")),
+    }),
+    "shared_pipeline": (pipeline, {
+        "planner": ("=", "chat", ()),
+        "writer": ("=", "chat", ()),
+        "editor": ("=", "chat", ()),
+        "publisher": ("=", "chat", ()),
+    }),
+    "no_system": (pipeline, {
+        "planner": ("", "chat", ()),
+        "writer": ("", "chat", ()),
+        "editor": ("", "chat", ()),
+        "publisher": ("", "chat", ()),
+    }),
+    "no_system_fan_out": (fan_out, {
+        "orchestrator": ("", "chat", ("delegate",)),
+        "worker": ("", "chat", ("search",)),
+        "worker0": ("", "chat", ("search",)),
+        "worker1": ("", "chat", ("search",)),
+        "worker2": ("", "chat", ("search",)),
+        "worker3": ("", "chat", ("search",)),
+    }),
+    "broadcast": (group_chat, {
+        "analyst": ("=", "chat", ()),
+        "skeptic": ("=", "chat", ()),
+        "moderator": ("=", "chat", ()),
+        "expert": ("=", "chat", ()),
+    }),
+    "fan_in": (fan_in, {
+        "researcher": ("You are the Senior Researcher. Your personal goal is: uncover developments.", "chat", ()),
+        "analyst": ("You are the Data Analyst. Your personal goal is: find the numbers.", "chat", ()),
+        "writer": ("You are the Report Writer. Your personal goal is: write the report.", "chat", ()),
+    }),
+    "template": (template, {
+        "planner": ("You are the planner.", "chat", ()),
+        "researcher": ("You are the researcher.", "chat", ()),
+        "writer": ("You are the writer.", "chat", ()),
+    }),
+}  # fmt: skip
+FAMILIES = {
+    "role_prompts": ("fan_out", "pipeline", "supervisor", "agent_as_tool", "ping_pong", "nested", "human",
+                     "group_chat", "truncated", "handoff_history"),
+    "shared_prompt": ("managed", "shared_pipeline", "broadcast"),
+    "no_system_prompt": ("no_system", "no_system_fan_out"),
+    "fan_in": ("fan_in",),
+    "same_template": ("template",),
 }  # fmt: skip
 
 
-def generate(runs: int, seed: int) -> tuple[list[Call], Truth]:
+def generate(runs: int, seed: int, template_runs: int = 200) -> tuple[list[Call], Truth]:
+    """`runs` runs of every pattern in turn, one starting every 0.6 s on average, and a burst of
+    `template_runs` runs of one system on one task text, all live at once mid-way."""
     gen = Gen(seed)
     streams = []
     start = 0.0
-    names = sorted(PATTERNS)
-    for r in range(runs):
-        pattern = names[r % len(names)]
+    names = sorted(set(PATTERNS) - {"template"})
+    plan = [(names[r % len(names)], None) for r in range(runs)]
+    burst_at = runs * 0.3
+    plan[len(plan) // 2 : len(plan) // 2] = [("template", burst_at + i * 0.02) for i in range(template_runs)]
+    for r, (pattern, at) in enumerate(plan):
         v = gen.rng.randrange(3)
         build, roles = PATTERNS[pattern]
         system = f"{pattern}{v}"
+        if pattern == "broadcast" or pattern.startswith("no_system"):
+            # one prompt (or none) for every variant: agents named alike are one agent; a fan-out
+            # has one worker agent (identical workers without a prompt or tools of their own are one)
+            v, system = 0, pattern + "0"
         run = Run(gen, f"r{r}", system, agents_for(gen, pattern, v, roles))
         build(gen, run, gen.topic())
-        start += gen.rng.expovariate(1 / 0.6)
-        streams.append(render(run.script(), offset=start))
+        if at is None:
+            start += gen.rng.expovariate(1 / 0.6)
+        streams.append(render(run.script(), offset=start if at is None else at))
     per_run: dict[str, dict[str, str]] = {}
     calls = [call_from_exchange(_noisy(ex, gen.rng, per_run)) for ex in merge(*streams)]
     return calls, gen.truth
@@ -615,6 +763,7 @@ def score(results: dict[str, LinkResult], truth: Truth) -> dict[str, Any]:
     trunc = {(e.source, e.target) for r in results.values() for e in r.edges if e.evidence.get("truncated")}
     steps = sorted(results)
     run_of = final_runs(results)
+    agent_of = final_agents(results)
     return {
         "handoff_edges": {
             "truth": len(truth.edges),
@@ -626,14 +775,52 @@ def score(results: dict[str, LinkResult], truth: Truth) -> dict[str, Any]:
         "kind_accuracy": kinds,
         "human": dict(zip(("precision", "recall", "f1"), prf(humans, truth.human), strict=True)),
         "truncated": dict(zip(("precision", "recall", "f1"), prf(trunc, truth.truncated), strict=True)),
-        "agent_ari": ari([truth.agent[s] for s in steps], [results[s].agent for s in steps]),
+        "agent_ari": ari([truth.agent[s] for s in steps], [agent_of[s] for s in steps]),
         "run_ari": ari([truth.run[s] for s in steps], [run_of[s] for s in steps]),
         "agents": {
             "truth": len(set(truth.agent.values())),
             "found": len({r.agent for r in results.values()}),
         },
         "runs": {"truth": len(set(truth.run.values())), "found": len(set(run_of.values()))},
+        "calls": len(steps),
     }
+
+
+def family_of(pattern: str) -> str:
+    return next((f for f, members in FAMILIES.items() if pattern in members), "other")
+
+
+def by_family(results: dict[str, LinkResult], truth: Truth) -> dict[str, dict[str, Any]]:
+    """The same scores for each pattern family's calls alone (edges whose target is one)."""
+    fam = {s: family_of(truth.agent[s].split(":")[0].rstrip("0123456789")) for s in results}
+    out = {}
+    for f in FAMILIES:
+        keep = {s for s in results if fam[s] == f}
+        if not keep:
+            continue
+        sub = Truth(
+            {s: a for s, a in truth.agent.items() if s in keep},
+            {s: r for s, r in truth.run.items() if s in keep},
+            {e: k for e, k in truth.edges.items() if e[1] in keep},
+            truth.human & keep,
+            {e for e in truth.truncated if e[1] in keep},
+        )
+        run_of = final_runs(results)
+        agent_of = final_agents(results)
+        part = {
+            s: dataclasses.replace(results[s], run_id=run_of[s], merged_runs=[], agent=agent_of[s], renamed={})
+            for s in keep
+        }
+        out[f] = score(part, sub)
+    return out
+
+
+def final_agents(results: dict[str, LinkResult]) -> dict[str, str]:
+    """Each call's agent after the renames later calls reported (what the recorder persists)."""
+    out = {cid: r.agent for cid, r in results.items()}
+    for r in results.values():
+        out.update((cid, name) for cid, name in r.renamed.items() if cid in out)
+    return out
 
 
 def final_runs(results: dict[str, LinkResult]) -> dict[str, str]:
@@ -703,13 +890,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--runs", type=int, default=600)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--template-runs", type=int, default=200)
     ap.add_argument("--json", type=pathlib.Path)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    calls, truth = generate(args.runs, args.seed)
+    calls, truth = generate(args.runs, args.seed, args.template_runs)
     gen_s = time.perf_counter() - t0
     results, link_s = link_all(calls)
     report = score(results, truth)
+    report["families"] = by_family(results, truth)
     report["calls"] = len(calls)
     report["mean_tokens_per_call"] = round(sum(map(tokens, calls)) / len(calls))
     report["throughput_calls_per_s"] = round(len(calls) / link_s)
@@ -720,7 +909,10 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(report))
     if args.json:
         args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    ok = report["handoff_edges"]["f1"] >= 0.98 and min(report["agent_ari"], report["run_ari"]) >= 0.99
+    ok = all(
+        f["handoff_edges"]["f1"] >= 0.98 and min(f["agent_ari"], f["run_ari"]) >= 0.99
+        for f in [report, *report["families"].values()]
+    )
     return 0 if ok and report["throughput_calls_per_s"] >= 2000 else 1
 
 
@@ -738,7 +930,17 @@ def _table(report: dict[str, Any]) -> str:
         f"throughput {report['throughput_calls_per_s']} calls/s ({report['mean_link_us']} us/call, one core)   "
         f"memory {report['memory_mib_per_10k_calls']} MiB per 10k live calls   "
         f"(cpu calibration: sum(range(10**7)) = {report['cpu_calibration_s']} s)",
+        "",
+        f"{'family':<18} {'calls':>6} {'runs':>9} {'agents':>9} {'ARI agents':>11} {'ARI runs':>9} "
+        f"{'flow P':>7} {'flow R':>7} {'flow F1':>8}",
     ]
+    for name, f in report["families"].items():
+        h = f["handoff_edges"]
+        runs, agents = f"{f['runs']['found']}/{f['runs']['truth']}", f"{f['agents']['found']}/{f['agents']['truth']}"
+        lines.append(
+            f"{name:<18} {f['calls']:>6} {runs:>9} {agents:>9} {f['agent_ari']:>11.4f} {f['run_ari']:>9.4f} "
+            f"{h['precision']:>7.4f} {h['recall']:>7.4f} {h['f1']:>8.4f}"
+        )
     return "\n".join(lines)
 
 

@@ -67,6 +67,7 @@ class Message:
     text: str
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_call_id: str | None = None  # for role=tool: which call this answers
+    name: str | None = None  # chat `name`: the participant who spoke (group chats name each speaker)
 
 
 @dataclass(slots=True)

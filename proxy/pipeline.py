@@ -140,6 +140,8 @@ class Pipeline:
         ]
         inferred = call.agent_source in (None, "inferred")  # a given name is not a fingerprint's
         self._count(totals, call, link.agent, link.agent_fingerprint if inferred else None, link.run_id, link.flags)
+        # a group chat named an earlier call's speaker only now: its row shows that agent
+        record.call_updates.extend({"id": cid, "agent": agent} for cid, agent in link.renamed.items())
         for old in link.merged_runs:
             if link.run_id is not None:
                 totals.run_merges.append({"from": old, "into": link.run_id})

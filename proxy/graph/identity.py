@@ -71,6 +71,14 @@ _ROLE_PATTERNS = (
     re.compile(r"\bact as\s+(?:(?:the|a|an)\s+)?([^\n.,;:!?()]{1,60})", re.I),
 )
 _ROLE_SCAN_CHARS = 2000
+_QUOTE = "[\"'\u201c\u2018`]?"
+_STATED = re.compile(
+    r"(?:\byou(?:'re|\u2019re| are)\b[^.\n]{0,40}?\b(?:named|called)|\byour name is)\s+"
+    + _QUOTE
+    + r"([A-Za-z][\w-]{0,40}(?: [A-Z][\w-]{0,20})?)",
+    re.I,
+)
+_STATED_SCAN_CHARS = 400
 
 
 def normalize_prompt(text: str) -> str:
@@ -185,6 +193,25 @@ def _slug(phrase: str) -> str | None:
     return slug if len(slug) >= 2 else None
 
 
+def stated_name(call: Call) -> str | None:
+    """The speaker's own name when the request states it: the `name` of its own (assistant)
+    turns, or a first user message that addresses it by name ("You're a helpful agent named
+    'search_agent'").  Agents that share a prompt are told apart by it."""
+    first_user: str | None = None
+    for m in call.messages:
+        if m.role == "assistant" and m.name:
+            return slug_name(m.name)
+        if first_user is None and m.role == "user":
+            first_user = m.text[:_STATED_SCAN_CHARS]
+    match = _STATED.search(first_user) if first_user else None
+    return slug_name(match.group(1)) if match else None
+
+
+def slug_name(raw: str) -> str | None:
+    slug = "-".join(re.findall(r"[a-z0-9]+", raw.lower()))[:40]
+    return slug if len(slug) >= 2 else None
+
+
 class NameClaims(Protocol):
     """Who owns a display name.  A shared backend makes this atomic (SET NX)."""
 
@@ -248,7 +275,8 @@ class AgentDirectory:
         tag = key.removeprefix("name:")
         base = role or f"agent-{tag[:8]}"
         for candidate in (base, f"{base}-{_short(tag, 4)}", f"{base}-{_short(tag, 12)}"):
-            if self._claims.claim_name(candidate, key) == key:
+            owner = self._claims.claim_name(candidate, key)
+            if owner == key or _states_own_role(key, owner):
                 return candidate
         return f"{base}-{_short(tag, 16)}"
 
@@ -278,6 +306,12 @@ class AgentDirectory:
     def known(self) -> dict[str, str]:
         """Agent key → display name, for persisting to the agents table."""
         return {key: self.resolve(name) for key, name in self._names.items()}
+
+
+def _states_own_role(key: str, owner: str) -> bool:
+    """`fp/analyst` may show as `analyst` when that name belongs to its own prompt's key `fp`:
+    the request stated the role its prompt states (a group chat naming its speakers)."""
+    return "/" in key and owner == key.split("/", 1)[0]
 
 
 def _short(tag: str, n: int) -> str:
@@ -314,8 +348,26 @@ class Identifier:
         if call.agent and call.agent_source != "inferred":  # inferred = our own earlier guess
             name, new = self.directory.explicit(call.agent)
             return Identity("name:" + call.agent, name, fp, new)
-        name, new = self.directory.name_for(fp, self._role(fp, call.system))
+        stated = stated_name(call)
+        role = self._role(fp, call.system)
+        if stated:
+            return self.stated(fp, stated, role)
+        name, new = self.directory.name_for(fp, role)
         return Identity(fp, name, fp, new)
+
+    def stated(self, fp: str, stated: str, role: str | None = None) -> Identity:
+        """The agent of prompt `fp` whose requests call it `stated`: the prompt's own agent when
+        that is the role the prompt states, else one of the agents sharing the prompt."""
+        role = role if role is not None else self._roles.get(fp)
+        key = fp if stated == role else f"{fp}/{stated}"
+        name, new = self.directory.name_for(key, stated)
+        return Identity(key, name, fp, new, hinted=True)
+
+    def rekeyed(self, ident: Identity, key: str, system: str | None) -> Identity:
+        """The same caller under another key (the linker learnt which of the agents sharing
+        a prompt it is): named like its prompt's role, told apart by a suffix."""
+        name, new = self.directory.name_for(key, self._role(ident.fingerprint, system))
+        return Identity(key, name, ident.fingerprint, new)
 
     def _fingerprint(self, system: str, tools: tuple[str, ...]) -> str:
         constant = _cut(system, calendar=False)

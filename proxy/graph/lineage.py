@@ -188,11 +188,17 @@ def _last_touched(flags: list[bool], part_ends: tuple[int, ...]) -> tuple[int, i
 
 
 def drop_relayed(found: list[Lineage], fed: Mapping[str, frozenset[str]]) -> list[Lineage]:
-    """Drop sources whose output reached the target through another accepted source."""
+    """Drop sources whose output reached the target through another accepted source: A fed B,
+    and A's output sits in a message of its own beside B's (a transcript every turn resends).
+    Kept: A's output as the caller's own assistant turn (its memory, not a relay), and A's
+    output composed into one message with B's (context the caller assembled: fan-in)."""
     kept = []
     for a in found:
-        relayed = any(
-            b is not a and a.record.call_id in fed.get(b.record.thread_id, frozenset()) for b in found
+        relayed = a.via != "assistant" and any(
+            b is not a
+            and a.record.call_id in fed.get(b.record.thread_id, frozenset())
+            and not (a.segments & b.segments)
+            for b in found
         )
         if not relayed:
             kept.append(a)

@@ -34,7 +34,7 @@ from types import MappingProxyType
 from proxy.call import Call
 from proxy.graph import threads
 from proxy.graph.fingerprint import Shingler
-from proxy.graph.identity import AgentDirectory, Identifier
+from proxy.graph.identity import AgentDirectory, Identifier, slug_name
 from proxy.graph.index import LineageIndex
 from proxy.graph.lineage import Lineage, LineageConfig, Segment, attribute, drop_relayed, score, seen_keys
 from proxy.graph.model import HUMAN_PREFIX, CallRecord, Edge, Identity, LinkResult, Ref, RunState
@@ -77,6 +77,7 @@ class _Ctx:
     roots: dict[str, str] = field(default_factory=dict)  # parent call → its (root) run
     merged: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)
 
 
 class Linker:
@@ -107,6 +108,7 @@ class Linker:
         self.chains = chains or threads.ChainCache()
         self._scanned_prompts: dict[str, None] = {}
         self._big_pieces: dict[tuple[str, int, str], tuple[str, Segment]] = {}
+        self._renamed: dict[str, str] = {}  # call id → the agent a later call named it
 
     @property
     def directory(self) -> AgentDirectory:
@@ -124,20 +126,23 @@ class Linker:
         self._segment(ctx)
         self._find_tool_sources(ctx)
         self._find_content_sources(ctx)
+        self._refine_identity(ctx)
+        self._name_sources(ctx)
         self._assign_run(ctx)
         edges = self._edges(ctx)
         self._remember(ctx, edges)
         return LinkResult(
             call.id,
-            ident.name,
+            ctx.ident.name,
             ident.fingerprint,
             ctx.run_id,
             ctx.thread_id,
             edges,
             ctx.flags,
             ctx.new_run,
-            ident.new,
+            ctx.ident.new,
             ctx.merged,
+            ctx.renamed,
         )
 
     def close_idle(self, now: float | None = None) -> list[str]:
@@ -151,7 +156,7 @@ class Linker:
         call = ctx.call
         if call.previous_response_id and self._from_response(ctx, call.previous_response_id):
             return
-        ctx.prefix = self.chains.chain(threads.seed(ctx.ident.key), ctx.atoms)
+        ctx.prefix = self.chains.chain(threads.seed(ctx.ident.seed), ctx.atoms)
         if not ctx.prefix:
             ctx.thread_id = call.id
             return
@@ -171,7 +176,7 @@ class Linker:
         if ref is None:
             return False
         ctx.prefix = self.chains.chain(bytes.fromhex(ref.chain), ctx.atoms)
-        if ref.agent == ctx.ident.key:
+        if _same_caller(ref.agent, ctx.ident):
             ctx.pred, ctx.pred_via, ctx.thread_id = ref, "previous_response_id", ref.thread_id
         else:
             ctx.thread_id = ctx.call.id
@@ -278,6 +283,61 @@ class Linker:
             src = ctx.sources[rec.call_id] = _Source(ref, "content")
         src.lineage = lin
         ctx.claimed |= lin.segments
+
+    # ------------------------------------------------------------------ 3b who, among agents sharing a prompt
+
+    def _refine_identity(self, ctx: _Ctx) -> None:
+        """Agents that share a prompt and tools share a fingerprint; the traffic still tells
+        them apart.  A call continues its own conversation (the caller of its predecessor, or
+        of an output it holds as its own `assistant` turn); a new conversation fed another
+        sharer's output as user or tool input is another agent: the one that sharer hands
+        work to.  A name the request states (Identity.hinted) or a client-given name wins."""
+        ident = ctx.ident
+        if ident.hinted or ident.key.startswith("name:"):
+            return
+        own = ctx.pred.agent if ctx.pred is not None else self._own_turns(ctx)
+        if own is not None:
+            if own != ident.key and _base(own) == ident.fingerprint:
+                ctx.ident = self.identifier.rekeyed(ident, own, ctx.call.system)
+            return
+        fed = [
+            src for src in ctx.sources.values()
+            if _base(src.ref.agent) == ident.fingerprint and (src.lineage is None or src.lineage.via != "assistant")
+        ]  # fmt: skip
+        if fed:
+            top = max(fed, key=lambda s: (s.lineage.hits if s.lineage else 1_000_000, s.ref.ended_at))
+            key = f"{ident.fingerprint}<{hashlib.blake2b(top.ref.agent.encode(), digest_size=4).hexdigest()}"
+            ctx.ident = self.identifier.rekeyed(ident, key, ctx.call.system)
+
+    def _name_sources(self, ctx: _Ctx) -> None:
+        """A group chat names each speaker's turn (`name`): the call whose output a named turn
+        holds was made by that speaker.  A speaker's first turn could not know it (nothing in
+        its own request named it), so it is renamed now (LinkResult.renamed)."""
+        for src in ctx.sources.values():
+            lin, agent = src.lineage, src.ref.agent
+            if lin is None or "/" in agent or agent.startswith("name:") or src.ref.call_id in ctx.renamed:
+                continue
+            names = {ctx.call.messages[ctx.atoms[i].index].name for i in lin.segments if i >= 0}
+            names.discard(None)
+            if len(names) == 1 and (slug := slug_name(names.pop() or "")):
+                name = self.identifier.stated(_base(agent), slug).name
+                ctx.renamed[src.ref.call_id] = self._renamed[src.ref.call_id] = name
+                if len(self._renamed) >= 65_536:
+                    drop_oldest(self._renamed)
+
+    def _agent_of(self, ref: Ref) -> str:
+        """Who made a call, as agent pairs (handoff, then return) count it: its shown name."""
+        return self._renamed.get(ref.call_id) or self.directory.name_for(ref.agent, None)[0]
+
+    @staticmethod
+    def _own_turns(ctx: _Ctx) -> str | None:
+        """The caller of an output this call holds as its own assistant turn (a history the
+        framework re-serialised, so no prefix matched)."""
+        mine = [
+            src for src in ctx.sources.values()
+            if src.lineage is not None and src.lineage.via == "assistant" and _base(src.ref.agent) == ctx.ident.fingerprint
+        ]  # fmt: skip
+        return max(mine, key=lambda s: s.ref.ended_at).ref.agent if mine else None
 
     # ------------------------------------------------------------------ 4 run
 
@@ -387,14 +447,14 @@ class Linker:
         return Edge(pred.call_id, ctx.call.id, "continuation", ev)
 
     def _source_edge(self, ctx: _Ctx, src: _Source, pairs: frozenset[tuple[str, str]]) -> Edge | None:
-        me, other = ctx.ident.key, src.ref.agent
         if ctx.roots.get(src.ref.call_id) != ctx.run_id:
             return None  # a run is what edges join: weak lineage from another run is a look-alike
         ev: dict[str, object] = src.lineage.evidence() if src.lineage else {"via": src.basis}
         if src.tool_ids:
             ev["tool_call_ids"] = src.tool_ids
             ev["via"] = "tool_call" if src.lineage is None else ev["via"]
-        if other == me:
+        me, other = ctx.ident.name, self._agent_of(src.ref)
+        if src.ref.agent == ctx.ident.key or other == me:
             kind = "tool" if src.basis == "tool_call" and src.lineage is None else "continuation"
         else:
             kind = "return" if (me, other) in pairs else "handoff"
@@ -441,7 +501,7 @@ class Linker:
         call, ended = ctx.call, _end(ctx.call)
         out = threads.output_atoms(call.completion)
         ok = bool(out) and call.outcome in (None, "ok")
-        last = ctx.prefix[-1] if ctx.prefix else threads.seed(ctx.ident.key)
+        last = ctx.prefix[-1] if ctx.prefix else threads.seed(ctx.ident.seed)
         head = self.chains.chain(last, out)[-1] if out else last
         ref = Ref(call.id, ctx.thread_id, ctx.run_id, ctx.ident.key, ended, head.hex(), ok)
         refs = {threads.head_key(head) if ok else threads.input_key(last): ref}
@@ -466,8 +526,8 @@ class Linker:
         self.index.add_call(record)
 
     def _remember_run(self, ctx: _Ctx, edges: list[Edge], ended: float) -> None:
-        me = ctx.ident.key
-        pairs = [(src.ref.agent, me) for src in ctx.sources.values() if self._is_handoff(src, edges)]
+        me = ctx.ident.name
+        pairs = [(self._agent_of(src.ref), me) for src in ctx.sources.values() if self._is_handoff(src, edges)]
         explicit = bool(ctx.call.run_hint)
         self.index.touch_run(
             ctx.run_id, started_at=ctx.call.started_at, ended_at=ended, pairs=pairs, explicit=explicit
@@ -498,6 +558,17 @@ class _Lazy:
         if self._value is None:
             self._value = self._make()
         return self._value
+
+
+def _base(agent_key: str) -> str:
+    """The fingerprint part of an inferred agent key (`fp`, `fp/<stated name>`, `fp<<feeder>`)."""
+    return agent_key[:16]
+
+
+def _same_caller(agent_key: str, ident: Identity) -> bool:
+    if agent_key == ident.key:
+        return True
+    return not ident.hinted and not ident.key.startswith("name:") and _base(agent_key) == ident.fingerprint
 
 
 def _end(call: Call) -> float:

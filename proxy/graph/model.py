@@ -46,6 +46,7 @@ class LinkResult:
     new_run: bool = False
     new_agent: bool = False
     merged_runs: list[str] = field(default_factory=list)  # runs folded into run_id by this call
+    renamed: dict[str, str] = field(default_factory=dict)  # earlier call id → its agent, learnt here
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,13 @@ class Identity:
     name: str
     fingerprint: str
     new: bool = False
+    hinted: bool = False  # the request itself named the speaker (explicit name or a stated name)
+
+    @property
+    def seed(self) -> str:
+        """What a conversation's hash chain starts from: the prompt and tools (agents that share
+        them share chains; who continues a chain is the agent of its last call)."""
+        return self.key if self.key.startswith("name:") else self.fingerprint
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,7 +64,8 @@ class RunResolver:
         if not out:
             return
         key = self.identifier.identify(call).key
-        head = self.chains.chain(threads.seed(key), threads.atoms(call.messages) + out)[-1]
+        seed = self.identifier.identify(call).seed
+        head = self.chains.chain(threads.seed(seed), threads.atoms(call.messages) + out)[-1]
         ended = call.ended_at or self.clock()
         ref = Ref(call.id, call.id, call.run_id, key, ended, head.hex())
         existing = self.index.get_refs([threads.head_key(head)])[0]
@@ -77,7 +78,7 @@ class RunResolver:
         items = threads.atoms(call.messages)
         if not items:
             return None
-        prefix = self.chains.chain(threads.seed(self.identifier.identify(call).key), items)
+        prefix = self.chains.chain(threads.seed(self.identifier.identify(call).seed), items)
         refs = self.index.get_refs([threads.head_key(d) for d in reversed(prefix)])
         return next((r for r in refs if r is not None), None)
 

@@ -44,6 +44,7 @@ class AgentSpec:
     model: str = "gpt-4o-mini"
     stateful: bool = False  # responses: previous_response_id + only the new items
     explicit: bool = False  # send X-Interlock-Agent with the script's agent name
+    rewrite: bool = False  # chat: resend earlier tool calls and results as text (smolagents-style memory)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +234,7 @@ class _Renderer:
             return _responses_request(step, spec, thread, turns)
         if spec.api == "messages":
             return _messages_request(step, spec, turns)
-        return _chat_request(step, spec, turns)
+        return _chat_request(step, spec, turns, named=group)
 
     def _record(self, step: Step, spec: AgentSpec, thread: _Thread, response: dict[str, Any]) -> None:
         calls = [(_tool_id(step, i, self.script), t.name, t.args) for i, t in enumerate(step.tools)]
@@ -284,11 +285,16 @@ def _args(args: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------- wire formats
 
 
-def _chat_request(step: Step, spec: AgentSpec, turns: list[_Turn]) -> dict[str, Any]:
-    messages: list[dict[str, Any]] = [{"role": "system", "content": spec.system}]
+def _chat_request(step: Step, spec: AgentSpec, turns: list[_Turn], *, named: bool = False) -> dict[str, Any]:
+    """`named`: a group chat names every turn's speaker, the caller's own (AG2, AutoGen) too."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": spec.system}] if spec.system else []
     for t in turns:
-        if t.kind == "assistant":
+        if spec.rewrite and t.kind != "user":
+            messages.append(_rewritten(t))
+        elif t.kind == "assistant":
             msg: dict[str, Any] = {"role": "assistant", "content": t.text or None}
+            if named and t.speaker:
+                msg["name"] = t.speaker
             if t.calls:
                 msg["tool_calls"] = [_chat_tool_call(c) for c in t.calls]
             messages.append(msg)
@@ -305,6 +311,16 @@ def _chat_request(step: Step, spec: AgentSpec, turns: list[_Turn]) -> dict[str, 
             for n in spec.tools
         ]
     return body
+
+
+def _rewritten(t: _Turn) -> dict[str, Any]:
+    """A framework's own memory format: a tool call becomes assistant text, its result a user
+    observation (what smolagents sends back)."""
+    if t.kind == "tool":
+        return {"role": "user", "content": f"Observation:\n{t.text}"}
+    calls = [{"id": c[0], "type": "function", "function": {"name": c[1], "arguments": c[2]}} for c in t.calls]
+    text = t.text + (f"\nCalling tools:\n{calls!r}" if calls else "")
+    return {"role": "assistant", "content": text.strip()}
 
 
 def _chat_tool_call(c: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:

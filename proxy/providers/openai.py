@@ -46,7 +46,8 @@ def _chat_messages(body: dict[str, Any]) -> tuple[str | None, list[Message]]:
             for tc in m.get("tool_calls") or ()
             if isinstance(tc, dict) and isinstance(fn := tc.get("function") or {}, dict)
         ]
-        out.append(Message(role, text, calls, m.get("tool_call_id")))
+        name = m.get("name")
+        out.append(Message(role, text, calls, m.get("tool_call_id"), name if isinstance(name, str) else None))
     return ("\n".join(system) if system else None), out
 
 
