@@ -64,6 +64,20 @@ FUNCTION_WORDS = (
     "both", "each", "under", "between",
 )
 # fmt: on
+STOCK = tuple(
+    f"{opener} {topic}."
+    for opener in (
+        "Here is a summary of the key findings on", "Let me know if you would like me to expand on",
+        "Based on the information provided, here is my analysis of", "I hope this helps with",
+        "Please review the following and provide feedback on", "In conclusion, the approach above addresses",
+        "Feel free to ask if you have any further questions about", "Below is a detailed breakdown of",
+        "To summarize, these are the most important points about", "I have completed the analysis of",
+    )
+    for topic in (
+        "the pricing section", "the competitive landscape", "the risks involved", "the next steps",
+        "the technical requirements", "the budget estimate", "the implementation plan", "the data sources",
+    )
+)  # fmt: skip
 WRAPPERS = (
     "{}",
     "Please handle the following assignment:\n{}",
@@ -103,12 +117,19 @@ class Words:
         return " ".join(words).capitalize() + "."
 
     def paragraph(self, topic: list[str], words: int) -> str:
+        """Sentences on the topic; half of them open or close with a stock phrase (the
+        boilerplate real outputs share across runs: a few runs at a time hold each one)."""
         out: list[str] = []
+        rng = self.rng
+        if rng.random() < 0.5:
+            out.append(rng.choice(STOCK))
         count = 0
         while count < words:
             s = self.sentence(topic)
             out.append(s)
             count += s.count(" ") + 1
+        if rng.random() < 0.5:
+            out.append(rng.choice(STOCK))
         return " ".join(out)
 
     def paraphrase(self, text: str, share: float) -> tuple[tuple[str, str], ...]:
@@ -553,11 +574,15 @@ def fan_in(gen: Gen, run: Run, topic: list[str]) -> None:
 def template(gen: Gen, run: Run, topic: list[str]) -> None:
     """One system run many times at once on the same task text: planner → researcher → writer,
     outputs full of the stock phrases every run shares."""
-    w = gen.words
-    p = run.step("planner", "p", (User((TEMPLATE_TASK,)),), _boiler(gen, w.paragraph(topic, 70)), took=gen.took())
-    r = run.step("researcher", "r", (User(("Task: " + TEMPLATE_TASK, gen.quote(p, run.steps[-1].text))),),
+    w, rng = gen.words, gen.rng
+    plan = f"Task: {TEMPLATE_TASK}\n\n" + _boiler(gen, w.paragraph(topic, 70))  # restates the task
+    p = run.step("planner", "p", (User((TEMPLATE_TASK,)),), plan, took=gen.took())
+    q = run.step("researcher", "r", (User(("Task: " + TEMPLATE_TASK, gen.quote(p, plan))),),
+                 tools=(ToolUse("search", {"q": w.sentence(topic, 6)}),), took=gen.took())  # fmt: skip
+    run.edge(p, q)
+    page = " ".join(rng.sample(BOILERPLATE, 3)) + "\n\n" + w.paragraph(w.content(6), rng.randint(200, 600))
+    r = run.step("researcher", "r", (Result(q, 0, (f"{TEMPLATE_TASK}\n\n{page}",)),),
                  _boiler(gen, w.paragraph(topic, 90)), took=gen.took())  # fmt: skip
-    run.edge(p, r)
     f = run.step("writer", "f", (User(("Task: " + TEMPLATE_TASK, gen.quote(r, run.steps[-1].text))),),
                  _boiler(gen, w.paragraph(topic, 90)), took=gen.took())  # fmt: skip
     run.edge(r, f)

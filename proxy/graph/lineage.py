@@ -42,6 +42,13 @@ class LineageConfig:
     tail_kept: float = 0.5  # at most this share of them in the target
     head_density: float = 0.7
     slack_s: float = 0.0  # clock skew tolerated between source end and target start
+    # placing a call in another call's run (or merging runs) needs specific, substantial evidence:
+    # min_hits fingerprints no other run's output holds, covering this share of the output ...
+    place_coverage: float = 0.3
+    place_part: float = 0.5  # ... or this share of one part of at least place_part_fps fingerprints ...
+    place_part_fps: int = 4  # ... when the matched passage is this share of the input holding it
+    place_input_share: float = 0.1
+    place_hits: int = 12  # ... or this many specific fingerprints
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +77,19 @@ class Lineage:
     reason: str | None
     via: str
     segments: set[int]
+    specific: int = 0  # hits that no other run's output holds (boilerplate shared across runs is not)
+    part_cover: float = 0.0  # the largest share of one (substantial) part of the output present
+    input_share: float = 1.0  # hits / shingles of the input messages holding them
+
+    def places(self, cfg: LineageConfig) -> bool:
+        """Strong enough to put the target in the source's run: boilerplate a few runs share
+        (3-4 stock phrases at low coverage) never is."""
+        if self.coverage >= cfg.place_coverage:
+            return True  # most of the output (an output other runs repeat whole: the newest, see attribute)
+        if self.specific < cfg.min_hits:
+            return False
+        part = self.part_cover >= cfg.place_part and self.input_share >= cfg.place_input_share
+        return part or self.specific >= cfg.place_hits
 
     def evidence(self) -> dict[str, object]:
         ev: dict[str, object] = {
@@ -113,9 +133,11 @@ def score(
     segments: list[Segment],
     cfg: LineageConfig,
     target_words: Callable[[], set[int]],
+    shared: set[int] | None = None,
 ) -> Lineage | None:
     """A Lineage when the target holds enough of `record`'s output, else None.
-    `target_words` (word ids of the new input) is only called to confirm a cut."""
+    `target_words` (word ids of the new input) is only called to confirm a cut; `shared`
+    (hashes several runs' outputs hold) makes `Lineage.specific`."""
     if not record.fps or not _enough(record, owned, cfg):
         return None
     flags = list(map(present.__contains__, record.fps))
@@ -124,7 +146,29 @@ def score(
     if reason is None and _cut(record, flags, cfg, target_words):
         reason = "cut"
     via, segs = _via(owned, segments)
-    return Lineage(record, len(owned), coverage, reason is not None, reason, via, segs)
+    return Lineage(
+        record, len(owned), coverage, reason is not None, reason, via, segs,
+        len(owned) if shared is None else len(owned - shared), _part_cover(record, flags, cfg),
+        len(owned) / max(1, sum(len(seg.hashes) for seg in segments if seg.index in segs)),
+    )  # fmt: skip
+
+
+def _part_cover(record: CallRecord, flags: list[bool], cfg: LineageConfig) -> float:
+    best, start = 0.0, 0
+    for end in record.part_ends:
+        if end - start >= cfg.place_part_fps:
+            best = max(best, sum(flags[start:end]) / (end - start))
+        start = end
+    return best
+
+
+def shared_across_runs(hits: Mapping[int, tuple[str, ...]], records: Mapping[str, CallRecord]) -> set[int]:
+    """Hashes that outputs of more than one run hold: stock phrases, templates, common code."""
+    out = set()
+    for h, ids in hits.items():
+        if len(ids) > 1 and len({records[c].run_id for c in ids if c in records}) > 1:
+            out.add(h)
+    return out
 
 
 def _enough(record: CallRecord, owned: set[int], cfg: LineageConfig) -> bool:

@@ -36,7 +36,16 @@ from proxy.graph import threads
 from proxy.graph.fingerprint import Shingler
 from proxy.graph.identity import AgentDirectory, Identifier, slug_name
 from proxy.graph.index import LineageIndex
-from proxy.graph.lineage import Lineage, LineageConfig, Segment, attribute, drop_relayed, score, seen_keys
+from proxy.graph.lineage import (
+    Lineage,
+    LineageConfig,
+    Segment,
+    attribute,
+    drop_relayed,
+    score,
+    seen_keys,
+    shared_across_runs,
+)
 from proxy.graph.model import HUMAN_PREFIX, CallRecord, Edge, Identity, LinkResult, Ref, RunState
 from proxy.lru import drop_oldest
 
@@ -127,8 +136,8 @@ class Linker:
         self._find_tool_sources(ctx)
         self._find_content_sources(ctx)
         self._refine_identity(ctx)
-        self._name_sources(ctx)
         self._assign_run(ctx)
+        self._name_sources(ctx)
         edges = self._edges(ctx)
         self._remember(ctx, edges)
         return LinkResult(
@@ -251,11 +260,13 @@ class Linker:
         if not hits:
             return
         ids = {cid for v in hits.values() for cid in v}
-        records = {cid: r for cid, r in self.index.get_calls(ids).items() if self._eligible(ctx, r)}
+        fetched = self.index.get_calls(ids)
+        shared = shared_across_runs(hits, fetched)
+        records = {cid: r for cid, r in fetched.items() if self._eligible(ctx, r)}
         found = []
         words = _Lazy(lambda: self._target_words(ctx))
         for cid, owned in attribute(hits, records).items():
-            lin = score(records[cid], owned, present, ctx.segments, self.config, words)
+            lin = score(records[cid], owned, present, ctx.segments, self.config, words, shared)
             if lin is not None:
                 found.append(lin)
         fed = self.index.thread_sources({lin.record.thread_id for lin in found}) if len(found) > 1 else {}
@@ -317,6 +328,8 @@ class Linker:
             lin, agent = src.lineage, src.ref.agent
             if lin is None or "/" in agent or agent.startswith("name:") or src.ref.call_id in ctx.renamed:
                 continue
+            if ctx.roots.get(src.ref.call_id) != ctx.run_id or not lin.places(self.config):
+                continue  # a look-alike from another run, or too little of it to say who spoke
             names = {ctx.call.messages[ctx.atoms[i].index].name for i in lin.segments if i >= 0}
             names.discard(None)
             if len(names) == 1 and (slug := slug_name(names.pop() or "")):
@@ -376,16 +389,22 @@ class Linker:
         return [ctx.pred, *refs] if ctx.pred else refs
 
     def _live_runs(self, ctx: _Ctx, parents: list[Ref]) -> list[tuple[Ref, RunState]]:
-        """The open runs of the parents (merged runs answer as their root), first seen first."""
+        """The open runs of the parents (merged runs answer as their root), first seen first.
+        Every parent's run is noted (ctx.roots); only the predecessor and structural or
+        placing content sources (Lineage.places) offer theirs."""
         live: dict[str, tuple[Ref, RunState]] = {}
         for ref in parents:
             state = self.index.get_run(ref.run_id)
             if state is None:
                 continue
             ctx.roots[ref.call_id] = state.run_id
-            if self._open(state, ctx.call.started_at) and state.run_id not in live:
+            if self._open(state, ctx.call.started_at) and state.run_id not in live and self._places(ctx, ref):
                 live[state.run_id] = (ref, state)
         return list(live.values())
+
+    def _places(self, ctx: _Ctx, ref: Ref) -> bool:
+        src = ctx.sources.get(ref.call_id)
+        return src is None or src.lineage is None or src.lineage.places(self.config)
 
     def _explained(self, ctx: _Ctx, run_id: str) -> set[int]:
         """Input segments already explained by content from the main run's own calls."""
@@ -406,7 +425,7 @@ class Linker:
             return True
         if lin.segments and lin.segments <= explained:
             return False
-        return lin.hits >= cfg.merge_hits and lin.hits >= cfg.merge_share * len(lin.record.fps)
+        return lin.places(cfg) and lin.specific >= cfg.merge_hits and lin.hits >= cfg.merge_share * len(lin.record.fps)
 
     def _merge(self, ctx: _Ctx, main: RunState, joined: list[RunState]) -> RunState:
         """Union the runs; the explicit one, else the oldest, keeps its id."""
