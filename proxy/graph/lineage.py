@@ -45,6 +45,7 @@ class LineageConfig:
     # placing a call in another call's run (or merging runs) needs specific, substantial evidence:
     # min_hits fingerprints no other run's output holds, covering this share of the output ...
     place_coverage: float = 0.3
+    place_whole: float = 0.9  # ... (an output repeated whole places by itself) ...
     place_part: float = 0.5  # ... or this share of one part of at least place_part_fps fingerprints ...
     place_part_fps: int = 4  # ... when the matched passage is this share of the input holding it
     place_input_share: float = 0.1
@@ -84,10 +85,12 @@ class Lineage:
     def places(self, cfg: LineageConfig) -> bool:
         """Strong enough to put the target in the source's run: boilerplate a few runs share
         (3-4 stock phrases at low coverage) never is."""
-        if self.coverage >= cfg.place_coverage:
-            return True  # most of the output (an output other runs repeat whole: the newest, see attribute)
+        if self.coverage >= cfg.place_whole:
+            return True  # the whole output (one other runs repeat too: the newest, see attribute)
         if self.specific < cfg.min_hits:
             return False
+        if self.coverage >= cfg.place_coverage and 2 * self.specific >= self.hits:
+            return True  # most of the output, and mostly what only its run holds
         part = self.part_cover >= cfg.place_part and self.input_share >= cfg.place_input_share
         return part or self.specific >= cfg.place_hits
 

@@ -1,0 +1,161 @@
+"""Agents that share one prompt (smolagents, AG2's default, no prompt at all) told apart by what
+the traffic says about the speaker; evidence that holds among many look-alike runs."""
+
+from __future__ import annotations
+
+from proxy.call import Call, Message
+from proxy.graph import Linker, MemoryLineageIndex
+from proxy.graph.identity import Identifier, stated_name
+from tests.graph.factory import make_call
+
+SHARED = "You are an expert assistant who can solve any task using tool calls."
+PLAN = (
+    "Survey the installed base of residential heat pumps in Northern Europe and estimate the "
+    "annual unit growth since 2019 using national statistics and industry association reports."
+)
+DRAFT = (
+    "Installed heat pumps in the Nordic countries passed four million units with growth close to "
+    "twelve percent a year driven mostly by air to water systems replacing oil boilers."
+)
+EDIT = (
+    "The draft overstates the Danish figures: district heating limits heat pump uptake in cities, "
+    "so the growth estimate should be split between rural and urban households before publishing."
+)
+STOCK = "Let me know if you would like me to expand on any of these points about the next steps."
+
+
+def linker() -> Linker:
+    return Linker(MemoryLineageIndex(), run_idle_s=600.0)
+
+
+def chat(call_id: str, messages: list[Message], output: str, start: float, **kw: object) -> Call:
+    call = make_call(call_id, system=SHARED, output=output, started_at=start, ended_at=start + 1.0, **kw)
+    call.messages = [Message("system", SHARED), *messages]
+    return call
+
+
+def test_a_stated_name_in_the_first_user_message_names_the_agent() -> None:
+    call = make_call("c1", system=SHARED, user="You're a helpful agent named 'search_agent'. Task: find it.")
+    assert stated_name(call) == "search-agent"
+
+
+def test_a_task_that_mentions_a_name_is_not_a_stated_name() -> None:
+    call = make_call("c1", system=SHARED, user="Find the company named Acme and list its products.")
+    assert stated_name(call) is None
+
+
+def test_agents_sharing_a_prompt_split_by_stated_name() -> None:
+    ids = Identifier()
+    a = ids.identify(make_call("a", system=SHARED, user="You're a helpful agent named 'search_agent'."))
+    b = ids.identify(make_call("b", system=SHARED, user="You're a helpful agent named 'code_agent'."))
+    assert a.fingerprint == b.fingerprint and a.name != b.name
+    assert (a.name, b.name) == ("search-agent", "code-agent")
+
+
+def test_a_pipeline_of_agents_sharing_a_prompt_is_three_agents_with_handoffs() -> None:
+    lk = linker()
+    p = lk.observe(chat("p", [Message("user", "Plan the heat pump study.")], PLAN, 0.0))
+    w = lk.observe(chat("w", [Message("user", "Write this up:\n" + PLAN)], DRAFT, 2.0))
+    e = lk.observe(chat("e", [Message("user", "Edit this draft:\n" + DRAFT)], EDIT, 4.0))
+    assert len({p.agent, w.agent, e.agent}) == 3
+    assert [(x.source, x.kind) for x in w.edges] == [("p", "handoff")]
+    assert [(x.source, x.kind) for x in e.edges] == [("w", "handoff")]
+    assert p.run_id == w.run_id == e.run_id == "p"
+
+
+def test_a_conversation_continued_keeps_its_agent_among_prompt_sharers() -> None:
+    lk = linker()
+    lk.observe(chat("p", [Message("user", "Plan the heat pump study.")], PLAN, 0.0))
+    w1 = lk.observe(chat("w1", [Message("user", "Write this up:\n" + PLAN)], DRAFT, 2.0))
+    w2 = lk.observe(
+        chat(
+            "w2",
+            [
+                Message("user", "Write this up:\n" + PLAN),
+                Message("assistant", DRAFT),
+                Message("user", "Shorter."),
+            ],
+            EDIT,
+            4.0,
+        )
+    )
+    assert w2.agent == w1.agent
+    assert [(x.source, x.kind) for x in w2.edges if x.kind != "human"] == [("w1", "continuation")]
+
+
+def test_a_history_resent_as_text_is_still_the_callers_own() -> None:
+    """smolagents sends its earlier tool calls back as assistant text, results as user text."""
+    lk = linker()
+    m1 = lk.observe(chat("m1", [Message("user", "Study heat pumps.")], PLAN, 0.0))
+    w = lk.observe(
+        chat("w", [Message("user", "You're a helpful agent named 'search_agent'. " + PLAN)], DRAFT, 2.0)
+    )
+    m2 = lk.observe(
+        chat(
+            "m2",
+            [
+                Message("user", "Study heat pumps."),
+                Message("assistant", "Calling tools:\n" + PLAN),
+                Message("user", "Observation:\n" + DRAFT),
+            ],
+            EDIT,
+            4.0,
+        )
+    )
+    assert m2.agent == m1.agent != w.agent
+    assert {(x.source, x.kind) for x in m2.edges} == {("m1", "continuation"), ("w", "return")}
+
+
+def test_a_group_chat_names_a_speakers_first_turn_afterwards() -> None:
+    lk = linker()
+    task = Message("user", "Discuss heat pump growth.", name="admin")
+    lk.observe(chat("a1", [task], PLAN, 0.0))
+    b1 = lk.observe(chat("b1", [task, Message("user", PLAN, name="analyst")], DRAFT, 2.0))
+    c1 = lk.observe(
+        chat(
+            "c1",
+            [task, Message("user", PLAN, name="analyst"), Message("user", DRAFT, name="skeptic")],
+            EDIT,
+            4.0,
+        )
+    )
+    assert c1.renamed == {"b1": "skeptic"}
+    assert b1.agent != "skeptic"  # it could not know then; the stored row is updated from c1's result
+
+
+def test_composed_context_from_two_producers_gives_two_sources() -> None:
+    """CrewAI hands the writer both earlier outputs in one message (fan-in)."""
+    lk = linker()
+    lk.observe(make_call("r", system="You are the researcher.", user="Research heat pumps.", output=PLAN))
+    lk.observe(
+        make_call(
+            "a",
+            system="You are the analyst.",
+            user="Analyse:\n" + PLAN,
+            output=DRAFT,
+            started_at=2.0,
+            ended_at=3.0,
+        )
+    )
+    w = lk.observe(
+        make_call(
+            "w", system="You are the writer.", user=f"Context:\n{PLAN}\n----\n{DRAFT}", output=EDIT,
+            started_at=4.0, ended_at=5.0,
+        )
+    )  # fmt: skip
+    assert {(x.source, x.kind) for x in w.edges} == {("r", "handoff"), ("a", "handoff")}
+
+
+def test_a_stock_phrase_other_runs_share_does_not_join_their_run() -> None:
+    lk = linker()
+    for i in range(2):
+        lk.observe(
+            make_call(f"x{i}", system="You are the writer.", user=f"Topic {i}", output=f"{DRAFT}\n\n{STOCK}",
+                      started_at=float(i), ended_at=float(i) + 0.5)
+        )  # fmt: skip
+    res = lk.observe(
+        make_call(
+            "new", system="You are the planner.", user=f"{STOCK}\n\n{EDIT}", started_at=5.0, ended_at=6.0
+        )
+    )
+    assert res.run_id == "new" and res.edges == []
