@@ -158,7 +158,9 @@ class Runtime:
         identifier = Identifier(directory)
         chains = ChainCache()  # one per process: the linker and the resolver hash the same messages
         self.linker = Linker(self.index, run_idle_s=s.run_idle_s, identifier=identifier, chains=chains)
-        self.resolver = RunResolver(self.index, identifier, run_idle_s=s.run_idle_s, chains=chains)
+        self.resolver = RunResolver(
+            self.index, identifier, run_idle_s=s.run_idle_s, chains=chains, placer=self.linker
+        )
 
     async def aclose(self) -> None:
         self.relay = None

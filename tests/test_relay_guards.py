@@ -16,8 +16,8 @@ from tests.proxyserver import ProxyServer
 
 RULES = """
 rules:
-  - {name: run-budget, kind: budget, scope: run, limit_tokens: 300, action: deny}
   - {name: fits, kind: context, action: deny}
+  - {name: run-budget, kind: budget, scope: run, limit_tokens: 300, action: deny}
   - {name: retries, kind: loop, detect: retry, window: 10m, max_repeats: 2, action: deny}
 """
 
@@ -38,34 +38,88 @@ def test_run_budget_refuses_with_a_native_429_the_sdk_raises(tmp_path: Path, ups
     upstream.script(Reply(text="a", input_tokens=100, output_tokens=100))
     with _proxy(tmp_path, upstream, RULES) as px:
         client = _client(px, run="run-1")
-        client.chat.completions.create(model="gpt-4o", max_tokens=100, messages=[{"role": "user", "content": "one"}])
+        client.chat.completions.create(
+            model="gpt-4o", max_tokens=100, messages=[{"role": "user", "content": "one"}]
+        )
         with pytest.raises(openai.RateLimitError) as err:
-            client.chat.completions.create(model="gpt-4o", max_tokens=100, messages=[{"role": "user", "content": "two"}])
+            client.chat.completions.create(
+                model="gpt-4o", max_tokens=100, messages=[{"role": "user", "content": "two"}]
+            )
         body = err.value.body
         assert isinstance(body, dict) and body["code"] == "interlock_budget_exceeded"
         assert "run-budget" in err.value.message and "300" in err.value.message
         assert len(upstream.requests) == 1, "a refused request must not reach the upstream"
         other = _client(px, run="run-2")  # another run has its own budget
-        other.chat.completions.create(model="gpt-4o", max_tokens=100, messages=[{"role": "user", "content": "three"}])
+        other.chat.completions.create(
+            model="gpt-4o", max_tokens=100, messages=[{"role": "user", "content": "three"}]
+        )
         denied = px.wait_calls(1, status="denied")
         assert denied[0]["status"] == 429
         events = px.api("/api/guard-events", rule="run-budget")["items"]
         assert events and events[0]["action"] == "deny" and events[0]["data"]
         metrics = httpx.get(px.url + "/metrics").text
-        left = re.search(r'interlock_budget_remaining\{[^}]*rule="run-budget"[^}]*scope_value="min"[^}]*\} ([0-9.]+)',
-                         metrics)
+        left = re.search(
+            r'interlock_budget_remaining\{[^}]*rule="run-budget"[^}]*scope_value="min"[^}]*\} ([0-9.]+)',
+            metrics,
+        )
         assert left is not None and 0 <= float(left.group(1)) < 300
+
+
+def test_run_budget_counts_a_new_workers_first_call_without_headers(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """No X-Interlock-Run: the writer's first call is placed in the planner's run by its content
+    before it is forwarded, so the run budget refuses it."""
+    plan = (
+        "Survey the installed base of residential heat pumps in Northern Europe and estimate the annual "
+        "unit growth since 2019 using national statistics and industry association reports."
+    )
+    upstream.script(Reply(text=plan, input_tokens=150, output_tokens=150))
+    rules = "rules:\n  - {name: run-budget, kind: budget, scope: run, limit_tokens: 250, action: deny}\n"
+    with _proxy(tmp_path, upstream, rules) as px:
+        client = _client(px)
+        client.chat.completions.create(
+            model="gpt-4o",
+            max_tokens=100,
+            messages=[
+                {"role": "system", "content": "You are the planner."},
+                {"role": "user", "content": "heat pumps"},
+            ],
+        )
+        with pytest.raises(openai.RateLimitError) as err:
+            client.chat.completions.create(
+                model="gpt-4o",
+                max_tokens=100,
+                messages=[
+                    {"role": "system", "content": "You are the writer."},
+                    {"role": "user", "content": "Write up:\n" + plan},
+                ],
+            )
+        assert "run-budget" in err.value.message
+        assert len(upstream.requests) == 1, "the worker's call must be refused before it is forwarded"
+        other = client.chat.completions.create(
+            model="gpt-4o",
+            max_tokens=10,
+            messages=[
+                {"role": "system", "content": "You are the writer."},
+                {"role": "user", "content": "an unrelated task"},
+            ],
+        )
+        assert other.choices[0].message.content  # a call with nothing behind it starts a run of its own
 
 
 def test_context_overflow_is_a_400_before_anything_is_sent(tmp_path: Path, upstream: FakeUpstream) -> None:
     with _proxy(tmp_path, upstream, RULES) as px:
         with pytest.raises(openai.BadRequestError) as err:
-            _client(px).chat.completions.create(model="gpt-4o", max_tokens=500_000,
-                                                messages=[{"role": "user", "content": "hi"}])
+            _client(px).chat.completions.create(
+                model="gpt-4o", max_tokens=500_000, messages=[{"role": "user", "content": "hi"}]
+            )
         assert err.value.code == "interlock_context_overflow"
         a = anthropic.Anthropic(base_url=px.url, api_key="sk-ant-test", max_retries=0, timeout=20)
         with pytest.raises(anthropic.BadRequestError) as aerr:
-            a.messages.create(model="claude-sonnet-4-5", max_tokens=900_000, messages=[{"role": "user", "content": "hi"}])
+            a.messages.create(
+                model="claude-sonnet-4-5", max_tokens=900_000, messages=[{"role": "user", "content": "hi"}]
+            )
         assert aerr.value.body["error"]["type"] == "interlock_context_overflow"  # type: ignore[index]
         assert "fits" in aerr.value.message
         assert upstream.requests == []
@@ -74,11 +128,14 @@ def test_context_overflow_is_a_400_before_anything_is_sent(tmp_path: Path, upstr
 def test_retry_storm_is_denied_after_the_configured_count(tmp_path: Path, upstream: FakeUpstream) -> None:
     with _proxy(tmp_path, upstream, RULES) as px:
         client = _client(px)
-        msgs = [{"role": "system", "content": "You are the fetcher."}, {"role": "user", "content": "fetch the page"}]
-        for _ in range(2):
-            client.chat.completions.create(model="gpt-4o", messages=msgs)  # type: ignore[arg-type]
+        msgs = [
+            {"role": "system", "content": "You are the fetcher."},
+            {"role": "user", "content": "fetch the page"},
+        ]
+        for _ in range(2):  # max_tokens: every call is in a run now, and run-budget reserves it
+            client.chat.completions.create(model="gpt-4o", max_tokens=10, messages=msgs)  # type: ignore[arg-type]
         with pytest.raises(openai.RateLimitError) as err:
-            client.chat.completions.create(model="gpt-4o", messages=msgs)  # type: ignore[arg-type]
+            client.chat.completions.create(model="gpt-4o", max_tokens=10, messages=msgs)  # type: ignore[arg-type]
         assert err.value.code == "interlock_loop_detected"
         assert "retries" in err.value.message
 
@@ -89,8 +146,9 @@ def test_stream_is_cut_mid_flight_when_the_budget_runs_out(tmp_path: Path, upstr
     with _proxy(tmp_path, upstream, rules) as px:
         received = []
         with pytest.raises(openai.APIError) as err:
-            for chunk in _client(px).chat.completions.create(model="gpt-4o", stream=True,
-                                                             messages=[{"role": "user", "content": "talk"}]):
+            for chunk in _client(px).chat.completions.create(
+                model="gpt-4o", stream=True, messages=[{"role": "user", "content": "talk"}]
+            ):
                 if chunk.choices and chunk.choices[0].delta.content:
                     received.append(chunk.choices[0].delta.content)
         assert "tight" in str(err.value)
@@ -112,8 +170,9 @@ def test_broken_rules_edit_keeps_the_last_good_set(tmp_path: Path, upstream: Fak
         assert any("run-budget" in e and "limit_tokens" in e for e in after["errors"])
         assert {r["name"] for r in after["rules"]} == {"run-budget", "fits", "retries"}
         with pytest.raises(openai.BadRequestError):  # the old context rule still holds
-            _client(px).chat.completions.create(model="gpt-4o", max_tokens=500_000,
-                                                messages=[{"role": "user", "content": "hi"}])
+            _client(px).chat.completions.create(
+                model="gpt-4o", max_tokens=500_000, messages=[{"role": "user", "content": "hi"}]
+            )
         metrics = httpx.get(px.url + "/metrics").text
         assert re.search(r'interlock_rules_state\{[^}]*state="reload_failures"[^}]*\} [1-9]', metrics)
 
@@ -129,4 +188,6 @@ def test_shipped_default_rules_load_and_flag_without_refusing(tmp_path: Path, up
             client.chat.completions.create(model="gpt-4o", messages=msgs)  # type: ignore[arg-type]
         rows = px.wait_calls(6)
         assert all(r["outcome"] == "ok" for r in rows)
-        assert px.api("/api/guard-events", action="flag")["items"], "the default retry rule should flag a storm"
+        assert px.api("/api/guard-events", action="flag")["items"], (
+            "the default retry rule should flag a storm"
+        )

@@ -33,7 +33,7 @@ from types import MappingProxyType
 
 from proxy.call import Call
 from proxy.graph import threads
-from proxy.graph.fingerprint import Shingler
+from proxy.graph.fingerprint import Shingler, SourcePrint
 from proxy.graph.identity import AgentDirectory, Identifier, slug_name
 from proxy.graph.index import LineageIndex
 from proxy.graph.lineage import (
@@ -118,6 +118,7 @@ class Linker:
         self._scanned_prompts: dict[str, None] = {}
         self._big_pieces: dict[tuple[str, int, str], tuple[str, Segment]] = {}
         self._renamed: dict[str, str] = {}  # call id → the agent a later call named it
+        self._prints: dict[str, SourcePrint] = {}  # noted outputs not linked yet
 
     @property
     def directory(self) -> AgentDirectory:
@@ -153,6 +154,54 @@ class Linker:
             ctx.merged,
             ctx.renamed,
         )
+
+    def place(self, call: Call) -> str | None:
+        """Request path, before forwarding: the open run a new conversation joins by its
+        content (a worker's first call), None when nothing places it.  Reads the index only;
+        the linker later honours the answer (Call.run_id).  Tens of microseconds for a small
+        request: one shingling of its new input and one index lookup."""
+        if call.operation not in LINKABLE:
+            return None
+        ctx = _Ctx(call, self.identifier.identify(call), threads.atoms(call.messages))
+        self._find_thread(ctx)
+        if ctx.pred is not None:  # a retry of a failed call (RunResolver answers other continuations)
+            state = self.index.get_run(ctx.pred.run_id)
+            return state.run_id if state is not None and self._open(state, call.started_at) else None
+        self._segment(ctx, mark_prompt=False)
+        self._find_tool_sources(ctx)
+        self._find_content_sources(ctx)
+        for ref in self._parents(ctx):
+            if not self._places(ctx, ref):
+                continue
+            state = self.index.get_run(ref.run_id)
+            if state is None:
+                return ref.run_id  # noted a moment ago (note_output), not linked yet
+            if self._open(state, call.started_at):
+                return state.run_id
+        return None
+
+    def note_output(self, call: Call) -> None:
+        """Request path, right after a response: post the output's fingerprints under the
+        call's request-time run, so the next agent's first call can be placed before this
+        call reaches the linker (behind the recorder queue).  The linker replaces the record."""
+        if call.operation not in LINKABLE or call.outcome not in (None, "ok"):
+            return
+        printed = self.shingler.source(call.completion)
+        if len(self._prints) >= 4096:  # noted, never linked (shed at shutdown): forget the oldest
+            drop_oldest(self._prints)
+        self._prints[call.id] = printed
+        if printed.fps:
+            ident, run = self.identifier.identify(call), call.run_id or call.id  # unplaced: a run of its own
+            record = CallRecord(
+                call.id, ident.key, call.id, run, call.started_at, _end(call), call.finish_reason,
+                printed.chars, printed.fps, printed.part_ends, printed.tails,
+            )  # fmt: skip
+            self.index.add_call(record)
+
+    def _printed(self, call: Call) -> SourcePrint:
+        """The output's fingerprints: the ones note_output computed, else computed now."""
+        printed = self._prints.pop(call.id, None)
+        return printed if printed is not None else self.shingler.source(call.completion)
 
     def close_idle(self, now: float | None = None) -> list[str]:
         """Close runs idle for run_idle_s; returns their ids (their shape has settled)."""
@@ -194,13 +243,14 @@ class Linker:
 
     # ------------------------------------------------------------------ 3 sources
 
-    def _segment(self, ctx: _Ctx) -> None:
+    def _segment(self, ctx: _Ctx, *, mark_prompt: bool = True) -> None:
         for i in range(ctx.start, len(ctx.atoms)):
             atom = ctx.atoms[i]
             if atom.role != "c" and atom.text:
                 ctx.segments.append(self._piece(i, _VIA[atom.role], atom.text))
         system = ctx.call.system
-        if ctx.pred is None and system and self._first_sight(ctx.ident.fingerprint):
+        first = ctx.ident.fingerprint not in self._scanned_prompts if not mark_prompt else None
+        if ctx.pred is None and system and (first if first is not None else self._first_sight(ctx.ident.fingerprint)):
             ctx.segments.append(self._piece(-1, "instructions", system))
 
     def _piece(self, index: int, via: str, text: str) -> Segment:
@@ -535,7 +585,7 @@ class Linker:
 
     def _remember_output(self, ctx: _Ctx, ended: float) -> None:
         call = ctx.call
-        printed = self.shingler.source(call.completion)
+        printed = self._printed(call)
         if not printed.fps:
             return
         record = CallRecord(

@@ -1,26 +1,41 @@
 """Request-path run lookup, so run-scoped budgets and loop ceilings can act before forwarding.
 
     X-Interlock-Run ─────────────────────────────────────▶ that run
-    previous_response_id ──index r:<id>──▶ Ref ─────────▶ its run, if still open
+    previous_response_id ──index r:<id>──▶ Ref ─────────▶ its run, if still open (else a new run)
     messages ──hash chain (threads.py)──▶ longest h:<prefix> ──▶ its run, if still open
-    otherwise ───────────────────────────────────────────▶ None  (the linker decides later:
-                                                               a new worker's first call is
-                                                               placed by content lineage)
+    a new conversation ──Placing.place (the linker's content lineage, read-only)──▶ that run
+    otherwise ───────────────────────────────────────────▶ None: a run's first call (the linker
+                                                            names the run after it)
 
-No shingling, one blake2b per message (a remembered one for a long message seen before:
-threads.ChainCache) and one index read: tens of microseconds for a 4k-token request.  The linker honours `call.run_id` set here, so budgets and the graph agree.
+So a worker's first call counts against its run's budget before it is forwarded.
+`note_response` posts each answered output at once (Placing.note_output, under the run the
+linker will give it), so the next agent's first call finds it before the linker, behind the
+recorder queue, has seen it.  A run's very first call stays unplaced on purpose: identical
+first requests (a retry, or 200 runs of one template on one task) cannot be told apart there.
+Threads cost one blake2b per message (a remembered one for a long message seen before:
+threads.ChainCache) and one index read; a new conversation one shingling of its input.  The
+linker honours `call.run_id` set here, so budgets and the graph agree.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from proxy.call import Call
 from proxy.graph import threads
 from proxy.graph.identity import Identifier
 from proxy.graph.index import LineageIndex
 from proxy.graph.model import Ref
+
+
+class Placing(Protocol):
+    """Content placement of a new conversation (the Linker): read-only, microseconds."""
+
+    def place(self, call: Call) -> str | None: ...
+
+    def note_output(self, call: Call) -> None: ...
 
 
 class RunResolver:
@@ -35,7 +50,9 @@ class RunResolver:
         run_idle_s: float = 900.0,
         clock: Callable[[], float] = time.time,
         chains: threads.ChainCache | None = None,
+        placer: Placing | None = None,
     ) -> None:
+        self.placer = placer
         self.index = index
         self.identifier = identifier
         self.run_idle_s = run_idle_s
@@ -51,13 +68,15 @@ class RunResolver:
         if call.run_hint:
             return call.run_hint
         ref = self._continued(call)
-        if ref is None or not self._open(ref):
-            return None
-        return ref.run_id
+        if ref is not None:
+            return ref.run_id if self._open(ref) else None
+        return self.placer.place(call) if self.placer is not None else None
 
     def note_response(self, call: Call) -> None:
         """Optional, right after a response completed: lets the next turn of this thread
         resolve even before the linker (behind the recorder queue) has seen this call."""
+        if self.placer is not None:
+            self.placer.note_output(call)
         if not call.run_id or call.outcome not in (None, "ok"):
             return
         out = threads.output_atoms(call.completion)

@@ -36,8 +36,19 @@ def scope_value(
     return None if value is None else _bounded(value)
 
 
+def _run_of(call: Call) -> str:
+    """A call the request path placed in no run is its run's first call: the graph names that
+    run after it, so a budget counts the call there (and the rest of the run with it)."""
+    return call.run_id or call.id
+
+
 def scope_getter(scope: str) -> Callable[[Call], str | None]:
-    """`scope_value` for one scope, resolved once (for hot paths); missing parts → None."""
+    """`scope_value` for one scope, resolved once (for hot paths); missing parts → None, except
+    the run: a call in no run yet is its run's first call (`_run_of`)."""
+    if scope == "run":
+        return lambda call: _bounded(_run_of(call))
+    if scope == "agent_run":
+        return lambda call: None if call.agent is None else _bounded(f"{call.agent}@{_run_of(call)}")
     attr = {"run": "run_id", "agent": "agent", "api_key": "api_key_hash", "model": "model_requested"}.get(
         scope
     )

@@ -57,6 +57,51 @@ def test_closed_run_is_not_resumed() -> None:
     assert resolver.resolve_run(second_turn()) is None
 
 
+PLAN = (
+    "Survey the installed base of residential heat pumps in Northern Europe and estimate the "
+    "annual unit growth since 2019 using national statistics and industry association reports."
+)
+
+
+def placing(now: float = 10.0) -> tuple[Linker, RunResolver]:
+    index, identifier, clock = MemoryLineageIndex(), Identifier(), Clock(now)
+    linker = Linker(index, run_idle_s=600.0, identifier=identifier, clock=clock)
+    return linker, RunResolver(index, identifier, run_idle_s=600.0, clock=clock, placer=linker)
+
+
+def test_a_new_conversation_with_nothing_behind_it_is_a_runs_first_call() -> None:
+    _, resolver = placing()
+    assert resolver.resolve_run(make_call("c1", user="plan a study of heat pumps")) is None
+
+
+def test_a_workers_first_call_is_placed_before_the_planner_is_linked() -> None:
+    linker, resolver = placing()
+    planner = make_call("p", system="You are the planner.", user="heat pumps please", output=PLAN)
+    planner.run_id = resolver.resolve_run(planner)
+    resolver.note_response(planner)  # answered; the linker has not seen it yet
+    worker = make_call(
+        "w", system="You are the writer.", user="Write this up:\n" + PLAN, started_at=2.0, ended_at=3.0
+    )
+    worker.run_id = resolver.resolve_run(worker)
+    assert planner.run_id is None and worker.run_id == "p"  # the planner starts the run named after it
+    linker.observe(planner)
+    res = linker.observe(worker)
+    assert res.run_id == "p" and [(e.source, e.kind) for e in res.edges] == [("p", "handoff")]
+
+
+def test_a_stock_phrase_does_not_place_a_call_at_request_time() -> None:
+    linker, resolver = placing()
+    stock = "Let me know if you would like me to expand on any of these points about the next steps."
+    for i in range(2):
+        out = make_call(
+            f"x{i}", system="You are the writer.", user=f"topic {i}", output=PLAN + "\n\n" + stock
+        )
+        out.run_id = f"x{i}"
+        linker.observe(out)
+    call = make_call("new", system="You are the planner.", user=stock + "\n\nA new question.", started_at=5.0)
+    assert resolver.resolve_run(call) is None
+
+
 def test_note_response_bridges_the_recorder_lag() -> None:
     _, resolver, _ = pair()
     first = make_call("c1", run_hint="job-1", run_id="job-1")

@@ -145,8 +145,13 @@ async def test_scopes_keep_separate_counters(store: CounterStore) -> None:
 
 
 async def test_call_without_the_scope_value_is_not_counted(store: CounterStore) -> None:
+    guard = budget(store, "{name: tiny, kind: budget, scope: agent, limit_tokens: 1, action: deny}")
+    assert (await guard.on_request(make_call(agent=None))).action == "allow"
+
+
+async def test_a_call_in_no_run_yet_counts_as_its_runs_first_call(store: CounterStore) -> None:
     guard = budget(store, "{name: tiny, kind: budget, scope: run, limit_tokens: 1, action: deny}")
-    assert (await guard.on_request(make_call(run_id=None))).action == "allow"
+    assert (await guard.on_request(make_call(run_id=None))).action == "deny"
 
 
 async def test_warn_at_flags_once_when_crossed(store: CounterStore) -> None:
