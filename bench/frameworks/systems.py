@@ -1,0 +1,225 @@
+"""The recorded systems: for each framework scenario, how to run it and how its model answers.
+
+A brain gets (run, true agent, request) and answers as that agent would; it may rely on the
+true agent name (the model behind an agent knows whom it plays) but reads the request for
+everything else: which tools are offered, what the conversation already holds.
+A drive function builds the framework's agents for one run, each pointed at
+`rec.base(run.id, agent)`, and runs the task to its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from record import Json, Recorder, Run, Scenario
+from voice import Voice
+
+from tests.fake_upstream import Reply, ToolCall
+
+MODEL = "gpt-4o-mini"
+KEY = "sk-fake"
+
+# Task texts: runs of a scenario must be told apart, and two share their text on purpose.
+RESEARCH_TASKS = (
+    "Estimate how the adoption of heat pumps in Northern European households changed over the last five years.",
+    "Summarise the main risks of migrating a payments platform from a monolith to microservices.",
+    "Compare the battery recycling policies of Germany, France and Spain and say which works best.",
+    "Summarise the main risks of migrating a payments platform from a monolith to microservices.",
+)
+WRITING_TASKS = (
+    "Write a short product announcement for a budgeting app that adds shared family wallets.",
+    "Draft a blog post introduction about why small bakeries should adopt online pre-ordering.",
+    "Write a short product announcement for a budgeting app that adds shared family wallets.",
+    "Prepare a one-paragraph briefing on water scarcity risks for a vineyard in southern Spain.",
+)
+
+
+# ----------------------------------------------------------------------------- request reading
+def messages(req: Json) -> list[Json]:
+    return [m for m in req.get("messages") or [] if isinstance(m, dict)]
+
+
+def text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def tool_names(req: Json) -> list[str]:
+    return [t.get("function", {}).get("name", "") for t in req.get("tools") or []]
+
+
+def last_text(req: Json) -> str:
+    msgs = messages(req)
+    return text_of(msgs[-1].get("content")) if msgs else ""
+
+
+def first_user(req: Json) -> str:
+    return next((text_of(m.get("content")) for m in messages(req) if m.get("role") == "user"), "")
+
+
+def voice(run: Run) -> Voice:
+    v: Voice | None = run.state.get("voice")
+    if v is None:
+        v = run.state["voice"] = Voice(run.rng, topic_of(run.task))
+    return v
+
+
+def topic_of(task: str) -> str:
+    words = [w.strip(".,") for w in task.split() if len(w) > 3]
+    return " ".join(words[2:8]).lower()
+
+
+def call(name: str, run: Run, agent: str, **args: Any) -> ToolCall:
+    """A tool call with a fixed id (later requests quote it), unique per run and agent."""
+    n = run.state.setdefault("calls", 0) + 1
+    run.state["calls"] = n
+    return ToolCall(name, args, id=f"call_{run.id}_{agent}_{n}")
+
+
+# ----------------------------------------------------------------------------- smolagents
+def smol_search(query: str) -> str:
+    import random
+
+    rng = random.Random(query)
+    v = Voice(rng, query)
+    return "\n".join(f"[{i + 1}] {v.fact()} (source: example-{rng.randint(100, 999)}.org)" for i in range(3))
+
+
+def smol_toolcalling_brain(run: Run, agent: str, req: Json) -> Reply:
+    v, turn = voice(run), run.turn(agent)
+    if agent == "manager":
+        if turn == 0:
+            task = f"{run.task} Focus on {v.query()}; report concrete figures and name your sources."
+            return Reply(text="", tool_calls=[call("researcher", run, agent, task=task)])
+        if turn == 1:
+            task = f"Follow-up on your last report: check the figures on {v.query()} against a second source."
+            return Reply(text="", tool_calls=[call("researcher", run, agent, task=task)])
+        return Reply(tool_calls=[call("final_answer", run, agent, answer=v.answer(3))])
+    if turn % 2 == 0:
+        return Reply(tool_calls=[call("web_search", run, agent, query=v.query())])
+    return Reply(tool_calls=[call("final_answer", run, agent, answer=v.answer(4, closer=False))])
+
+
+def smol_code_brain(run: Run, agent: str, req: Json) -> Reply:
+    v, turn = voice(run), run.turn(agent)
+    if agent == "manager":
+        if turn == 0:
+            task = f"{run.task} Gather recent figures on {v.query()}."
+            return Reply(text=f"Thought: I will ask the analyst to gather the data first.\n<code>\n"
+                              f"report = analyst(task={task!r})\nprint(report)\n")
+        if turn == 1:
+            task = f"Double-check the two most important figures of your report on {v.query()}."
+            return Reply(text=f"Thought: Some figures look surprising; I will ask the analyst to verify them.\n"
+                              f"<code>\ncheck = analyst(task={task!r})\nprint(check)\n")
+        return Reply(text=f"Thought: The analyst's report answers the task; I can conclude.\n<code>\n"
+                          f"final_answer({v.answer(3)!r})\n")
+    if turn % 2 == 0:
+        return Reply(text=f"Thought: I need data first, so I will search the web.\n<code>\n"
+                          f"results = web_search(query={v.query()!r})\nprint(results)\n")
+    return Reply(text=f"Thought: I have enough information to write the report.\n<code>\n"
+                      f"final_answer({v.answer(4, closer=False)!r})\n")
+
+
+def smol_drive(code: bool) -> Any:
+    def drive(rec: Recorder, run: Run) -> None:
+        import smolagents as sa
+
+        @sa.tool
+        def web_search(query: str) -> str:
+            """Searches the web and returns the top results.
+
+            Args:
+                query: what to search for.
+            """
+            return smol_search(query)
+
+        def model(agent: str) -> Any:
+            return sa.OpenAIServerModel(MODEL, api_base=rec.base(run.id, agent), api_key=KEY)
+
+        kind = sa.CodeAgent if code else sa.ToolCallingAgent
+        worker_name = "analyst" if code else "researcher"
+        worker = kind(tools=[web_search], model=model(worker_name), name=worker_name, max_steps=4,
+                      description="Searches the web and reports findings with figures and sources.",
+                      verbosity_level=0)
+        manager = kind(tools=[], model=model("manager"), managed_agents=[worker], max_steps=4, verbosity_level=0)
+        manager.run(run.task)
+
+    return drive
+
+
+# ----------------------------------------------------------------------------- pydantic-ai
+def pai_brain(run: Run, agent: str, req: Json) -> Reply:
+    v, turn = voice(run), run.turn(agent)
+    if agent == "coordinator":
+        if turn == 0:
+            first, second = v.query(), v.query()
+            return Reply(tool_calls=[call("research", run, agent, topic=first),
+                                     call("research", run, agent, topic=second)])
+        return Reply(text=v.answer(3))
+    return Reply(text=v.answer(4))
+
+
+def pai_drive(instructions: bool) -> Any:
+    def drive(rec: Recorder, run: Run) -> None:
+        from pydantic_ai import Agent, RunContext
+        from pydantic_ai.models.openai import OpenAIChatModel
+        from pydantic_ai.providers.openai import OpenAIProvider
+
+        def model(agent: str) -> Any:
+            return OpenAIChatModel(MODEL, provider=OpenAIProvider(base_url=rec.base(run.id, agent), api_key=KEY))
+
+        child_kw: dict[str, Any] = {}
+        parent_kw: dict[str, Any] = {}
+        if instructions:
+            child_kw["instructions"] = ("You are a meticulous research assistant. Answer with concrete figures, "
+                                        "dates and sources; never speculate.")
+            parent_kw["instructions"] = ("You coordinate research. Split the user's question into topics, call the "
+                                         "research tool once per topic, then write a concise synthesis.")
+        child = Agent(model("researcher"), **child_kw)
+        parent = Agent(model("coordinator"), **parent_kw)
+
+        async def research(ctx, topic):  # type: ignore[no-untyped-def]
+            """Research one topic in depth and return the findings."""
+            result = await child.run(f"Research this topic: {topic}", usage=ctx.usage)
+            return str(result.output)
+
+        # real annotations: pydantic-ai reads them, and this module's are strings
+        research.__annotations__ = {"ctx": RunContext[None], "topic": str, "return": str}
+        parent.tool(research)
+
+        parent.run_sync(run.task)
+
+    return drive
+
+
+# ----------------------------------------------------------------------------- registry
+def scenarios() -> Iterator[tuple[str, Scenario]]:
+    """(module the scenario needs, scenario)."""
+    yield "smolagents", Scenario(
+        "smolagents", "toolcalling", "smolagents", RESEARCH_TASKS, smol_toolcalling_brain, smol_drive(False),
+        "ToolCallingAgent manager with a managed ToolCallingAgent 'researcher' (web_search tool)")
+    yield "smolagents", Scenario(
+        "smolagents", "code", "smolagents", RESEARCH_TASKS, smol_code_brain, smol_drive(True),
+        "CodeAgent manager with a managed CodeAgent 'analyst' (web_search tool): same default system prompt")
+    yield "pydantic_ai", Scenario(
+        "pydantic_ai", "delegation", "pydantic-ai-slim", RESEARCH_TASKS, pai_brain, pai_drive(True),
+        "coordinator with a `research` tool that runs a researcher agent (two parallel calls); both with instructions")
+    yield "pydantic_ai", Scenario(
+        "pydantic_ai", "delegation_bare", "pydantic-ai-slim", RESEARCH_TASKS, pai_brain, pai_drive(False),
+        "the same delegation with no instructions and no system prompts at all")
+
+
+def available() -> Iterator[Scenario]:
+    for module, scenario in scenarios():
+        if importlib.util.find_spec(module) is not None:
+            yield scenario
+
+
+__all__ = ["asyncio", "json", "available"]
