@@ -199,6 +199,98 @@ def pai_drive(instructions: bool) -> Any:
     return drive
 
 
+# ----------------------------------------------------------------------------- AutoGen AgentChat
+AG_PROMPTS = {
+    "planner": "You are the planner of a small content team. Break the request into a short outline that the "
+               "writer can follow; do not write the text yourself.",
+    "writer": "You are the writer. Turn the planner's outline into polished prose and revise it when the critic "
+              "asks for changes.",
+    "critic": "You are the critic. Review the writer's latest draft, list concrete problems, and reply APPROVED "
+              "followed by TERMINATE when the draft is ready.",
+}
+SELECTOR_SCHEDULE = ("planner", "writer", "critic", "writer", "critic")
+
+
+def team_member(run: Run, agent: str, turn: int) -> Reply:
+    """The planner / writer / critic of a content team (AutoGen and AG2 group chats)."""
+    v = voice(run)
+    if agent == "planner":
+        head = "Outline:" if turn == 0 else "Revised outline, taking the critic's notes into account:"
+        return Reply(text=f"{head}\n{v.bullets(3, '1. ')}\nWriter, please draft this.")
+    if agent == "writer":
+        head = "Draft:" if turn == 0 else "Revised draft:"
+        return Reply(text=f"{head}\n\n{v.paragraph(4)}")
+    if turn == 0:
+        return Reply(text=f"Two problems with the draft:\n{v.bullets(2)}\nPlease revise.")
+    return Reply(text=f"APPROVED. {v.fact()} The draft is ready to publish.\n\nTERMINATE")
+
+
+def autogen_brain(run: Run, agent: str, req: Json) -> Reply:
+    turn = run.turn(agent)
+    if agent == "selector":
+        return Reply(text=SELECTOR_SCHEDULE[min(turn, len(SELECTOR_SCHEDULE) - 1)])
+    return team_member(run, agent, turn)
+
+
+def autogen_drive(selector: bool) -> Any:
+    def drive(rec: Recorder, run: Run) -> None:
+        from autogen_agentchat.agents import AssistantAgent
+        from autogen_agentchat.conditions import MaxMessageTermination, TextMentionTermination
+        from autogen_agentchat.teams import RoundRobinGroupChat, SelectorGroupChat
+        from autogen_ext.models.openai import OpenAIChatCompletionClient
+
+        def client(agent: str) -> Any:
+            return OpenAIChatCompletionClient(model=MODEL, base_url=rec.base(run.id, agent), api_key=KEY)
+
+        members = [
+            AssistantAgent(name, model_client=client(name), system_message=prompt,
+                           description=prompt.split(".")[0], model_client_stream=not selector)
+            for name, prompt in AG_PROMPTS.items()
+        ]
+        stop = TextMentionTermination("TERMINATE") | MaxMessageTermination(10)
+        if selector:
+            team: Any = SelectorGroupChat(members, model_client=client("selector"), termination_condition=stop)
+        else:
+            team = RoundRobinGroupChat(members, termination_condition=stop)
+        asyncio.run(team.run(task=run.task))
+
+    return drive
+
+
+# ----------------------------------------------------------------------------- AG2
+def ag2_brain(run: Run, agent: str, req: Json) -> Reply:
+    turn = run.turn(agent)
+    if agent == "manager":  # GroupChatManager's auto speaker selection
+        return Reply(text=SELECTOR_SCHEDULE[min(turn, len(SELECTOR_SCHEDULE) - 1)])
+    return team_member(run, agent, turn)
+
+
+def ag2_drive(own_prompts: bool) -> Any:
+    def drive(rec: Recorder, run: Run) -> None:
+        import autogen
+
+        def llm(agent: str) -> Json:
+            return {"config_list": [{"model": MODEL, "base_url": rec.base(run.id, agent), "api_key": KEY}],
+                    "cache_seed": None}
+
+        def done(m: Json) -> bool:
+            return "TERMINATE" in str(m.get("content") or "")
+
+        user = autogen.UserProxyAgent("user", human_input_mode="NEVER", code_execution_config=False,
+                                      is_termination_msg=done, default_auto_reply="Please continue.")
+        members = []
+        for name, prompt in AG_PROMPTS.items():
+            kw = {"system_message": prompt} if own_prompts else {}
+            members.append(autogen.AssistantAgent(name, llm_config=llm(name), description=prompt.split(".")[0],
+                                                  is_termination_msg=done, **kw))
+        chat = autogen.GroupChat([user, *members], messages=[], max_round=8, speaker_selection_method="auto",
+                                 allow_repeat_speaker=False)
+        manager = autogen.GroupChatManager(chat, llm_config=llm("manager"), is_termination_msg=done)
+        user.initiate_chat(manager, message=run.task, silent=True)
+
+    return drive
+
+
 # ----------------------------------------------------------------------------- registry
 def scenarios() -> Iterator[tuple[str, Scenario]]:
     """(module the scenario needs, scenario)."""
@@ -215,11 +307,24 @@ def scenarios() -> Iterator[tuple[str, Scenario]]:
         "pydantic_ai", "delegation_bare", "pydantic-ai-slim", RESEARCH_TASKS, pai_brain, pai_drive(False),
         "the same delegation with no instructions and no system prompts at all")
 
+    yield "autogen_agentchat", Scenario(
+        "autogen", "roundrobin", "autogen-agentchat", WRITING_TASKS, autogen_brain, autogen_drive(False),
+        "RoundRobinGroupChat planner → writer → critic (x2), own system messages, streamed (SSE)")
+    yield "autogen_agentchat", Scenario(
+        "autogen", "selector", "autogen-agentchat", WRITING_TASKS, autogen_brain, autogen_drive(True),
+        "SelectorGroupChat of the same three; the selector model picks each speaker from a transcript prompt")
+
+    yield "autogen", Scenario(
+        "ag2", "groupchat", "ag2", WRITING_TASKS, ag2_brain, ag2_drive(True),
+        "GroupChat user/planner/writer/critic with own system messages; GroupChatManager auto speaker selection, "
+        "allow_repeat_speaker=False")
+    yield "autogen", Scenario(
+        "ag2", "groupchat_default", "ag2", WRITING_TASKS, ag2_brain, ag2_drive(False),
+        "the same GroupChat where every assistant keeps AG2's default system message (descriptions differ)")
+
 
 def available() -> Iterator[Scenario]:
     for module, scenario in scenarios():
         if importlib.util.find_spec(module) is not None:
             yield scenario
 
-
-__all__ = ["asyncio", "json", "available"]
