@@ -29,12 +29,16 @@ RESEARCH_TASKS = (
     "Summarise the main risks of migrating a payments platform from a monolith to microservices.",
     "Compare the battery recycling policies of Germany, France and Spain and say which works best.",
     "Summarise the main risks of migrating a payments platform from a monolith to microservices.",
+    "Assess whether mid-sized hospitals benefit from switching to cloud-hosted patient record systems.",
+    "Find out how remote work has affected commercial property prices in three large US cities.",
 )
 WRITING_TASKS = (
     "Write a short product announcement for a budgeting app that adds shared family wallets.",
     "Draft a blog post introduction about why small bakeries should adopt online pre-ordering.",
     "Write a short product announcement for a budgeting app that adds shared family wallets.",
     "Prepare a one-paragraph briefing on water scarcity risks for a vineyard in southern Spain.",
+    "Write the opening section of a newsletter announcing a city's new night-bus network.",
+    "Draft a short customer email explaining a two-day delay in furniture deliveries.",
 )
 
 
@@ -291,6 +295,68 @@ def ag2_drive(own_prompts: bool) -> Any:
     return drive
 
 
+# ----------------------------------------------------------------------------- CrewAI
+CREW_ROLES = {
+    "researcher": ("Senior Researcher", "Collect accurate, recent facts about the topic",
+                   "A veteran analyst who digs up primary sources and hard numbers."),
+    "analyst": ("Data Analyst", "Turn raw facts into a clear assessment",
+                "A careful analyst who weighs evidence and spots trends."),
+    "writer": ("Content Writer", "Write a compelling, accurate brief",
+               "A writer who turns research and analysis into crisp prose."),
+}
+
+CREW_TASK_WORDS = {"researcher": "Research:", "analyst": "Analyse", "writer": "Write the final brief"}
+
+
+def crew_brain(run: Run, agent: str, req: Json) -> Reply:
+    v, turn = voice(run), run.turn(agent)
+    if agent == "manager":  # hierarchical: one delegation per task, then the task's answer
+        delegate = next((n for n in tool_names(req) if "delegate" in n.lower()), None)
+        answered = [text_of(m.get("content")) for m in messages(req) if m.get("role") == "tool"]
+        if delegate and not answered:
+            task = first_user(req)
+            role = next((r for key, (r, _, _) in CREW_ROLES.items() if CREW_TASK_WORDS[key] in task),
+                        "Senior Researcher")
+            return Reply(tool_calls=[call(delegate, run, agent, task=f"{task.split(chr(10))[1][14:]} "
+                                          f"Focus on {v.query()}.", context=v.fact(), coworker=role)])
+        body = (answered[-1] + "\n\n" + v.fact()) if answered else v.answer(3)
+    elif agent == "writer":
+        body = v.answer(5)
+    else:
+        body = v.bullets(4)
+    return Reply(text=f"Thought: I now can give a great answer\nFinal Answer: {body}")
+
+
+def crew_drive(hierarchical: bool) -> Any:
+    def drive(rec: Recorder, run: Run) -> None:
+        from crewai import LLM, Agent, Crew, Process, Task
+
+        def llm(agent: str) -> Any:
+            return LLM(model=f"openai/{MODEL}", base_url=rec.base(run.id, agent), api_key=KEY)
+
+        agents = {name: Agent(role=role, goal=goal, backstory=story, llm=llm(name), allow_delegation=False,
+                              verbose=False)
+                  for name, (role, goal, story) in CREW_ROLES.items()}
+        def owner(name: str) -> Any:  # hierarchical: the manager picks the coworker
+            return None if hierarchical else agents[name]
+
+        research = Task(description=f"Research: {run.task}", expected_output="A bullet list of facts with figures",
+                        agent=owner("researcher"))
+        analysis = Task(description="Analyse the research findings and assess what they mean.",
+                        expected_output="A short assessment", agent=owner("analyst"), context=[research])
+        brief = Task(description=f"Write the final brief for: {run.task}", expected_output="Two paragraphs",
+                     agent=owner("writer"), context=[research, analysis])
+        if hierarchical:
+            crew = Crew(agents=list(agents.values()), tasks=[research, analysis, brief], process=Process.hierarchical,
+                        manager_llm=llm("manager"), verbose=False)
+        else:
+            crew = Crew(agents=list(agents.values()), tasks=[research, analysis, brief], process=Process.sequential,
+                        verbose=False)
+        crew.kickoff()
+
+    return drive
+
+
 # ----------------------------------------------------------------------------- registry
 def scenarios() -> Iterator[tuple[str, Scenario]]:
     """(module the scenario needs, scenario)."""
@@ -321,6 +387,13 @@ def scenarios() -> Iterator[tuple[str, Scenario]]:
     yield "autogen", Scenario(
         "ag2", "groupchat_default", "ag2", WRITING_TASKS, ag2_brain, ag2_drive(False),
         "the same GroupChat where every assistant keeps AG2's default system message (descriptions differ)")
+
+    yield "crewai", Scenario(
+        "crewai", "sequential", "crewai", RESEARCH_TASKS, crew_brain, crew_drive(False),
+        "sequential crew researcher → analyst → writer; the writer's task has both earlier tasks as context")
+    yield "crewai", Scenario(
+        "crewai", "hierarchical", "crewai", RESEARCH_TASKS, crew_brain, crew_drive(True),
+        "hierarchical crew: a manager LLM delegates the three tasks to the coworkers")
 
 
 def available() -> Iterator[Scenario]:
