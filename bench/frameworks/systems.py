@@ -96,6 +96,15 @@ def smol_search(query: str) -> str:
     return "\n".join(f"[{i + 1}] {v.fact()} (source: example-{rng.randint(100, 999)}.org)" for i in range(3))
 
 
+def _observed(req: Json) -> str:
+    """The first sentence with a figure in the last observation (what a manager would quote)."""
+    text = last_text(req)
+    for sentence in text.replace("\n", " ").split(". "):
+        if any(ch.isdigit() for ch in sentence) and "managed agent" not in sentence:
+            return sentence.strip() + "."
+    return text[-200:]
+
+
 def smol_toolcalling_brain(run: Run, agent: str, req: Json) -> Reply:
     v, turn = voice(run), run.turn(agent)
     if agent == "manager":
@@ -103,8 +112,8 @@ def smol_toolcalling_brain(run: Run, agent: str, req: Json) -> Reply:
             task = f"{run.task} Focus on {v.query()}; report concrete figures and name your sources."
             return Reply(text="", tool_calls=[call("researcher", run, agent, task=task)])
         if turn == 1:
-            task = f"Follow-up on your last report: check the figures on {v.query()} against a second source."
-            return Reply(text="", tool_calls=[call("researcher", run, agent, task=task)])
+            task = f"Check these figures against a second source: {_observed(req)}"
+            return Reply(text="", tool_calls=[call("fact_checker", run, agent, task=task)])
         return Reply(tool_calls=[call("final_answer", run, agent, answer=v.answer(3))])
     if turn % 2 == 0:
         return Reply(tool_calls=[call("web_search", run, agent, query=v.query())])
@@ -119,9 +128,9 @@ def smol_code_brain(run: Run, agent: str, req: Json) -> Reply:
             return Reply(text=f"Thought: I will ask the analyst to gather the data first.\n<code>\n"
                               f"report = analyst(task={task!r})\nprint(report)\n")
         if turn == 1:
-            task = f"Double-check the two most important figures of your report on {v.query()}."
-            return Reply(text=f"Thought: Some figures look surprising; I will ask the analyst to verify them.\n"
-                              f"<code>\ncheck = analyst(task={task!r})\nprint(check)\n")
+            task = f"Double-check the most important figure of this report: {_observed(req)}"
+            return Reply(text=f"Thought: Some figures look surprising; I will ask the statistician to verify them.\n"
+                              f"<code>\ncheck = statistician(task={task!r})\nprint(check)\n")
         return Reply(text=f"Thought: The analyst's report answers the task; I can conclude.\n<code>\n"
                           f"final_answer({v.answer(3)!r})\n")
     if turn % 2 == 0:
@@ -148,11 +157,13 @@ def smol_drive(code: bool) -> Any:
             return sa.OpenAIServerModel(MODEL, api_base=rec.base(run.id, agent), api_key=KEY)
 
         kind = sa.CodeAgent if code else sa.ToolCallingAgent
-        worker_name = "analyst" if code else "researcher"
-        worker = kind(tools=[web_search], model=model(worker_name), name=worker_name, max_steps=4,
-                      description="Searches the web and reports findings with figures and sources.",
-                      verbosity_level=0)
-        manager = kind(tools=[], model=model("manager"), managed_agents=[worker], max_steps=4, verbosity_level=0)
+        names = ("analyst", "statistician") if code else ("researcher", "fact_checker")
+        descriptions = ("Searches the web and reports findings with figures and sources.",
+                        "Verifies figures against independent sources.")
+        # both workers get the same tools, so the same rendered system prompt: only the task differs
+        workers = [kind(tools=[web_search], model=model(name), name=name, max_steps=4, description=text,
+                        verbosity_level=0) for name, text in zip(names, descriptions, strict=True)]
+        manager = kind(tools=[], model=model("manager"), managed_agents=workers, max_steps=4, verbosity_level=0)
         manager.run(run.task)
 
     return drive
@@ -362,10 +373,12 @@ def scenarios() -> Iterator[tuple[str, Scenario]]:
     """(module the scenario needs, scenario)."""
     yield "smolagents", Scenario(
         "smolagents", "toolcalling", "smolagents", RESEARCH_TASKS, smol_toolcalling_brain, smol_drive(False),
-        "ToolCallingAgent manager with a managed ToolCallingAgent 'researcher' (web_search tool)")
+        "ToolCallingAgent manager with two managed ToolCallingAgents 'researcher' and 'fact_checker' "
+        "(same tools, so the same rendered system prompt)")
     yield "smolagents", Scenario(
         "smolagents", "code", "smolagents", RESEARCH_TASKS, smol_code_brain, smol_drive(True),
-        "CodeAgent manager with a managed CodeAgent 'analyst' (web_search tool): same default system prompt")
+        "CodeAgent manager with two managed CodeAgents 'analyst' and 'statistician' (same tools, so the same "
+        "rendered system prompt)")
     yield "pydantic_ai", Scenario(
         "pydantic_ai", "delegation", "pydantic-ai-slim", RESEARCH_TASKS, pai_brain, pai_drive(True),
         "coordinator with a `research` tool that runs a researcher agent (two parallel calls); both with instructions")
