@@ -48,7 +48,7 @@ def live(fixture: Fixture, stream: bool | None) -> Inferred:
             if replayed.errors or replayed.misses:
                 raise RuntimeError(f"{fixture.name}: replay failed: {replayed.errors} {replayed.misses[:2]}")
             with Api(px) as api:
-                return inferred_from_api(api, fixture)
+                return inferred_from_api(api, replayed)
 
 
 def table(scores: list[Score], detail: bool) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -320,7 +319,7 @@ CREW_TASK_WORDS = {"researcher": "Research:", "analyst": "Analyse", "writer": "W
 
 
 def crew_brain(run: Run, agent: str, req: Json) -> Reply:
-    v, turn = voice(run), run.turn(agent)
+    v = voice(run)
     if agent == "manager":  # hierarchical: one delegation per task, then the task's answer
         delegate = next((n for n in tool_names(req) if "delegate" in n.lower()), None)
         answered = [text_of(m.get("content")) for m in messages(req) if m.get("role") == "tool"]
@@ -328,8 +327,9 @@ def crew_brain(run: Run, agent: str, req: Json) -> Reply:
             task = first_user(req)
             role = next((r for key, (r, _, _) in CREW_ROLES.items() if CREW_TASK_WORDS[key] in task),
                         "Senior Researcher")
-            return Reply(tool_calls=[call(delegate, run, agent, task=f"{task.split(chr(10))[1][14:]} "
-                                          f"Focus on {v.query()}.", context=v.fact(), coworker=role)])
+            what = task.split("Current Task: ", 1)[-1].split("\n", 1)[0]
+            return Reply(tool_calls=[call(delegate, run, agent, task=f"{what} Focus on {v.query()}.",
+                                          context=v.fact(), coworker=role)])
         body = (answered[-1] + "\n\n" + v.fact()) if answered else v.answer(3)
     elif agent == "writer":
         body = v.answer(5)
