@@ -2,7 +2,7 @@
 
     python bench/frameworks_accuracy.py                       # in-process: Linker.observe (fast)
     python bench/frameworks_accuracy.py --live                # through a live proxy, openai SDK
-    python bench/frameworks_accuracy.py --only smolagents_code --detail --json out.json
+    python bench/frameworks_accuracy.py --only smolagents_code --detail --calls --json out.json
 
 Fixtures: tests/graph_e2e/fixtures/frameworks/*.jsonl.gz, recorded once from the real frameworks
 by bench/frameworks/record.py (which says how; the truth is each agent's own base URL).
@@ -70,6 +70,24 @@ def table(scores: list[Score], detail: bool) -> str:
     return "\n".join(lines)
 
 
+def calls_view(fixture: Fixture, inferred: Inferred) -> str:
+    """One line per call: true run/agent, inferred agent and run, inferred and true edges in."""
+    found: dict[str, list[str]] = {}
+    for source, target, kind in sorted(inferred.edges):
+        found.setdefault(target, []).append(f"{kind}<{source}")
+    true: dict[str, list[str]] = {}
+    for source, target in sorted(fixture.truth.calls):
+        true.setdefault(target, []).append(source)
+    runs = {run: f"R{i}" for i, run in enumerate(dict.fromkeys(inferred.run[r.id] for r in fixture.records
+                                                                 if r.id in inferred.run))}
+    lines = [f"{fixture.name}: call  true agent → inferred agent  inferred run  | inferred edges in | true flow in"]
+    for r in fixture.records:
+        got = inferred.agent.get(r.id, "-")
+        lines.append(f"  {r.id} {r.agent:>13} → {got:<22} {runs.get(inferred.run.get(r.id, ''), '-'):>4}"
+                     f"  | {' '.join(found.get(r.id, []))} | {' '.join(true.get(r.id, []))}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fixtures", type=pathlib.Path, default=FIXTURES)
@@ -77,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", action="store_true", help="replay through a live proxy instead of in-process")
     parser.add_argument("--stream", choices=("recorded", "on", "off"), default="recorded")
     parser.add_argument("--detail", action="store_true", help="print missed and spurious flow pairs")
+    parser.add_argument("--calls", action="store_true", help="print every call: true vs inferred, edges in")
     parser.add_argument("--json", type=pathlib.Path)
     args = parser.parse_args(argv)
     only = {s for s in args.only.split(",") if s}
@@ -87,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         inferred = live(fixture, stream) if args.live else link_in_process(fixture)
         scores.append(score(fixture, inferred))
+        if args.calls:
+            print(calls_view(fixture, inferred))
     print(f"mode: {'live proxy' if args.live else 'in-process Linker.observe'}")
     print(table(scores, args.detail))
     if args.json:

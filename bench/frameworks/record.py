@@ -18,6 +18,15 @@
                             finish_reason): the assembled final output, streamed or not
                  response = the same as a chat.completion JSON body
 
+Set-up (frameworks conflict, so three venvs outside the repo; versions recorded in each header):
+    python3 -m venv /tmp/fwvenv  && /tmp/fwvenv/bin/pip install smolagents 'pydantic-ai-slim[openai]' \
+        autogen-agentchat 'autogen-ext[openai]' orjson uvicorn httptools openai
+    python3 -m venv /tmp/fwvenv2 && /tmp/fwvenv2/bin/pip install 'ag2[openai]<1' orjson uvicorn httptools
+        (ag2 >= 1 is a new API without GroupChat; 0.14 is the `autogen` GroupChat API)
+    python3 -m venv /tmp/fwvenv3 && /tmp/fwvenv3/bin/pip install crewai orjson uvicorn httptools
+and run this script with each venv's python and --only the scenarios it has (systems.py skips
+frameworks that are not importable).
+
 Runs are recorded one after another; the replay (tests/graph_e2e/frameworks.py) interleaves them.
 The frameworks are not needed to replay: only this script imports them.
 """
