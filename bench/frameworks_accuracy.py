@@ -7,7 +7,8 @@
 Fixtures: tests/graph_e2e/fixtures/frameworks/*.jsonl.gz, recorded once from the real frameworks
 by bench/frameworks/record.py (which says how; the truth is each agent's own base URL).
 Scores (tests/graph_e2e/frameworks.py): agents ARI and runs ARI over calls, flow precision /
-recall / F1 over (run, source agent, target agent) handoff/return pairs.  In-process, a
+recall / F1 over (run, source agent, target agent) handoff/return pairs, thread F1 over the
+call pairs (continuation or tool edges) where an agent's request extends its own earlier one.  In-process, a
 fixture's runs are interleaved by shifting each run's clock by 0.37 s; live, they run at once.
 """
 
@@ -52,11 +53,12 @@ def live(fixture: Fixture, stream: bool | None) -> Inferred:
 
 
 def table(scores: list[Score], detail: bool) -> str:
-    head = f"{'fixture':<28}{'calls':>6}{'runs t/i':>10}{'agents ARI':>12}{'runs ARI':>10}{'flow P':>8}{'R':>7}{'F1':>7}"
+    head = (f"{'fixture':<28}{'calls':>6}{'runs t/i':>10}{'agents ARI':>12}{'runs ARI':>10}{'flow P':>8}{'R':>7}"
+            f"{'F1':>7}{'thread F1':>11}")
     lines = [head, "-" * len(head)]
     for s in scores:
         lines.append(f"{s.fixture:<28}{s.calls:>6}{f'{s.runs[0]}/{s.runs[1]}':>10}{s.agents_ari:>12.3f}"
-                     f"{s.runs_ari:>10.3f}{s.flow[0]:>8.2f}{s.flow[1]:>7.2f}{s.flow[2]:>7.2f}")
+                     f"{s.runs_ari:>10.3f}{s.flow[0]:>8.2f}{s.flow[1]:>7.2f}{s.flow[2]:>7.2f}{s.thread[2]:>11.2f}")
         names = "; ".join(f"{a} → {', '.join(f'{n} ×{c}' for n, c in got.items())}" for a, got in s.true_agents.items())
         lines.append(f"    agents: {names}")
         if detail:
@@ -66,7 +68,8 @@ def table(scores: list[Score], detail: bool) -> str:
     lines.append("-" * len(head))
     lines.append(f"{'mean':<28}{sum(s.calls for s in scores):>6}{'':>10}{sum(s.agents_ari for s in scores) / n:>12.3f}"
                  f"{sum(s.runs_ari for s in scores) / n:>10.3f}{sum(s.flow[0] for s in scores) / n:>8.2f}"
-                 f"{sum(s.flow[1] for s in scores) / n:>7.2f}{sum(s.flow[2] for s in scores) / n:>7.2f}")
+                 f"{sum(s.flow[1] for s in scores) / n:>7.2f}{sum(s.flow[2] for s in scores) / n:>7.2f}"
+                 f"{sum(s.thread[2] for s in scores) / n:>11.2f}")
     return "\n".join(lines)
 
 
@@ -78,6 +81,8 @@ def calls_view(fixture: Fixture, inferred: Inferred) -> str:
     true: dict[str, list[str]] = {}
     for source, target in sorted(fixture.truth.calls):
         true.setdefault(target, []).append(source)
+    for source, target in sorted(fixture.truth.threads):
+        true.setdefault(target, []).append(f"thread<{source}")
     runs = {run: f"R{i}" for i, run in enumerate(dict.fromkeys(inferred.run[r.id] for r in fixture.records
                                                                  if r.id in inferred.run))}
     lines = [f"{fixture.name}: call  true agent → inferred agent  inferred run  | inferred edges in | true flow in"]

@@ -55,6 +55,7 @@ from tests.graph_e2e.replay import request_key
 Json = dict[str, Any]
 FIXTURES = Path(__file__).parent / "fixtures" / "frameworks"
 FLOW_KINDS = ("handoff", "return")
+THREAD_KINDS = ("continuation", "tool")
 RUN_SPACING = 0.37  # seconds between the starts of replayed runs (in-process clock)
 MIN_PASSAGE = 30
 
@@ -113,7 +114,7 @@ class Fixture:
     @cached_property
     def truth(self) -> Truth:
         return Truth({r.id: r.agent for r in self.records}, {r.id: r.run for r in self.records},
-                     flow_truth(self.records))
+                     flow_truth(self.records), thread_truth(self.records))
 
     def __repr__(self) -> str:
         return f"Fixture({self.name}: {len(self.records)} requests, {len(self.runs)} runs)"
@@ -129,6 +130,7 @@ class Truth:
     agent: dict[str, str]  # record id → true agent
     run: dict[str, str]  # record id → true run
     calls: dict[tuple[str, str], int]  # (producer record, consumer record) → passages carried
+    threads: set[tuple[str, str]]  # (record, the record of the same agent that continues its conversation)
 
     @property
     def pairs(self) -> set[tuple[str, str, str]]:
@@ -209,6 +211,21 @@ def flow_truth(records: list[Record]) -> dict[tuple[str, str], int]:
                 if senders and senders[-1].agent != n.agent:
                     carried[(senders[-1].id, n.id)] += 1
     return dict(carried)
+
+
+def thread_truth(records: list[Record]) -> set[tuple[str, str]]:
+    """(M, N): N is the same agent's next request in M's conversation, i.e. M is the latest
+    earlier record of that agent in the run whose messages are a proper prefix of N's (however
+    the framework serialises the turns in between: tool messages or "Observation:" text)."""
+    out = set()
+    for n in records:
+        msgs = n.request.get("messages") or []
+        for m in reversed([m for m in records if m.run == n.run and m.agent == n.agent and m.t_end <= n.t_start]):
+            head = m.request.get("messages") or []
+            if len(head) < len(msgs) and msgs[: len(head)] == head:
+                out.add((m.id, n.id))
+                break
+    return out
 
 
 # ----------------------------------------------------------------------------- inferred
@@ -491,6 +508,7 @@ class Score:
     agents_ari: float
     runs_ari: float
     flow: tuple[float, float, float]  # precision, recall, F1 over (run, source agent, target agent)
+    thread: tuple[float, float, float]  # the same over (record, record) continuation/tool edges
     true_agents: dict[str, dict[str, int]]  # true agent → {inferred name: calls}
     runs: tuple[int, int]  # true, inferred
     missed: frozenset[tuple[str, str, str]]
@@ -501,7 +519,8 @@ class Score:
             "fixture": self.fixture, "calls": self.calls, "linked": self.linked,
             "agents_ari": round(self.agents_ari, 3), "runs_ari": round(self.runs_ari, 3),
             "flow_precision": round(self.flow[0], 3), "flow_recall": round(self.flow[1], 3),
-            "flow_f1": round(self.flow[2], 3), "runs_true": self.runs[0], "runs_inferred": self.runs[1],
+            "flow_f1": round(self.flow[2], 3), "thread_precision": round(self.thread[0], 3),
+            "thread_recall": round(self.thread[1], 3), "thread_f1": round(self.thread[2], 3), "runs_true": self.runs[0], "runs_inferred": self.runs[1],
             "agents": self.true_agents,
             "missed": sorted(self.missed), "spurious": sorted(self.spurious),
         }
@@ -520,6 +539,10 @@ def found_pairs(inferred: Inferred, truth: Truth) -> set[tuple[str, str, str]]:
     return out
 
 
+def found_threads(inferred: Inferred, truth: Truth) -> set[tuple[str, str]]:
+    return {(s, t) for s, t, kind in inferred.edges if kind in THREAD_KINDS and s in truth.agent and t in truth.agent}
+
+
 def score(fixture: Fixture, inferred: Inferred) -> Score:
     truth = fixture.truth
     ids = [r.id for r in fixture.records]
@@ -532,7 +555,8 @@ def score(fixture: Fixture, inferred: Inferred) -> Score:
     return Score(
         fixture.name, len(ids), sum(1 for i in ids if i in inferred.run),
         ari([truth.agent[i] for i in ids], agents), ari([truth.run[i] for i in ids], runs),
-        prf(found, true), {a: dict(c.most_common()) for a, c in sorted(names.items())},
+        prf(found, true), prf(found_threads(inferred, truth), truth.threads),
+        {a: dict(c.most_common()) for a, c in sorted(names.items())},
         (len(set(truth.run.values())), len(set(runs))), frozenset(true - found), frozenset(found - true),
     )
 
