@@ -2,6 +2,7 @@
 
     python bench/frameworks_accuracy.py                       # in-process: Linker.observe (fast)
     python bench/frameworks_accuracy.py --live                # through a live proxy, openai SDK
+    python bench/frameworks_accuracy.py --together            # every fixture in one linker at once
     python bench/frameworks_accuracy.py --only smolagents_code --detail --calls --json out.json
 
 Fixtures: tests/graph_e2e/fixtures/frameworks/*.jsonl.gz, recorded once from the real frameworks
@@ -32,6 +33,7 @@ from tests.graph_e2e.frameworks import (  # noqa: E402
     fixtures,
     inferred_from_api,
     link_in_process,
+    link_together,
     replay,
     score,
 )
@@ -73,6 +75,14 @@ def table(scores: list[Score], detail: bool) -> str:
     return "\n".join(lines)
 
 
+def cross_fixture_runs(shared: dict[str, Inferred]) -> int:
+    owners: dict[str, set[str]] = {}
+    for name, inferred in shared.items():
+        for run in inferred.run.values():
+            owners.setdefault(run, set()).add(name)
+    return sum(1 for names in owners.values() if len(names) > 1)
+
+
 def calls_view(fixture: Fixture, inferred: Inferred) -> str:
     """One line per call: true run/agent, inferred agent and run, inferred and true edges in."""
     found: dict[str, list[str]] = {}
@@ -100,20 +110,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", action="store_true", help="replay through a live proxy instead of in-process")
     parser.add_argument("--stream", choices=("recorded", "on", "off"), default="recorded")
     parser.add_argument("--detail", action="store_true", help="print missed and spurious flow pairs")
+    parser.add_argument("--together", action="store_true",
+                        help="all fixtures through one in-process linker at once (cross-system merges show)")
     parser.add_argument("--calls", action="store_true", help="print every call: true vs inferred, edges in")
     parser.add_argument("--json", type=pathlib.Path)
     args = parser.parse_args(argv)
     only = {s for s in args.only.split(",") if s}
     stream = {"recorded": None, "on": True, "off": False}[args.stream]
     scores = []
-    for fixture in fixtures(args.fixtures):
-        if only and fixture.name not in only:
-            continue
-        inferred = live(fixture, stream) if args.live else link_in_process(fixture)
+    chosen = [f for f in fixtures(args.fixtures) if not only or f.name in only]
+    shared = link_together(chosen) if args.together else {}
+    for fixture in chosen:
+        if args.together:
+            inferred = shared[fixture.name]
+        else:
+            inferred = live(fixture, stream) if args.live else link_in_process(fixture)
         scores.append(score(fixture, inferred))
         if args.calls:
             print(calls_view(fixture, inferred))
-    print(f"mode: {'live proxy' if args.live else 'in-process Linker.observe'}")
+    mode = "live proxy" if args.live else "in-process Linker.observe"
+    print(f"mode: {mode}{', all fixtures in one linker' if args.together else ''}")
+    if args.together:
+        print(f"runs shared by two fixtures: {cross_fixture_runs(shared)}")
     print(table(scores, args.detail))
     if args.json:
         report: dict[str, Any] = {"mode": "live" if args.live else "in-process", "fixtures": [s.row() for s in scores]}

@@ -248,14 +248,18 @@ def call_of(record: Record, started_at: float, ended_at: float) -> Call:
     return call
 
 
-def interleaved_calls(fixture: Fixture, spacing: float = RUN_SPACING) -> list[Call]:
-    """Every run's calls with its clock shifted so the runs overlap as if live at once."""
+def interleaved_calls(fixture: Fixture, spacing: float = RUN_SPACING, offset: float = 0.0,
+                      prefix: str = "") -> list[Call]:
+    """Every run's calls with its clock shifted so the runs overlap as if live at once
+    (`prefix` before each call id when several fixtures share one linker)."""
     calls = []
     for i, run in enumerate(fixture.runs.values()):
         t0 = run[0].t_start
+        start = 1_700_000_000 + offset + i * spacing - t0
         for r in run:
-            calls.append(call_of(r, 1_700_000_000 + i * spacing + r.t_start - t0,
-                                 1_700_000_000 + i * spacing + r.t_end - t0))
+            call = call_of(r, start + r.t_start, start + r.t_end)
+            call.id = prefix + call.id
+            calls.append(call)
     return sorted(calls, key=lambda c: (c.ended_at or 0.0, c.id))
 
 
@@ -263,6 +267,29 @@ def link_in_process(fixture: Fixture, linker: Linker | None = None) -> Inferred:
     linker = linker or Linker(MemoryLineageIndex(), run_idle_s=900.0)
     results = {c.id: linker.observe(c) for c in interleaved_calls(fixture)}
     return inferred_from_results(results)
+
+
+def link_together(fxs: list[Fixture], linker: Linker | None = None) -> dict[str, Inferred]:
+    """All fixtures through one linker at once, as one proxy serving every system would see
+    them.  Call ids are `<fixture>/<record id>`; per fixture, an edge from another fixture's call
+    keeps that foreign id (a spurious pair in `score`)."""
+    linker = linker or Linker(MemoryLineageIndex(), run_idle_s=900.0)
+    calls = [c for k, f in enumerate(fxs) for c in interleaved_calls(f, offset=k * 0.05, prefix=f"{f.name}/")]
+    calls.sort(key=lambda c: (c.ended_at or 0.0, c.id))
+    everything = inferred_from_results({c.id: linker.observe(c) for c in calls})
+    out = {}
+    for f in fxs:
+        mine = f"{f.name}/"
+
+        def local(cid: str, mine: str = mine) -> str:
+            return cid.removeprefix(mine)
+
+        part = Inferred()
+        part.agent = {local(k): v for k, v in everything.agent.items() if k.startswith(mine)}
+        part.run = {local(k): v for k, v in everything.run.items() if k.startswith(mine)}
+        part.edges = {(local(a), local(b), kind) for a, b, kind in everything.edges if b.startswith(mine)}
+        out[f.name] = part
+    return out
 
 
 def inferred_from_results(results: dict[str, LinkResult]) -> Inferred:
@@ -531,7 +558,10 @@ def found_pairs(inferred: Inferred, truth: Truth) -> set[tuple[str, str, str]]:
     an edge across true runs keeps both runs ("r1>r3") and can only be wrong."""
     out = set()
     for source, target, kind in inferred.edges:
-        if kind not in FLOW_KINDS or source not in truth.agent or target not in truth.agent:
+        if kind not in FLOW_KINDS or target not in truth.agent:
+            continue
+        if source not in truth.agent:  # another fixture's call (link_together)
+            out.add((f"foreign>{truth.run[target]}", source.split("/")[0], truth.agent[target]))
             continue
         run_s, run_t = truth.run[source], truth.run[target]
         run = run_t if run_s == run_t else f"{run_s}>{run_t}"
