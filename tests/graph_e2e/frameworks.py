@@ -23,8 +23,8 @@ passage that two records of a run output without having it in their inputs is bo
 B), its sender is the latest record M of the run that ended before N started and has it in its
 outputs: the original producer, or an agent that relayed it (a manager quoting a worker's figure
 in the next worker's task).  When M's agent A != B, the pair (run, A, B) is a true flow edge.
-A speaker selector's choice (a bare agent name) is too short to be a passage, so the truth has
-edges *into* selectors (the transcript they read) but none out of them.
+A speaker selector's choice (a reply that is nothing but another agent's name) is too short to
+be a passage: it gives a flow edge from the selector to the chosen agent's next request.
 """
 
 from __future__ import annotations
@@ -210,7 +210,21 @@ def flow_truth(records: list[Record]) -> dict[tuple[str, str], int]:
                 senders = [m for m in run if m.t_end <= n.t_start and p in said[m.id]]
                 if senders and senders[-1].agent != n.agent:
                     carried[(senders[-1].id, n.id)] += 1
+        for m, n in selections(run):
+            carried[(m.id, n.id)] += 1
     return dict(carried)
+
+
+def selections(run: list[Record]) -> Iterable[tuple[Record, Record]]:
+    """(selector call, the chosen speaker's next call): a reply that is nothing but the name of
+    another agent of the run picks the next speaker."""
+    agents = {r.agent for r in run}
+    for m in run:
+        name = (m.reply.get("text") or "").strip()
+        if name in agents and name != m.agent and not m.reply["tool_calls"]:
+            n = next((r for r in run if r.agent == name and r.t_start >= m.t_end), None)
+            if n is not None:
+                yield m, n
 
 
 def thread_truth(records: list[Record]) -> set[tuple[str, str]]:

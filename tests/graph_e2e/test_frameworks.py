@@ -28,6 +28,25 @@ from tests.proxyserver import ProxyServer
 
 FIXTURES = fixtures()
 IDS = [f.name for f in FIXTURES]
+TEAM = {("planner", "writer"), ("planner", "critic"), ("writer", "critic"), ("critic", "writer")}
+SELECTED = {("planner", "{s}"), ("writer", "{s}"), ("critic", "{s}"), ("{s}", "planner"), ("{s}", "writer"),
+            ("{s}", "critic")}
+# The true agent-pair flow of every run, as the truth derivation reads it from the recording.
+FLOW = {
+    "smolagents_toolcalling": {("manager", "researcher"), ("researcher", "manager"), ("manager", "fact_checker"),
+                               ("fact_checker", "manager")},
+    "smolagents_code": {("manager", "analyst"), ("analyst", "manager"), ("manager", "statistician"),
+                        ("statistician", "manager")},
+    "pydantic_ai_delegation": {("coordinator", "researcher"), ("researcher", "coordinator")},
+    "pydantic_ai_delegation_bare": {("coordinator", "researcher"), ("researcher", "coordinator")},
+    "autogen_roundrobin": TEAM | {("critic", "planner"), ("writer", "planner")},
+    "autogen_selector": TEAM | {(a.format(s="selector"), b.format(s="selector")) for a, b in SELECTED},
+    "ag2_groupchat": TEAM | {(a.format(s="manager"), b.format(s="manager")) for a, b in SELECTED},
+    "ag2_groupchat_default": TEAM | {(a.format(s="manager"), b.format(s="manager")) for a, b in SELECTED},
+    "crewai_sequential": {("researcher", "analyst"), ("researcher", "writer"), ("analyst", "writer")},
+    "crewai_hierarchical": {("manager", "researcher"), ("researcher", "manager"), ("manager", "analyst"),
+                            ("analyst", "manager"), ("manager", "writer"), ("writer", "manager")},
+}
 
 
 def test_every_framework_is_recorded() -> None:
@@ -35,6 +54,21 @@ def test_every_framework_is_recorded() -> None:
     for f in FIXTURES:
         assert len(f.runs) >= 3, f"{f.name}: fewer than 3 runs"
         assert f.truth.pairs, f"{f.name}: no flow between agents in the recording"
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=IDS)
+def test_truth_reads_the_frameworks_flow(fixture: Fixture) -> None:
+    per_run: dict[str, set[tuple[str, str]]] = {run: set() for run in fixture.runs}
+    for run, source, target in fixture.truth.pairs:
+        per_run[run].add((source, target))
+
+    assert per_run == {run: FLOW[fixture.name] for run in fixture.runs}
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=IDS)
+def test_truth_threads_follow_each_agents_conversation(fixture: Fixture) -> None:
+    agent_of = {r.id: r.agent for r in fixture.records}
+    assert all(agent_of[a] == agent_of[b] for a, b in fixture.truth.threads)
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=IDS)
