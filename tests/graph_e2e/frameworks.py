@@ -25,6 +25,11 @@ outputs: the original producer, or an agent that relayed it (a manager quoting a
 in the next worker's task).  When M's agent A != B, the pair (run, A, B) is a true flow edge.
 A speaker selector's choice (a reply that is nothing but another agent's name) is too short to
 be a passage: it gives a flow edge from the selector to the chosen agent's next request.
+
+True thread steps (thread_truth): record N continues record M when both are the same agent's,
+in one run, and M is the latest earlier one whose messages are a proper prefix of N's.  Scored
+on the linker's continuation/tool edges: recall over these steps; precision also accepts a
+same-agent edge whose target holds the source's output (the passage rule with A == B).
 """
 
 from __future__ import annotations
@@ -114,7 +119,7 @@ class Fixture:
     @cached_property
     def truth(self) -> Truth:
         return Truth({r.id: r.agent for r in self.records}, {r.id: r.run for r in self.records},
-                     flow_truth(self.records), thread_truth(self.records))
+                     *flow_truth(self.records), thread_truth(self.records))
 
     def __repr__(self) -> str:
         return f"Fixture({self.name}: {len(self.records)} requests, {len(self.runs)} runs)"
@@ -130,6 +135,7 @@ class Truth:
     agent: dict[str, str]  # record id → true agent
     run: dict[str, str]  # record id → true run
     calls: dict[tuple[str, str], int]  # (producer record, consumer record) → passages carried
+    same_agent: set[tuple[str, str]]  # (sender, consumer) of one agent: its own output fed back as input
     threads: set[tuple[str, str]]  # (record, the record of the same agent that continues its conversation)
 
     @property
@@ -195,9 +201,11 @@ def inputs(record: Record) -> str:
     return normalize("\n".join(_text(m.get("content")) for m in msgs if m.get("role") != "assistant"))
 
 
-def flow_truth(records: list[Record]) -> dict[tuple[str, str], int]:
-    """(sender, consumer) record pairs of different agents in one run: see the module doc."""
+def flow_truth(records: list[Record]) -> tuple[dict[tuple[str, str], int], set[tuple[str, str]]]:
+    """(sender, consumer) record pairs of different agents in one run (see the module doc) →
+    passages carried; and the same pairs where sender and consumer are one agent."""
     carried: Counter[tuple[str, str]] = Counter()
+    same_agent: set[tuple[str, str]] = set()
     by_run: dict[str, list[Record]] = {}
     for r in records:
         by_run.setdefault(r.run, []).append(r)
@@ -210,9 +218,11 @@ def flow_truth(records: list[Record]) -> dict[tuple[str, str], int]:
                 senders = [m for m in run if m.t_end <= n.t_start and p in said[m.id]]
                 if senders and senders[-1].agent != n.agent:
                     carried[(senders[-1].id, n.id)] += 1
+                elif senders:
+                    same_agent.add((senders[-1].id, n.id))
         for m, n in selections(run):
             carried[(m.id, n.id)] += 1
-    return dict(carried)
+    return dict(carried), same_agent
 
 
 def selections(run: list[Record]) -> Iterable[tuple[Record, Record]]:
@@ -583,6 +593,15 @@ def found_pairs(inferred: Inferred, truth: Truth) -> set[tuple[str, str, str]]:
     return out
 
 
+def thread_prf(found: set[tuple[str, str]], truth: Truth) -> tuple[float, float, float]:
+    """Recall over the true thread steps; precision also accepts a continuation between two
+    conversations of one agent when the later one holds the earlier one's output (a CrewAI
+    manager's next task gets its last answer as context)."""
+    p = len(found & (truth.threads | truth.same_agent)) / len(found) if found else 1.0
+    r = len(found & truth.threads) / len(truth.threads) if truth.threads else 1.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
 def found_threads(inferred: Inferred, truth: Truth) -> set[tuple[str, str]]:
     return {(s, t) for s, t, kind in inferred.edges if kind in THREAD_KINDS and s in truth.agent and t in truth.agent}
 
@@ -599,7 +618,7 @@ def score(fixture: Fixture, inferred: Inferred) -> Score:
     return Score(
         fixture.name, len(ids), sum(1 for i in ids if i in inferred.run),
         ari([truth.agent[i] for i in ids], agents), ari([truth.run[i] for i in ids], runs),
-        prf(found, true), prf(found_threads(inferred, truth), truth.threads),
+        prf(found, true), thread_prf(found_threads(inferred, truth), truth),
         {a: dict(c.most_common()) for a, c in sorted(names.items())},
         (len(set(truth.run.values())), len(set(runs))), frozenset(true - found), frozenset(found - true),
     )
