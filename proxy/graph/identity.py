@@ -159,8 +159,36 @@ def _is_calendar(token: bytes) -> bool:
 
 
 def fingerprint(system: str | None, tools: Iterable[str]) -> str:
-    """16 hex chars identifying an agent by its normalised prompt and its tool set."""
-    return _digest(_stable(system or ""), tools)
+    """16 hex chars identifying an agent by its normalised prompt and its tool set.  A speaker
+    selector's prompt is reduced to its skeleton first (see `selector_skeleton`)."""
+    return _digest(_stable(selector_skeleton(system or "")), tools)
+
+
+_SELECTOR = re.compile(
+    r"select the next (?:role|speaker|agent)|(?:choose|pick|select) (?:the )?next speaker|who should speak next", re.I
+)
+_ROSTER_LINE = re.compile(r"^[ \t]*[A-Za-z][\w.-]{0,39}:[ \t].*$", re.M)
+_NAME_LIST = re.compile(r"\[(?:\s*['\"][^'\"\n]{1,60}['\"]\s*,?)+\s*\]")
+SELECTOR_NAME = "speaker-selector"
+
+
+def is_selector(system: str) -> bool:
+    """A group chat's speaker selector (AutoGen SelectorGroupChat, AG2 GroupChatManager and
+    their kin): its prompt asks which participant speaks next."""
+    return bool(system) and _SELECTOR.search(system) is not None
+
+
+def selector_skeleton(system: str) -> str:
+    """The part of a selector's prompt that stays put: its opening up to the roster, and the
+    lines that ask for the next speaker, without the candidate lists.  The roster, the
+    transcript and the lists change on every turn (the last speaker is left out, the
+    conversation grows)."""
+    if not is_selector(system):
+        return system
+    lines = system.splitlines()
+    end = next((i for i, line in enumerate(lines) if _ROSTER_LINE.match(line)), len(lines))
+    kept = lines[:end] + [line for line in lines[end:] if _SELECTOR.search(line)]
+    return _NAME_LIST.sub("", "\n".join(kept))
 
 
 def _digest(stable: bytes, tools: Iterable[str]) -> str:
@@ -170,6 +198,8 @@ def _digest(stable: bytes, tools: Iterable[str]) -> str:
 
 def role_name(system: str | None) -> str | None:
     """A slug from the role a prompt states ("You are the researcher" → "researcher")."""
+    if system and is_selector(system):
+        return SELECTOR_NAME  # its roster states every participant's role, none of them its own
     head = (system or "")[:_ROLE_SCAN_CHARS]
     for pattern in _ROLE_PATTERNS:
         for match in pattern.finditer(head):
@@ -370,7 +400,7 @@ class Identifier:
         return Identity(key, name, ident.fingerprint, new)
 
     def _fingerprint(self, system: str, tools: tuple[str, ...]) -> str:
-        constant = _cut(system, calendar=False)
+        constant = _cut(selector_skeleton(system), calendar=False)
         key = (hash(constant), len(constant), tools)
         fp = self._prints.get(key)
         if fp is None:

@@ -34,7 +34,7 @@ from types import MappingProxyType
 from proxy.call import Call
 from proxy.graph import threads
 from proxy.graph.fingerprint import Shingler, SourcePrint
-from proxy.graph.identity import AgentDirectory, Identifier, slug_name
+from proxy.graph.identity import AgentDirectory, Identifier, is_selector, slug_name, stated_name
 from proxy.graph.index import LineageIndex
 from proxy.graph.lineage import (
     Lineage,
@@ -135,6 +135,7 @@ class Linker:
         self._find_thread(ctx)
         self._segment(ctx)
         self._find_tool_sources(ctx)
+        self._find_selection(ctx)
         self._find_content_sources(ctx)
         self._refine_identity(ctx)
         self._assign_run(ctx)
@@ -169,6 +170,7 @@ class Linker:
             return state.run_id if state is not None and self._open(state, call.started_at) else None
         self._segment(ctx, mark_prompt=False)
         self._find_tool_sources(ctx)
+        self._find_selection(ctx)
         self._find_content_sources(ctx)
         for ref in self._parents(ctx):
             if not self._places(ctx, ref):
@@ -249,8 +251,13 @@ class Linker:
             if atom.role != "c" and atom.text:
                 ctx.segments.append(self._piece(i, _VIA[atom.role], atom.text))
         system = ctx.call.system
+        if ctx.pred is not None or not system:
+            return
+        if is_selector(system):  # it carries the conversation so far, new on every turn
+            ctx.segments.append(self._piece(-1, "instructions", system))
+            return
         first = ctx.ident.fingerprint not in self._scanned_prompts if not mark_prompt else None
-        if ctx.pred is None and system and (first if first is not None else self._first_sight(ctx.ident.fingerprint)):
+        if first if first is not None else self._first_sight(ctx.ident.fingerprint):
             ctx.segments.append(self._piece(-1, "instructions", system))
 
     def _piece(self, index: int, via: str, text: str) -> Segment:
@@ -281,6 +288,21 @@ class Linker:
             seen.clear()
         seen[fingerprint] = None
         return True
+
+    def _find_selection(self, ctx: _Ctx) -> None:
+        """A speaker selector answered this agent's name a moment ago: it picked this call's
+        speaker (the selector → speaker step of a group chat).  Each selection is used once."""
+        names = {slug_name(ctx.ident.name), stated_name(ctx.call)}
+        names.discard(None)
+        keys = [_selection_key(n) for n in names if n]
+        for key, ref in zip(keys, self.index.get_refs(keys), strict=True):
+            if ref is None or not ref.ok or ref.agent == ctx.ident.key:
+                continue
+            if not 0.0 <= ctx.call.started_at + self.config.slack_s - ref.ended_at <= _SELECTION_S:
+                continue
+            ctx.sources.setdefault(ref.call_id, _Source(ref, "selection"))
+            self.index.put_refs({key: dataclasses.replace(ref, ok=False)})
+            return
 
     def _find_tool_sources(self, ctx: _Ctx) -> None:
         new = [
@@ -581,6 +603,9 @@ class Linker:
                 refs[threads.tool_key(tc.id)] = ref
         self.index.put_refs(refs)
         self._remember_output(ctx, ended)
+        if call.system and is_selector(call.system) and (picked := slug_name(call.completion.text[:80])):
+            if len(call.completion.text.split()) <= 4:
+                self.index.put_refs({_selection_key(picked): ref})
         self._remember_run(ctx, edges, ended)
 
     def _remember_output(self, ctx: _Ctx, ended: float) -> None:
@@ -627,6 +652,13 @@ class _Lazy:
         if self._value is None:
             self._value = self._make()
         return self._value
+
+
+_SELECTION_S = 120.0  # a selection is taken up by the chosen speaker's next call within this
+
+
+def _selection_key(name: str) -> str:
+    return "sel:" + name
 
 
 def _base(agent_key: str) -> str:

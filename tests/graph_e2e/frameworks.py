@@ -329,6 +329,8 @@ def inferred_from_results(results: dict[str, LinkResult]) -> Inferred:
         out.agent[cid] = r.agent
         out.run[cid] = root(str(r.run_id))
         out.edges |= {(e.source, e.target, e.kind) for e in r.edges}
+    for r in results.values():  # a later call named an earlier one's speaker (what the store applies)
+        out.agent.update((cid, name) for cid, name in r.renamed.items() if cid in out.agent)
     return out
 
 
