@@ -119,6 +119,7 @@ class Linker:
         self._big_pieces: dict[tuple[str, int, str], tuple[str, Segment]] = {}
         self._renamed: dict[str, str] = {}  # call id → the agent a later call named it
         self._prints: dict[str, SourcePrint] = {}  # noted outputs not linked yet
+        self._openings: dict[str, tuple[str, int]] = {}  # thread id → its first request's opening
 
     @property
     def directory(self) -> AgentDirectory:
@@ -389,6 +390,10 @@ class Linker:
         ]  # fmt: skip
         if fed:
             top = max(fed, key=lambda s: (s.lineage.hits if s.lineage else 1_000_000, s.ref.ended_at))
+            if self._next_task(ctx, top.ref):
+                if top.ref.agent != ident.key:
+                    ctx.ident = self.identifier.rekeyed(ident, top.ref.agent, ctx.call.system)
+                return
             key = f"{ident.fingerprint}<{hashlib.blake2b(top.ref.agent.encode(), digest_size=4).hexdigest()}"
             ctx.ident = self.identifier.rekeyed(ident, key, ctx.call.system)
 
@@ -402,7 +407,8 @@ class Linker:
                 continue
             if ctx.roots.get(src.ref.call_id) != ctx.run_id or not lin.places(self.config):
                 continue  # a look-alike from another run, or too little of it to say who spoke
-            names = {ctx.call.messages[ctx.atoms[i].index].name for i in lin.segments if i >= 0}
+            msgs = [ctx.call.messages[ctx.atoms[i].index] for i in lin.segments if i >= 0]
+            names = {m.name for m in msgs if m.role in ("user", "assistant")}  # a tool message's name is the tool
             names.discard(None)
             if len(names) == 1 and (slug := slug_name(names.pop() or "")):
                 name = self.identifier.stated(_base(agent), slug).name
@@ -413,6 +419,17 @@ class Linker:
     def _agent_of(self, ref: Ref) -> str:
         """Who made a call, as agent pairs (handoff, then return) count it: its shown name."""
         return self._renamed.get(ref.call_id) or self.directory.name_for(ref.agent, None)[0]
+
+    def _next_task(self, ctx: _Ctx, feeder: Ref) -> bool:
+        """The feeder's own conversation opened with the same template and other content (CrewAI's
+        "Current Task: …" for each task of one manager): the same agent on its next task, handed
+        its earlier result as context, not another agent sharing its prompt.  The very same
+        opening message (a group chat's task, broadcast to every member) proves nothing."""
+        theirs = self._openings.get(feeder.thread_id)
+        if theirs is None:
+            return False
+        mine = _opening(ctx.call)
+        return bool(mine[0]) and mine[0] == theirs[0] and mine[1] != theirs[1]
 
     @staticmethod
     def _own_turns(ctx: _Ctx) -> str | None:
@@ -603,9 +620,13 @@ class Linker:
                 refs[threads.tool_key(tc.id)] = ref
         self.index.put_refs(refs)
         self._remember_output(ctx, ended)
-        if call.system and is_selector(call.system) and (picked := slug_name(call.completion.text[:80])):
-            if len(call.completion.text.split()) <= 4:
-                self.index.put_refs({_selection_key(picked): ref})
+        if ctx.thread_id == call.id:
+            self._openings[call.id] = _opening(call)
+            if len(self._openings) >= 65_536:
+                drop_oldest(self._openings)
+        short = len(call.completion.text.split()) <= 4
+        if short and call.system and is_selector(call.system) and (picked := slug_name(call.completion.text[:80])):
+            self.index.put_refs({_selection_key(picked): ref})
         self._remember_run(ctx, edges, ended)
 
     def _remember_output(self, ctx: _Ctx, ended: float) -> None:
@@ -652,6 +673,12 @@ class _Lazy:
         if self._value is None:
             self._value = self._make()
         return self._value
+
+
+def _opening(call: Call) -> tuple[str, int]:
+    """(first two words, hash of the whole text) of a request's first user message."""
+    text = next((m.text for m in call.messages if m.role == "user"), "")
+    return " ".join(text.lower().split()[:2]), hash(text)
 
 
 _SELECTION_S = 120.0  # a selection is taken up by the chosen speaker's next call within this
