@@ -24,6 +24,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -227,6 +228,24 @@ class Bench:
         self.procs.append(proc)
         return proc
 
+    def drain(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait until the proxy's pipeline has nothing queued and nothing lagging (graph linking
+        catches up after saturation); report how long it took and the lane's counters."""
+        url, t0, state = self.urls.get("interlock"), time.monotonic(), {}
+        while url and time.monotonic() - t0 < timeout:
+            try:
+                with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+                    text = resp.read().decode()
+            except (urllib.error.URLError, OSError):
+                break
+            state = {m.group(1): float(m.group(2)) for m in
+                     re.finditer(r'^interlock_pipeline_state\S*\{[^}]*state="(\w+)"[^}]*\} ([0-9.e+]+)', text, re.M)}
+            depth = re.search(r"^interlock_pipeline_queue_depth\S* ([0-9.e+]+)", text, re.M)
+            if state.get("lagging", 0) == 0 and (depth is None or float(depth.group(1)) == 0):
+                break
+            time.sleep(0.5)
+        return {"drain_s": round(time.monotonic() - t0, 1), **state}
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
@@ -383,7 +402,8 @@ def render(meta: dict[str, Any], summary: dict[str, Any], soak: dict[str, Any],
         f"{meta['proxy']['rss_mib_at_ready']:.0f} MiB at ready, {meta['proxy'].get('rss_mib_after_warmup', 0):.0f} "
         "MiB after warm-up.",
         f"Recording: {meta.get('recorded_rows', '?')} rows in `calls` for ~{meta['sent_to_proxy']} requests sent "
-        "through the proxy.", "",
+        f"through the proxy; {fmt(meta.get('linked_share'))} % of conversation calls linked into a run after the "
+        f"drain (linking: {meta.get('linking', {})}).", "",
         "| scenario | direct p50 / p99 ms | interlock p50 / p99 ms | **added p50 / p99 ms** | added TTFB p50 / p99 "
         "| req/s direct → interlock (ratio) | **proxy CPU ms/req** | errors d/i |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -418,6 +438,20 @@ def recorded_rows(db: Path) -> int | None:
             return int(conn.execute("select count(*) from calls").fetchone()[0])
     except sqlite3.Error:
         return None
+
+
+def linked_share(db: Path) -> float | None:
+    """Percent of recorded conversation calls (chat, responses, messages) the graph placed in a run."""
+    if not db.exists():
+        return None
+    try:
+        with sqlite3.connect(db) as conn:
+            total, linked = conn.execute(
+                "select count(*), count(run_id) from calls where operation in ('chat', 'responses', 'messages')"
+            ).fetchone()
+    except sqlite3.Error:
+        return None
+    return round(100.0 * linked / total, 2) if total else None
 
 
 def machine() -> str:
@@ -488,9 +522,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("warm-up done")
         results = bench.rounds(names)
         soak = bench.soak() if args.soak else {}
+        bench.meta["linking"] = bench.drain()
     finally:
         bench.stop()
-    bench.meta.update(sent_to_proxy=bench.sent_to_proxy, recorded_rows=recorded_rows(bench.db_path))
+    bench.meta.update(sent_to_proxy=bench.sent_to_proxy, recorded_rows=recorded_rows(bench.db_path),
+                      linked_share=linked_share(bench.db_path))
     summary = summarize(results)
     verdicts = checks(summary, soak)
     (out / "summary.json").write_text(json.dumps({

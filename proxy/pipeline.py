@@ -2,8 +2,15 @@
 
     relay.record(call) ─put_nowait─▶ [bounded queue] ─▶ worker: price, link, aggregate ─▶ writer.submit
                           │ full                          │ every few seconds: close idle runs
-                          └─▶ rows built inline (no linking) and handed to the writer, which
-                              spools to disk when it is full too: a record is never dropped.
+                          ├─▶ rows built inline (no linking) and handed to the writer, which
+                          │   spools to disk when it is full too: a record is never dropped;
+                          └─▶ [catch-up lane]: the call without its bodies (bounded by the
+                              characters it holds), linked when the queue is empty; its row is
+                              then amended (agent, run, flags), its edges and totals written.
+                              Past the lane's bound a call stays unlinked, counted (`unlinked`).
+
+Linking lags under saturation and catches up after it; nothing is shed silently: `linked_late`
+and `unlinked` are exported (interlock_pipeline_state) and reported by bench/run.py.
 
 Hooks (`observers`) see each (call, link) after it is written: metrics, escalation detection,
 cascade tracing.  They run on the worker and must not block; a failing hook is logged.
@@ -12,6 +19,7 @@ cascade tracing.  They run on the worker and must not block; a failing hook is l
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -22,7 +30,7 @@ from proxy.aggregates import Aggregates
 from proxy.call import Call
 from proxy.graph.model import LinkResult
 from proxy.pricing import PriceTable
-from proxy.store.rows import ContentPolicy, Record, call_record
+from proxy.store.rows import ContentPolicy, Record, call_record, flags_of
 
 log = logging.getLogger("interlock.pipeline")
 
@@ -35,7 +43,7 @@ class Pipeline:
                  observers: list[Observer] | None = None, on_runs_closed: list[RunsClosed] | None = None,
                  prices: Callable[[], PriceTable] | None = None,
                  maxsize: int = 10_000, max_queued_bytes: int = 128 * 1024 * 1024,
-                 close_every_s: float = 5.0) -> None:
+                 close_every_s: float = 5.0, max_lagging_chars: int = 64 * 1024 * 1024) -> None:
         self.writer = writer
         self.policy = policy
         self.max_bytes = max_bytes
@@ -52,6 +60,11 @@ class Pipeline:
         self.overflowed = 0
         self.link_errors = 0
         self.processed = 0
+        self.lagging: collections.deque[Call] = collections.deque()  # stored, not linked yet
+        self.lagging_chars = 0
+        self.max_lagging_chars = max_lagging_chars
+        self.linked_late = 0
+        self.unlinked = 0
         self._next_close = time.monotonic() + close_every_s
         self._task: asyncio.Task[None] | None = None
 
@@ -71,15 +84,35 @@ class Pipeline:
             self.overflowed += 1
             self._price(call)
             self.writer.submit(call_record(call, policy=self.policy, max_bytes=self.max_bytes))
+            self._lag(call)
+
+    def _lag(self, call: Call) -> None:
+        """Keep what linking needs (messages, output; not the raw bodies) for the catch-up lane."""
+        if self.linker is None:
+            return
+        chars = _text_chars(call)
+        if self.lagging_chars + chars > self.max_lagging_chars:
+            self.unlinked += 1
+            return
+        call.request_bytes = call.response_bytes = b""
+        self.lagging.append(call)
+        self.lagging_chars += chars
 
     async def _run(self) -> None:
         while True:
+            if self.lagging and self.queue.empty():
+                self._catch_up()
+                await asyncio.sleep(0)  # let the request path and the queue in between
+                continue
             try:
                 call = await asyncio.wait_for(self.queue.get(), timeout=self.close_every_s)
             except TimeoutError:
                 self._close_idle()
                 continue
             if call is None:
+                while self.lagging:  # shutting down: what lags is linked within aclose's deadline
+                    self._catch_up()
+                    await asyncio.sleep(0)
                 return
             self.queued_bytes -= _body_bytes(call)
             try:
@@ -90,6 +123,33 @@ class Pipeline:
             self.processed += 1
             if time.monotonic() >= self._next_close:
                 self._close_idle()
+
+    def _catch_up(self, batch: int = 64) -> None:
+        """Link up to `batch` lagging calls (stored already): amend their rows, write their edges
+        and their share of the totals.  Runs only while the queue is empty."""
+        for _ in range(min(batch, len(self.lagging))):
+            call = self.lagging.popleft()
+            self.lagging_chars -= _text_chars(call)
+            link = self._link(call)
+            if link is None:
+                self.unlinked += 1
+                continue
+            record, totals = Record(), Record()
+            update: dict[str, Any] = {"id": call.id, "agent": link.agent, "run_id": link.run_id}
+            if call.agent_source is None:
+                update["agent_source"] = "inferred"
+            if link.flags:
+                update["flags"] = sorted(set(flags_of(call)) | set(link.flags))
+            record.call_updates.append(update)
+            self._apply_link_rows(record, totals, link, call)
+            self.writer.submit(record)
+            self.writer.submit(totals)
+            self.linked_late += 1
+            for observe in self.observers:
+                try:
+                    observe(call, link)
+                except Exception:
+                    log.exception("pipeline observer %r failed", observe)
 
     def _price(self, call: Call) -> None:
         if call.cost_usd is None and call.usage.reported:
@@ -132,6 +192,10 @@ class Pipeline:
             row["flags"] = sorted(set(row.get("flags") or []) | set(link.flags))
         for ev in record.guard_events:
             ev["agent"], ev["run_id"] = link.agent, link.run_id
+        self._apply_link_rows(record, totals, link, call)
+
+    def _apply_link_rows(self, record: Record, totals: Record, link: LinkResult, call: Call) -> None:
+        """Edges, renames, totals and run merges of a linked call (its own row aside)."""
         at = call.ended_at or call.started_at
         record.edges = [
             {"run_id": link.run_id, "source_call_id": e.source, "target_call_id": e.target, "kind": e.kind,
@@ -182,12 +246,18 @@ class Pipeline:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
+            self.unlinked += len(self.lagging)  # stored already; the deadline left no time to link them
+            self.lagging.clear()
             while not self.queue.empty():
                 call = self.queue.get_nowait()
                 if call is not None:
                     self.overflowed += 1
                     self._price(call)
                     self.writer.submit(call_record(call, policy=self.policy, max_bytes=self.max_bytes))
+
+
+def _text_chars(call: Call) -> int:
+    return len(call.system or "") + sum(len(m.text) for m in call.messages) + len(call.completion.text)
 
 
 def _body_bytes(call: Call) -> int:

@@ -125,6 +125,9 @@ class Metrics:
                                   description="Writer queue depth and totals (written, spooled, replayed, dropped)")
         m.create_observable_gauge("interlock.pipeline.queue_depth", callbacks=[self._pipeline_depth], unit="{call}",
                                   description="Calls waiting for linking and storage")
+        m.create_observable_gauge("interlock.pipeline.state", callbacks=[self._pipeline_state], unit="{call}",
+                                  description="Graph linking under load: overflowed (stored before linking), "
+                                              "lagging (to link), linked_late, unlinked (past the lane's bound)")
         m.create_observable_gauge("interlock.budget.remaining", callbacks=[self._budgets], unit="1",
                                   description="Budget left per rule and scope (tokens or USD; scope_value "
                                               "'min' = the tightest recently active run/agent/key)")
@@ -220,6 +223,13 @@ class Metrics:
     def _pipeline_depth(self, _: CallbackOptions) -> Iterable[Observation]:
         p = self.runtime.pipeline
         return [Observation(p.queue.qsize() if p is not None else 0)]
+
+    def _pipeline_state(self, _: CallbackOptions) -> Iterable[Observation]:
+        p = self.runtime.pipeline
+        if p is None:
+            return []
+        return [Observation(p.overflowed, {"state": "overflowed"}), Observation(len(p.lagging), {"state": "lagging"}),
+                Observation(p.linked_late, {"state": "linked_late"}), Observation(p.unlinked, {"state": "unlinked"})]
 
     def _rules_state(self, _: CallbackOptions) -> Iterable[Observation]:
         r = self.runtime.rules

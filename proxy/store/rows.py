@@ -83,7 +83,7 @@ def call_to_row(call: Call, *, policy: ContentPolicy, max_bytes: int) -> Row:
         "request_content": request,
         "response_content": response,
         "content_truncated": req_cut or resp_cut or (call.response_truncated and policy != "none"),
-        "flags": _flags(call),
+        "flags": flags_of(call),
         "tainted_by": getattr(call, "tainted_by", None),
         "depth": getattr(call, "depth", None),
     }
@@ -155,7 +155,7 @@ def _usage(call: Call) -> Row:
     }
 
 
-def _flags(call: Call) -> list[str]:
+def flags_of(call: Call) -> list[str]:
     """Rules that flagged or denied the call, plus any flags the pipeline set, in order, unique."""
     names = [str(e.get("rule")) for e in call.guard_events if e.get("action") not in (None, "allow")]
     names += [str(f) for f in getattr(call, "flags", None) or ()]
