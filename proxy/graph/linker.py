@@ -146,7 +146,7 @@ class Linker:
         return LinkResult(
             call.id,
             ctx.ident.name,
-            ident.fingerprint,
+            ctx.ident.key,
             ctx.run_id,
             ctx.thread_id,
             edges,

@@ -38,7 +38,7 @@ class LinkResult:
 
     call_id: str
     agent: str
-    agent_fingerprint: str
+    agent_fingerprint: str  # the agent's key: its prompt fingerprint, with who it is among sharers
     run_id: str | None
     thread_id: str
     edges: list[Edge] = field(default_factory=list)
