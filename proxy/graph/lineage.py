@@ -81,12 +81,15 @@ class Lineage:
     specific: int = 0  # hits that no other run's output holds (boilerplate shared across runs is not)
     part_cover: float = 0.0  # the largest share of one (substantial) part of the output present
     input_share: float = 1.0  # hits / shingles of the input messages holding them
+    short_part: bool = False  # all of one part of fewer than place_part_fps fingerprints is present
 
     def places(self, cfg: LineageConfig) -> bool:
         """Strong enough to put the target in the source's run: boilerplate a few runs share
         (3-4 stock phrases at low coverage) never is."""
         if self.coverage >= cfg.place_whole:
             return True  # the whole output (one other runs repeat too: the newest, see attribute)
+        if self.specific == self.hits >= cfg.part_hits and self.short_part:
+            return True  # all of a short part no other run holds (a query handed to a worker)
         if self.specific < cfg.min_hits:
             return False
         if self.coverage >= cfg.place_coverage and 2 * self.specific >= self.hits:
@@ -153,7 +156,17 @@ def score(
         record, len(owned), coverage, reason is not None, reason, via, segs,
         len(owned) if shared is None else len(owned - shared), _part_cover(record, flags, cfg),
         len(owned) / max(1, sum(len(seg.hashes) for seg in segments if seg.index in segs)),
+        _short_part_whole(record, flags, cfg),
     )  # fmt: skip
+
+
+def _short_part_whole(record: CallRecord, flags: list[bool], cfg: LineageConfig) -> bool:
+    start = 0
+    for end in record.part_ends:
+        if end - start < cfg.place_part_fps and all(flags[start:end]):
+            return True
+        start = end
+    return False
 
 
 def _part_cover(record: CallRecord, flags: list[bool], cfg: LineageConfig) -> float:

@@ -493,7 +493,10 @@ class Linker:
 
     def _places(self, ctx: _Ctx, ref: Ref) -> bool:
         src = ctx.sources.get(ref.call_id)
-        return src is None or src.lineage is None or src.lineage.places(self.config)
+        if src is None or src.lineage is None or src.lineage.places(self.config):
+            return True
+        # the caller's own earlier turn, resent as text: its conversation goes on (a thread, not lineage)
+        return src.lineage.via == "assistant" and ref.agent == ctx.ident.key
 
     def _explained(self, ctx: _Ctx, run_id: str) -> set[int]:
         """Input segments already explained by content from the main run's own calls."""
