@@ -41,7 +41,8 @@ class LineageConfig:
     tail_words: int = 3  # ... and, when its tail signature has this many words,
     tail_kept: float = 0.5  # at most this share of them in the target
     head_density: float = 0.7
-    slack_s: float = 0.0  # clock skew tolerated between source end and target start
+    slack_s: float = 0.25  # a source may end this long after the target started: the proxy stamps
+    # ended_at after the last byte went out, and a client may send its next request first (and clocks skew)
     # placing a call in another call's run (or merging runs) needs specific, substantial evidence:
     # min_hits fingerprints no other run's output holds, covering this share of the output ...
     place_coverage: float = 0.3

@@ -120,6 +120,7 @@ class Linker:
         self._renamed: dict[str, str] = {}  # call id → the agent a later call named it
         self._prints: dict[str, SourcePrint] = {}  # noted outputs not linked yet
         self._openings: dict[str, tuple[str, int]] = {}  # thread id → its first request's opening
+        self._selections: dict[str, list[Ref]] = {}  # speaker name → selector calls that picked it
 
     @property
     def directory(self) -> AgentDirectory:
@@ -136,8 +137,8 @@ class Linker:
         self._find_thread(ctx)
         self._segment(ctx)
         self._find_tool_sources(ctx)
-        self._find_selection(ctx)
         self._find_content_sources(ctx)
+        self._find_selection(ctx)
         self._refine_identity(ctx)
         self._assign_run(ctx)
         self._name_sources(ctx)
@@ -171,8 +172,7 @@ class Linker:
             return state.run_id if state is not None and self._open(state, call.started_at) else None
         self._segment(ctx, mark_prompt=False)
         self._find_tool_sources(ctx)
-        self._find_selection(ctx)
-        self._find_content_sources(ctx)
+        self._find_content_sources(ctx)  # not selections: a name alone is too weak before forwarding
         for ref in self._parents(ctx):
             if not self._places(ctx, ref):
                 continue
@@ -292,18 +292,35 @@ class Linker:
 
     def _find_selection(self, ctx: _Ctx) -> None:
         """A speaker selector answered this agent's name a moment ago: it picked this call's
-        speaker (the selector → speaker step of a group chat).  Each selection is used once."""
+        speaker (the selector → speaker step of a group chat).  Each selection is used once.
+        Among concurrent group chats a name alone is ambiguous: the selection must come from
+        the run the call's other evidence points to, or be the only one pending."""
         names = {slug_name(ctx.ident.name), stated_name(ctx.call)}
         names.discard(None)
-        keys = [_selection_key(n) for n in names if n]
-        for key, ref in zip(keys, self.index.get_refs(keys), strict=True):
-            if ref is None or not ref.ok or ref.agent == ctx.ident.key:
-                continue
-            if not 0.0 <= ctx.call.started_at + self.config.slack_s - ref.ended_at <= _SELECTION_S:
-                continue
-            ctx.sources.setdefault(ref.call_id, _Source(ref, "selection"))
-            self.index.put_refs({key: dataclasses.replace(ref, ok=False)})
+        at = ctx.call.started_at + self.config.slack_s
+        pending = [
+            (name, ref) for name in names if name for ref in self._selections.get(name, ())
+            if ref.agent != ctx.ident.key and 0.0 <= at - ref.ended_at <= _SELECTION_S
+        ]  # fmt: skip
+        if not pending:
             return
+        runs = self._evidence_runs(ctx)
+        if runs:
+            pending = [(n, r) for n, r in pending if self._root(r.run_id) in runs]
+        if len(pending) != 1:
+            return
+        name, ref = pending[0]
+        ctx.sources.setdefault(ref.call_id, _Source(ref, "selection"))
+        self._selections[name].remove(ref)
+
+    def _evidence_runs(self, ctx: _Ctx) -> set[str]:
+        refs = [ctx.pred] if ctx.pred is not None else []
+        refs += [s.ref for s in ctx.sources.values() if s.lineage is None or s.lineage.places(self.config)]
+        return {self._root(ref.run_id) for ref in refs}
+
+    def _root(self, run_id: str) -> str:
+        state = self.index.get_run(run_id)
+        return state.run_id if state is not None else run_id
 
     def _find_tool_sources(self, ctx: _Ctx) -> None:
         new = [
@@ -445,7 +462,7 @@ class Linker:
 
     def _assign_run(self, ctx: _Ctx) -> None:
         call = ctx.call
-        explicit = call.run_hint or call.run_id
+        explicit = call.run_hint  # X-Interlock-Run; a run the request path found is a lead (below)
         if explicit:
             ctx.run = self.index.get_run(explicit)
             ctx.run_id, ctx.new_run = (ctx.run.run_id if ctx.run else explicit), ctx.run is None
@@ -453,6 +470,14 @@ class Linker:
             return
         parents = self._parents(ctx)
         live = self._live_runs(ctx, parents)
+        placed = self.index.get_run(call.run_id) if call.run_id else None
+        if placed is not None:  # the request path's run leads; lineage may still fold others in
+            live = [(Ref(call.id, "", placed.run_id, "", 0.0, ""), placed)] + [
+                item for item in live if item[1].run_id != placed.run_id
+            ]
+        elif call.run_id and not live:  # placed at request time in a run not linked yet
+            ctx.run_id, ctx.new_run = call.run_id, True
+            return
         if not live:
             ctx.run_id, ctx.new_run = call.id, True
             if parents:
@@ -629,7 +654,11 @@ class Linker:
                 drop_oldest(self._openings)
         short = len(call.completion.text.split()) <= 4
         if short and call.system and is_selector(call.system) and (picked := slug_name(call.completion.text[:80])):
-            self.index.put_refs({_selection_key(picked): ref})
+            queue = self._selections.setdefault(picked, [])
+            queue.append(ref)
+            del queue[:-64]
+            if len(self._selections) >= 4096:
+                drop_oldest(self._selections)
         self._remember_run(ctx, edges, ended)
 
     def _remember_output(self, ctx: _Ctx, ended: float) -> None:
@@ -685,10 +714,6 @@ def _opening(call: Call) -> tuple[str, int]:
 
 
 _SELECTION_S = 120.0  # a selection is taken up by the chosen speaker's next call within this
-
-
-def _selection_key(name: str) -> str:
-    return "sel:" + name
 
 
 def _base(agent_key: str) -> str:
