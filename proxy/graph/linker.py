@@ -305,8 +305,8 @@ class Linker:
         if not pending:
             return
         runs = self._evidence_runs(ctx)
-        if runs:
-            pending = [(n, r) for n, r in pending if self._root(r.run_id) in runs]
+        if runs:  # the latest selection in this call's run (an older one went to a turn we could not name)
+            pending = [(n, r) for n, r in pending if self._root(r.run_id) in runs][-1:]
         if len(pending) != 1:
             return
         name, ref = pending[0]

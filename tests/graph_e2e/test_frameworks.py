@@ -16,6 +16,7 @@ import pytest
 from tests.fake_upstream import FakeUpstream
 from tests.graph_e2e.frameworks import (
     Fixture,
+    assert_graph,
     fixtures,
     inferred_from_api,
     link_in_process,
@@ -46,6 +47,30 @@ FLOW = {
     "crewai_sequential": {("researcher", "analyst"), ("researcher", "writer"), ("analyst", "writer")},
     "crewai_hierarchical": {("manager", "researcher"), ("researcher", "manager"), ("manager", "analyst"),
                             ("analyst", "manager"), ("manager", "writer"), ("writer", "manager")},
+}
+
+
+# (agents ARI, runs ARI, flow F1) the recovered graph must reach; exact unless listed.  The gaps are
+# known (README, "How the graph is recovered"): AG2's default prompt shared by every assistant (a
+# speaker's first turn is named only when a later turn quotes it), twin runs on one task text whose
+# deterministic fake outputs are identical (smolagents), CrewAI's manager on its next task vs the next
+# agent of a shared-prompt pipeline, and, live, concurrent group chats whose first selection is ambiguous.
+EXACT = (1.0, 1.0, 1.0)
+FLOOR = {
+    "ag2_groupchat_default": (0.95, 0.85, 0.94),
+    "crewai_hierarchical": (0.74, 1.0, 1.0),
+    "smolagents_code": (1.0, 0.95, 0.97),
+    "smolagents_toolcalling": (1.0, 0.8, 0.97),
+}
+LIVE_FLOOR = {
+    "autogen_roundrobin": (1.0, 1.0, 0.95),
+    "ag2_groupchat": (1.0, 0.85, 0.9),
+    "ag2_groupchat_default": (0.95, 0.85, 0.8),
+    "autogen_selector": (1.0, 0.85, 0.9),
+    "crewai_hierarchical": (0.74, 1.0, 1.0),
+    "crewai_sequential": (1.0, 1.0, 0.95),
+    "smolagents_code": (1.0, 0.85, 0.95),
+    "smolagents_toolcalling": (1.0, 0.8, 0.97),
 }
 
 
@@ -99,6 +124,7 @@ def test_replay_forwards_every_request_faithfully(
     assert s.linked == len(fixture.records), f"{s.linked} of {len(fixture.records)} calls are in the graph"
     record_property("graph", s.row())
     print(f"\n{fixture.name} [{'sse' if stream else 'json'}] live: {s.row()}")
+    assert_graph(fixture, *LIVE_FLOOR.get(fixture.name, EXACT), inferred=inferred)
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=IDS)
@@ -109,3 +135,4 @@ def test_in_process_linker_places_every_call(fixture: Fixture, record_property: 
     assert s.linked == len(fixture.records)
     record_property("graph", s.row())
     print(f"\n{fixture.name} in-process: {s.row()}")
+    assert_graph(fixture, *FLOOR.get(fixture.name, EXACT), inferred=inferred)
