@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Coroutine, Generator
 from functools import partial
 from typing import Any, Protocol
-from urllib.parse import unquote
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -26,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from proxy.call import Call, Chunk, new_id
 from proxy.forward import Forwarder, UpstreamError, UpstreamResponse
 from proxy.guards.base import Verdict
+from proxy.paths import forward_path
 from proxy.providers import Route, Router
 from proxy.providers.base import Provider, StreamParser
 from proxy.redact import api_key_hash
@@ -142,7 +142,7 @@ class Relay:
         source: str | None = None
         if path.startswith("/agents/"):
             name, _, tail = path[8:].partition("/")
-            agent, source, path = unquote(name), "path", "/" + tail
+            agent, source, path = name, "path", "/" + tail  # already decoded, once (proxy/paths.py)
         call = Call(new_id(), time.time(), "openai", "other", "openai", scope["method"], path,
                     agent=agent, agent_source=source)
         headers: list[tuple[bytes, bytes]] = []
@@ -209,7 +209,7 @@ class Relay:
                 await self._deny(call, provider, state, verdict)
                 return
         upstream_body = provider.upstream_body(call, parsed, body) if isinstance(parsed, dict) else body
-        url = spec.url + call.path + (("?" + query.decode("latin-1")) if query else "")
+        url = spec.url + forward_path(call.path) + (("?" + query.decode("latin-1")) if query else "")
         await self._forward(call, provider, state, url, headers, upstream_body)
 
     def _count(self, call: Call) -> None:

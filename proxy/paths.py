@@ -1,0 +1,64 @@
+"""One canonical request path, computed once from the raw bytes before anything routes on it.
+
+    raw_path ──▶ canonical_path() ──┬─▶ PathError: refused with a 400 (nothing routed, nothing sent)
+      (bytes as                     │     encoded `/` `?` `#` `\\`, control bytes (also encoded),
+       received)                    │     `.` / `..` segments (also encoded), bad %-escapes, bad UTF-8
+                                    └─▶ the decoded path: `//` collapsed, a trailing `/` dropped
+                                          │ routed on (relay, provider, guards, records)
+                                          ▼
+                                    forward_path() ──▶ what the upstream receives; decoding it gives
+                                                       back exactly the routed path
+
+Why refuse some spellings and fold others: an encoded delimiter or a dot segment makes the path
+we route differ from the resource an upstream resolves (`/v1/chat/completions%3Fx=1` was routed
+as a generic call, unguarded, and became `/v1/chat/completions?x=1` upstream), so those are
+refused.  Duplicate and trailing slashes only come from base URLs joined carelessly, so they are
+folded, and the folded path is both what is routed and what is forwarded.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, unquote_to_bytes
+
+# A path already canonical and plain ASCII (nearly every request): no escape, no empty or dot
+# segment, no trailing slash, only characters forward_path() leaves as they are.
+_PLAIN = re.compile(rb"(?:/(?!\.\.?(?:/|\Z))[A-Za-z0-9._~!$&'()*+,;=:@-]+)+")
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_FORBIDDEN = re.compile(rb"[\x00-\x1f\x7f/?#\\]")  # in a decoded segment
+_SAFE = "/!$&'()*+,;=:@-._~"  # sub-delims and pchar punctuation (RFC 3986): never re-encoded
+_NAMES = {b"/": "an encoded '/'", b"?": "an encoded '?'", b"#": "an encoded '#'", b"\\": "a '\\'"}
+
+
+class PathError(ValueError):
+    """The request path cannot be routed safely; the message says why (shown to the client)."""
+
+
+def canonical_path(raw: bytes) -> str:
+    """The path to route on, from the raw request-target path.  Raises PathError."""
+    if _PLAIN.fullmatch(raw):
+        return raw.decode("ascii")
+    if not raw.startswith(b"/"):
+        raise PathError("the path must start with '/'")
+    return "/" + "/".join(_segment(s) for s in raw.split(b"/") if s)
+
+
+def forward_path(path: str) -> str:
+    """The canonical `path` as sent upstream (percent-encoded where needed)."""
+    return quote(path, safe=_SAFE)
+
+
+def _segment(raw: bytes) -> str:
+    if _BAD_ESCAPE.search(raw):
+        raise PathError("the path has a malformed percent-escape")
+    decoded = unquote_to_bytes(raw) if b"%" in raw else raw
+    if decoded in (b".", b".."):
+        raise PathError(f"the path has a {decoded.decode()!r} segment")
+    bad = _FORBIDDEN.search(decoded)
+    if bad is not None:
+        what = _NAMES.get(bad.group(), "a control character")
+        raise PathError(f"the path has {what}")
+    try:
+        return decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PathError("the path is not valid UTF-8 once decoded") from None
