@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from proxy.redact import mask_url
+
 ContentPolicy = Literal["full", "redacted", "none"]
 
 
@@ -143,5 +145,14 @@ def load_settings(**overrides: Any) -> Settings:
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"]) or "?"
             env = "INTERLOCK_" + str(err["loc"][0]).upper() if err["loc"] else ""
-            lines.append(f"setting {name} ({env}) has value {err.get('input')!r}: {err['msg']}")
+            value, shown = err.get("input"), _shown(name, err.get("input"))
+            msg = err["msg"].replace(value, str(shown)) if isinstance(value, str) and value else err["msg"]
+            lines.append(f"setting {name} ({env}) has value {shown!r}: {msg}")
         raise SettingsError("; ".join(lines)) from None
+
+
+def _shown(name: str, value: Any) -> Any:
+    """A bad value as an error message may show it: secrets masked."""
+    if isinstance(value, str) and ("token" in name or "secret" in name or "password" in name):
+        return "***"
+    return mask_url(value) if isinstance(value, str) else value  # URLs: database, Redis, upstreams
