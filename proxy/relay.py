@@ -46,6 +46,8 @@ _DROP_DOWN = frozenset(
     {b"connection", b"keep-alive", b"proxy-authenticate", b"te", b"trailer", b"transfer-encoding",
      b"upgrade", b"content-length"}
 )
+# Connection options that name no header (`keep-alive` and `upgrade` are dropped anyway).
+_CONNECTION_OPTIONS = frozenset({b"", b"close", b"keep-alive", b"upgrade"})
 
 
 class GuardHooks(Protocol):
@@ -147,11 +149,14 @@ class Relay:
                     agent=agent, agent_source=source)
         headers: list[tuple[bytes, bytes]] = []
         anthropic = False
+        named: bytes = b""  # the Connection header's value: more hop-by-hop names
         for k, v in scope["headers"]:
             if k.startswith(b"x-interlock-"):
                 self._interlock_header(call, k, v)
                 continue
             if k in _DROP_UP:
+                if k == b"connection":
+                    named += b"," + v
                 continue
             if k == b"authorization" or k == b"x-api-key":
                 call.api_key_hash = api_key_hash(v.decode("latin-1"))
@@ -161,6 +166,8 @@ class Relay:
             elif k == b"traceparent":
                 call.traceparent = v.decode("latin-1")
             headers.append((k, v))
+        if named:
+            headers = _without_named(headers, named)
         headers.append((b"accept-encoding", b"identity"))
         query = scope.get("query_string") or b""
         call_route = self.router.route(path, anthropic)
@@ -499,7 +506,24 @@ def _assembled(call: Call) -> bytes:
 
 
 def _down_headers(resp: UpstreamResponse) -> list[tuple[bytes, bytes]]:
-    return [(k.lower(), v) for k, v in resp.headers if k.lower() not in _DROP_DOWN]
+    out: list[tuple[bytes, bytes]] = []
+    named = b""
+    for k, v in resp.headers:
+        low = k.lower()
+        if low in _DROP_DOWN:
+            if low == b"connection":
+                named += b"," + v
+            continue
+        out.append((low, v))
+    return _without_named(out, named) if named else out
+
+
+def _without_named(headers: list[tuple[bytes, bytes]], connection: bytes) -> list[tuple[bytes, bytes]]:
+    """Drop the headers a Connection header names: hop-by-hop too (RFC 9110 §7.6.1)."""
+    names = {t.strip().lower() for t in connection.split(b",")} - _CONNECTION_OPTIONS
+    if not names:
+        return headers
+    return [(k, v) for k, v in headers if k.lower() not in names]
 
 
 def _is_sse(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -208,6 +208,9 @@ class _Connection(asyncio.Protocol):
         self.drained: asyncio.Future[None] | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
         self.idle_deadline: float | None = None  # when an idle connection closes; None: busy
+        # An `Upgrade:` request served as plain HTTP/1.1 (llhttp stops at its headers): body bytes
+        # still to take from the stream ourselves; -1: refused (CONNECT, chunked); None: no upgrade.
+        self.upgrade_left: int | None = None
 
     # ------------------------------------------------------------ transport events
 
@@ -236,10 +239,13 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._disarm_idle()
+        if self.upgrade_left is not None:
+            self._take_upgrade_body(data)
+            return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._refuse(400, b"Upgrade is not supported")
+        except httptools.HttpParserUpgrade as exc:
+            self._take_upgrade_body(data[exc.args[0]:] if exc.args else b"")
         except httptools.HttpParserError as exc:
             self._refuse(400, b"Invalid HTTP request: " + str(exc).encode("utf-8", "replace"))
 
@@ -268,6 +274,10 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
+        if parser.should_upgrade():
+            self.upgrade_left = _upgrade_body_length(parser.get_method(), self.headers)
+            if self.upgrade_left < 0:
+                return
         url = httptools.parse_url(self.url)
         raw_path: bytes = url.path
         path = raw_path.decode("latin-1")
@@ -285,6 +295,8 @@ class _Connection(asyncio.Protocol):
                        expect_continue=(b"expect", b"100-continue") in self.headers)
         scope["extensions"] = {DISCONNECT_HOOK: ex.on_disconnect}
         self.current = ex
+        if self.upgrade_left is not None:
+            ex.keep_alive = False  # the bytes after its body are not parsed: close after the response
         if self.active is None:
             self._start(ex)
         else:
@@ -297,10 +309,31 @@ class _Connection(asyncio.Protocol):
             ex.feed(body)
 
     def on_message_complete(self) -> None:
+        if self.upgrade_left is not None:
+            return  # llhttp ends an upgrade request at its headers; its body is taken by _take_upgrade_body
         ex = self.current
         if ex is not None:
             ex.body_complete()
         self.current = None
+
+    def _take_upgrade_body(self, data: bytes) -> None:
+        """An `Upgrade:` request (h2c from `curl --http2`) is served as HTTP/1.1, the upgrade
+        ignored (RFC 9110 §7.8): its Content-Length body is taken here, anything after it is
+        dropped and the connection closes after the response."""
+        left, ex = self.upgrade_left, self.current
+        if left is None or left < 0:
+            self._refuse(400, b"Upgrade is not supported for CONNECT or a chunked body")
+            return
+        if ex is None:
+            return  # body complete: the rest is not read
+        take = data[:left]
+        if take and not ex.discard_body:
+            ex.feed(take)
+        self.upgrade_left = left - len(take)
+        if self.upgrade_left == 0:
+            ex.body_complete()
+            self.current = None
+            self.pause_reading()
 
     # ------------------------------------------------------------ exchanges
 
@@ -559,6 +592,16 @@ class _Exchange:
             self._wake()
             return
         await self.conn.drain()
+
+
+def _upgrade_body_length(method: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """The body length of a request asking to upgrade; -1 when it cannot be served as HTTP/1.1."""
+    lengths = [v for k, v in headers if k == b"content-length"]
+    if method == b"CONNECT" or any(k == b"transfer-encoding" for k, _ in headers) or len(lengths) > 1:
+        return -1
+    if not lengths:
+        return 0
+    return int(lengths[0]) if lengths[0].isdigit() else -1
 
 
 async def run(app: ASGIApp, *, host: str, port: int, graceful_timeout_s: float = 10.0) -> None:

@@ -168,6 +168,39 @@ def test_malformed_request_is_a_400_and_the_server_keeps_serving(served: Threade
     assert httpx.post(served.url + "/echo", content=b"ok").content == b"2:ok"
 
 
+H2C = b"connection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+
+
+def test_h2c_upgrade_with_a_body_is_ignored_and_served_as_http_1_1(served: ThreadedServer) -> None:
+    """What `curl --http2 -d ...` sends on http://: no 101, a plain answer with the whole body."""
+    out = raw(served, b"POST /echo HTTP/1.1\r\nhost: x\r\n" + H2C + b"content-length: 5\r\n\r\nhello")
+    assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"5:hello")
+    assert b"connection: close" in out.lower()
+
+
+def test_h2c_upgrade_without_a_body_is_served_and_the_server_keeps_serving(served: ThreadedServer) -> None:
+    out = raw(served, b"GET /echo HTTP/1.1\r\nhost: x\r\n" + H2C + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"0:")
+    assert httpx.post(served.url + "/echo", content=b"ok").content == b"2:ok"
+
+
+def test_h2c_upgrade_body_arriving_in_pieces_is_reassembled(served: ThreadedServer) -> None:
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\n" + H2C + b"content-length: 6\r\n\r\nab")
+        time.sleep(0.05)
+        sock.sendall(b"cdef" + b"GET /ignored HTTP/1.1\r\n\r\n")
+        out = b""
+        while part := sock.recv(65536):
+            out += part
+    assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"6:abcdef")
+
+
+def test_connect_and_chunked_upgrades_are_still_refused(served: ThreadedServer) -> None:
+    assert raw(served, b"CONNECT api.openai.com:443 HTTP/1.1\r\nhost: x\r\n\r\n").startswith(b"HTTP/1.1 400")
+    chunked = b"POST /echo HTTP/1.1\r\nhost: x\r\n" + H2C + b"transfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n"
+    assert raw(served, chunked).startswith(b"HTTP/1.1 400")
+
+
 def test_app_error_before_response_is_a_500(served: ThreadedServer) -> None:
     r = httpx.get(served.url + "/boom")
     assert r.status_code == 500
