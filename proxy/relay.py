@@ -28,7 +28,7 @@ from proxy.guards.base import Verdict
 from proxy.paths import forward_path
 from proxy.providers import Route, Router
 from proxy.providers.base import Provider, StreamParser
-from proxy.redact import api_key_hash
+from proxy.redact import api_key_hash, redact_text
 from proxy.server import DISCONNECT_HOOK
 from proxy.settings import Settings
 from proxy.sse import SSESplitter
@@ -121,7 +121,7 @@ class Relay:
                 state.parser.finish()
                 self._capture(call, _assembled(call))
         except Exception as exc:  # never let a bug drop the record
-            log.exception("relay failure on %s", call.path)
+            log.exception("relay failure on %s", redact_text(call.path))
             call.outcome = call.outcome or "upstream_error"
             call.error = call.error or f"interlock internal error: {exc!r}"
             if not state.started:

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     upstream_anthropic: str = "https://api.anthropic.com"
     upstreams: dict[str, UpstreamSpec] = Field(default_factory=dict)
     admin_token: str | None = None
+    # Who may read /metrics without the admin token: everyone, loopback clients (a local
+    # Prometheus), or nobody (then it is guarded like /api).
+    metrics_public: Literal["loopback", "true", "false"] = "loopback"
     redis_url: str | None = None
     otlp_endpoint: str | None = None
 
@@ -102,6 +105,11 @@ class Settings(BaseSettings):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {v!r}")
         return v.rstrip("/")
+
+    @field_validator("metrics_public", mode="before")
+    @classmethod
+    def _yes_no(cls, v: Any) -> Any:
+        return str(v).lower() if isinstance(v, bool) else v
 
     @field_validator("database_url")
     @classmethod

@@ -353,6 +353,17 @@ def test_no_credential_is_stored_in_clear(proxy: ProxyServer, upstream: FakeUpst
     assert "my key is" in detail["request_content"]
 
 
+def test_a_key_in_the_query_or_the_path_is_never_stored_in_clear(proxy: ProxyServer, upstream: FakeUpstream) -> None:
+    google_key = "AIzaSyD-TESTSECRETabcdefghijklmnopqrstu"
+    for target in (f"/v1/models?key={google_key}", f"/v1/models%3Fkey={google_key}",
+                   f"/agents/a/v1/models;key={google_key}"):
+        httpx.get(proxy.url + target, headers={"Authorization": f"Bearer {KEY}"})
+    rows = proxy.wait_calls(2)
+    assert sorted(r["path"] for r in rows) == ["/v1/models", "/v1/models;key=[REDACTED]"]
+    raw = asyncio.run(_dump_database(proxy.settings.database_url))
+    assert google_key[8:30].encode() not in raw
+
+
 def test_concurrent_streams_are_all_recorded(proxy: ProxyServer, upstream: FakeUpstream) -> None:
     errors: list[BaseException] = []
 
