@@ -50,6 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from proxy.app import create_app
     from proxy.server import run
+    from proxy.serving import limits_from
 
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -57,7 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     tune_gc()
     print(serving_line(settings), file=sys.stderr)
     try:
-        uvloop.run(run(app, host=settings.host, port=settings.port, graceful_timeout_s=10))
+        uvloop.run(run(app, host=settings.host, port=settings.port, graceful_timeout_s=10,
+                       limits=limits_from(settings)))
     except OSError as exc:
         print(f"interlock: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2

@@ -21,12 +21,10 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, unquote_to_bytes
 
-# A path already canonical and plain ASCII (nearly every request): no escape, no empty or dot
-# segment, no trailing slash, only characters forward_path() leaves as they are.
-_PLAIN = re.compile(rb"(?:/(?!\.\.?(?:/|\Z))[A-Za-z0-9._~!$&'()*+,;=:@-]+)+")
+_SAFE = "/!$&'()*+,;=:@-._~"  # sub-delims and pchar punctuation (RFC 3986): never re-encoded
+_PLAIN_BYTES = (b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789" + _SAFE.encode())
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _FORBIDDEN = re.compile(rb"[\x00-\x1f\x7f/?#\\]")  # in a decoded segment
-_SAFE = "/!$&'()*+,;=:@-._~"  # sub-delims and pchar punctuation (RFC 3986): never re-encoded
 _NAMES = {b"/": "an encoded '/'", b"?": "an encoded '?'", b"#": "an encoded '#'", b"\\": "a '\\'"}
 
 
@@ -36,7 +34,7 @@ class PathError(ValueError):
 
 def canonical_path(raw: bytes) -> str:
     """The path to route on, from the raw request-target path.  Raises PathError."""
-    if _PLAIN.fullmatch(raw):
+    if _plain(raw):
         return raw.decode("ascii")
     if not raw.startswith(b"/"):
         raise PathError("the path must start with '/'")
@@ -45,7 +43,16 @@ def canonical_path(raw: bytes) -> str:
 
 def forward_path(path: str) -> str:
     """The canonical `path` as sent upstream (percent-encoded where needed)."""
+    if path.isascii() and not path.encode("ascii").translate(None, _PLAIN_BYTES):
+        return path
     return quote(path, safe=_SAFE)
+
+
+def _plain(raw: bytes) -> bool:
+    """Already canonical and plain ASCII (nearly every request): only characters forward_path()
+    keeps as they are, no escape, no empty or dot segment, no trailing slash."""
+    return (raw[:1] == b"/" and raw[-1:] != b"/" and not raw.translate(None, _PLAIN_BYTES)
+            and b"//" not in raw and b"/." not in raw)
 
 
 def _segment(raw: bytes) -> str:

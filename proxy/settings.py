@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     content_policy: ContentPolicy = "redacted"
     content_max_bytes: int = Field(256 * 1024, ge=0)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # What one client may send and how slowly (proxy/server.py Limits): 431, 414, 408, 408.
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    max_url_bytes: int = Field(8 * 1024, ge=256)
+    header_timeout_s: float = Field(15.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(600.0, gt=0)
     upstream_max_connections: int = Field(512, ge=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -118,3 +119,11 @@ def test_agent_name_is_decoded_once(proxy: ProxyServer, upstream: FakeUpstream) 
     assert status == 200
     [row] = proxy.wait_calls(1)
     assert row["agent"] == "re%41der"
+
+
+def test_edge_limits_come_from_the_settings(tmp_path: Path, upstream: FakeUpstream) -> None:
+    with ProxyServer(tmp_path, upstream.url, max_url_bytes=512, max_header_bytes=2048) as px:
+        assert exchange(px.url, post("/v1/models/" + "m" * 600))[0] == 414
+        assert exchange(px.url, post("/v1/chat/completions", CHAT, "X-Big: " + "b" * 3000))[0] == 431
+        assert exchange(px.url, post("/v1/chat/completions"))[0] == 200
+    assert len(upstream.requests) == 1
