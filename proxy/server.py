@@ -498,7 +498,11 @@ class _Connection(asyncio.Protocol):
         """The request being read must progress within `timeout_s`.  One timer per connection,
         re-armed lazily (`_on_read_timer`), like the idle timer."""
         self.read_deadline = deadline = self.loop.time() + timeout_s
-        if self.read_timer is None:
+        timer = self.read_timer
+        if timer is not None and timer.when() > deadline:  # due later than this deadline: earlier
+            timer.cancel()
+            timer = None
+        if timer is None:
             self.read_timer = self.loop.call_at(deadline, self._on_read_timer)
 
     def _on_read_timer(self) -> None:

@@ -127,3 +127,12 @@ def test_edge_limits_come_from_the_settings(tmp_path: Path, upstream: FakeUpstre
         assert exchange(px.url, post("/v1/chat/completions", CHAT, "X-Big: " + "b" * 3000))[0] == 431
         assert exchange(px.url, post("/v1/chat/completions"))[0] == 200
     assert len(upstream.requests) == 1
+
+
+def test_a_body_that_stalls_gets_a_408_and_is_recorded_cancelled(tmp_path: Path, upstream: FakeUpstream) -> None:
+    with ProxyServer(tmp_path, upstream.url, body_timeout_s=0.3) as px:
+        head = post("/v1/chat/completions", b"").replace(b"Content-Length: 0", b"Content-Length: 100000")
+        status, _ = exchange(px.url, head + b"{" + b" " * 50_000)
+        assert status == 408
+        [row] = px.wait_calls(1)
+        assert row["outcome"] == "cancelled" and upstream.requests == []

@@ -440,3 +440,15 @@ def test_waiting_behind_a_slow_answer_is_not_a_timeout(limited: ThreadedServer, 
 def test_a_slow_app_reading_a_large_body_is_not_a_client_timeout(limited: ThreadedServer) -> None:
     r = httpx.post(limited.url + "/echo", content=b"z" * (2 * 1024 * 1024))
     assert r.status_code == 200 and r.content.startswith(b"2097152:")
+
+
+def test_a_body_timeout_shorter_than_the_header_timeout_is_kept(app: EchoApp) -> None:
+    limits = Limits(header_timeout_s=30, body_timeout_s=0.3)
+    with ThreadedServer(app, graceful_timeout_s=3, limits=limits) as served, \
+            socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
+        out = b""
+        while part := sock.recv(65536):
+            out += part
+    assert status_of(out) == 408 and time.monotonic() - started < 2
