@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from proxy.api import build_api
-from proxy.paths import PathError, canonical_path, forward_path
+from proxy.paths import PathError, canonicalise, encode_path
 from proxy.providers import Router
 from proxy.relay import Relay
 from proxy.runtime import Runtime
@@ -62,14 +62,13 @@ class InterlockApp:
 
 
 def _canonicalise(scope: Scope) -> str:
-    """Put the canonical path in `scope` (decoded in `path`, as forwarded in `raw_path`)."""
+    """Put the canonical path in `scope`: decoded in `path`, as forwarded in `raw_path`."""
     raw: bytes | None = scope.get("raw_path")
-    if raw is None:  # optional in ASGI: re-encode what the server decoded (encoded delimiters stay refused)
-        raw = forward_path(scope["path"]).encode("ascii")
-    path = canonical_path(raw)
-    if path != scope["path"]:
+    missing = raw is None  # optional in ASGI: re-encode what the server decoded (encoded delimiters stay refused)
+    path, forward = canonicalise(encode_path(scope["path"]).encode("ascii") if raw is None else raw)
+    if missing or path is not forward or path != scope["path"]:  # else plain: raw_path is `forward` already
         scope["path"] = path
-        scope["raw_path"] = forward_path(path).encode("ascii")
+        scope["raw_path"] = forward.encode("ascii")
     return path
 
 

@@ -25,7 +25,6 @@ from starlette.types import Receive, Scope, Send
 from proxy.call import Call, Chunk, new_id
 from proxy.forward import Forwarder, UpstreamError, UpstreamResponse
 from proxy.guards.base import Verdict
-from proxy.paths import forward_path
 from proxy.providers import Route, Router
 from proxy.providers.base import Provider, StreamParser
 from proxy.redact import api_key_hash, redact_text
@@ -95,7 +94,7 @@ class Relay:
         arrived = time.perf_counter()
         if self.metrics is not None:
             self.metrics.request_started()
-        call, route, headers, query = self._new_call(scope)
+        call, route, headers, target = self._new_call(scope)
         task = asyncio.current_task()
         unwatch: Callable[[], object] | None = None
         state = _Exchange(send, arrived)
@@ -110,7 +109,7 @@ class Relay:
             call.request_bytes = body
             if task is not None:
                 unwatch = _watch_disconnect(scope, receive, task, state)
-            await self._handle(call, route, headers, query, body, state)
+            await self._handle(call, route, headers, target, body, state)
         except _ClientLeft:  # before the body ended (gone, or timed out by the server)
             call.outcome = "cancelled"
         except asyncio.CancelledError:
@@ -140,13 +139,17 @@ class Relay:
 
     # ---------------------------------------------------------------- stages
 
-    def _new_call(self, scope: Scope) -> tuple[Call, Route, list[tuple[bytes, bytes]], bytes]:
+    def _new_call(self, scope: Scope) -> tuple[Call, Route, list[tuple[bytes, bytes]], str]:
+        """The call, its route, the headers to forward and the request target to forward
+        (`scope` holds the canonical path: decoded in `path`, as forwarded in `raw_path`)."""
         path: str = scope["path"]
+        forward: str = scope["raw_path"].decode("ascii")
         agent: str | None = None
         source: str | None = None
         if path.startswith("/agents/"):
             name, _, tail = path[8:].partition("/")
             agent, source, path = name, "path", "/" + tail  # already decoded, once (proxy/paths.py)
+            forward = "/" + (forward.split("/", 3)[3:] or [""])[0]  # the same segments, as received
         call = Call(new_id(), time.time(), "openai", "other", "openai", scope["method"], path,
                     agent=agent, agent_source=source)
         headers: list[tuple[bytes, bytes]] = []
@@ -171,11 +174,13 @@ class Relay:
         if named:
             headers = _without_named(headers, named)
         headers.append((b"accept-encoding", b"identity"))
-        query = scope.get("query_string") or b""
+        query = scope.get("query_string")
+        if query:
+            forward += "?" + query.decode("latin-1")
         call_route = self.router.route(path, anthropic)
         call.provider = call_route.provider.name
         call.operation = call_route.operation
-        return call, call_route, headers, query
+        return call, call_route, headers, forward
 
     def _interlock_header(self, call: Call, k: bytes, v: bytes) -> None:
         if k == b"x-interlock-agent" and call.agent is None:
@@ -183,7 +188,7 @@ class Relay:
         elif k == b"x-interlock-run":
             call.run_hint = call.run_id = v.decode("utf-8", "replace")
 
-    async def _handle(self, call: Call, route: Route, headers: list[tuple[bytes, bytes]], query: bytes,
+    async def _handle(self, call: Call, route: Route, headers: list[tuple[bytes, bytes]], target: str,
                       body: bytes, state: _Exchange) -> None:
         provider = route.provider
         parsed: Any = None
@@ -218,8 +223,7 @@ class Relay:
                 await self._deny(call, provider, state, verdict)
                 return
         upstream_body = provider.upstream_body(call, parsed, body) if isinstance(parsed, dict) else body
-        url = spec.url + forward_path(call.path) + (("?" + query.decode("latin-1")) if query else "")
-        await self._forward(call, provider, state, url, headers, upstream_body)
+        await self._forward(call, provider, state, spec.url + target, headers, upstream_body)
 
     def _count(self, call: Call) -> None:
         if self.tokens is None or not call.messages and call.system is None:

@@ -36,6 +36,8 @@ BYPASS_SPELLINGS = [
     "/agents/a%2f..%2f..%2fv1/chat/completions",
     "/agents/a/v1/chat/completions%3Fx=1",
     "/agents/a//v1/chat/completions/",
+    "/v1/chat%252Fcompletions",
+    "/agents/a/..%252f..%252fv1/chat/completions",
 ]
 
 
@@ -115,10 +117,11 @@ def test_refused_path_answers_in_the_anthropic_shape_for_an_anthropic_client(
 
 
 def test_agent_name_is_decoded_once(proxy: ProxyServer, upstream: FakeUpstream) -> None:
-    status, _ = exchange(proxy.url, post("/agents/re%2541der/v1/chat/completions"))
+    status, _ = exchange(proxy.url, post("/agents/50%25%20off/v1/chat/completions"))
     assert status == 200
     [row] = proxy.wait_calls(1)
-    assert row["agent"] == "re%41der"
+    assert row["agent"] == "50% off"
+    assert upstream.last.path == "/v1/chat/completions"
 
 
 def test_edge_limits_come_from_the_settings(tmp_path: Path, upstream: FakeUpstream) -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.paths import PathError, canonical_path, forward_path
+from proxy.paths import PathError, canonicalise, encode_path
 from proxy.providers import Router
 from proxy.settings import load_settings
 
@@ -23,7 +23,7 @@ near_guarded = st.builds(lambda route, pre, post: (pre + route + post).encode("u
                          st.sampled_from(GUARDED), st.sampled_from(["", "/", "/agents/a", "/x/..", "/.", "//"]),
                          st.sampled_from(["", "/", "%3Fx=1", "%23x", "/.", "/..", "%2f", "//", "%2e"]))
 segment_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=8).filter(
-    lambda s: not re.search(r"[/?#\\\x7f]", s) and s not in (".", ".."))
+    lambda s: not re.search(r"[/?#\\\x7f]|%[0-9A-Fa-f]{2}", s) and s not in (".", ".."))
 canonical_paths = st.lists(segment_text, max_size=6).map(lambda segs: "/" + "/".join(segs))
 
 
@@ -37,10 +37,18 @@ def lenient(path: str) -> str:
 
 
 def accepted(raw: bytes) -> str | None:
+    return accepted_pair(raw)[0]
+
+
+def accepted_pair(raw: bytes) -> tuple[str | None, str | None]:
     try:
-        return canonical_path(raw)
+        return canonicalise(raw)
     except PathError:
-        return None
+        return None, None
+
+
+def routed(raw: bytes) -> str:
+    return canonicalise(raw)[0]
 
 
 @pytest.mark.parametrize("raw, path", [
@@ -53,7 +61,20 @@ def accepted(raw: bytes) -> str | None:
     (b"/v1beta/models/gemini-1.5:generateContent", "/v1beta/models/gemini-1.5:generateContent"),
 ])
 def test_harmless_spellings_fold_to_one_path(raw: bytes, path: str) -> None:
-    assert canonical_path(raw) == path
+    assert routed(raw) == path
+
+
+@pytest.mark.parametrize("raw, forward", [
+    (b"/v1/chat/completions", "/v1/chat/completions"),
+    (b"/v1//chat/completions/", "/v1/chat/completions"),
+    (b"/model/anthropic.claude-v2%3A1/converse", "/model/anthropic.claude-v2%3A1/converse"),
+    (b"/v1/files/a%20b%25c", "/v1/files/a%20b%25c"),
+    (b"/agents/caf\xc3\xa9/v1/models", "/agents/caf%C3%A9/v1/models"),
+    (b'/v1/files/a"b', "/v1/files/a%22b"),
+])
+def test_the_client_encoding_is_forwarded_as_received(raw: bytes, forward: str) -> None:
+    """A signature over the path (AWS SigV4) survives; only empty segments are dropped."""
+    assert canonicalise(raw)[1] == forward
 
 
 @pytest.mark.parametrize("raw, why", [
@@ -66,20 +87,22 @@ def test_harmless_spellings_fold_to_one_path(raw: bytes, path: str) -> None:
     (b"/v1/chat/completions%00", "control character"),
     (b"/v1/chat/completions%0d%0aX: y", "control character"),
     (b"/v1/chat/completions%zz", "malformed percent-escape"),
+    (b"/v1/chat%252Fcompletions", "double-encoded escape"),
     (b"/v1/%ff", "not valid UTF-8"),
     (b"v1/chat/completions", "must start with '/'"),
     (b"*", "must start with '/'"),
 ])
 def test_ambiguous_spellings_are_refused_with_the_reason(raw: bytes, why: str) -> None:
     with pytest.raises(PathError, match=re.escape(why)):
-        canonical_path(raw)
+        canonicalise(raw)
 
 
 @given(st.one_of(spellings, near_guarded, st.binary(max_size=40)))
 def test_canonical_path_is_a_fixed_point_of_forwarding(raw: bytes) -> None:
-    path = accepted(raw)
-    if path is not None:
-        assert canonical_path(forward_path(path).encode("ascii")) == path
+    path, forward = accepted_pair(raw)
+    if path is not None and forward is not None:
+        assert canonicalise(forward.encode("ascii")) == (path, forward)
+        assert unquote(forward) == path
 
 
 @given(st.one_of(spellings, near_guarded, st.binary(max_size=40)))
@@ -93,24 +116,26 @@ def test_canonical_path_has_no_ambiguous_spelling(raw: bytes) -> None:
 
 @given(st.one_of(spellings, near_guarded))
 def test_a_spelling_that_could_reach_a_guarded_route_is_refused_or_routed_there(raw: bytes) -> None:
-    path = accepted(raw)
-    if path is not None:
+    path, forward = accepted_pair(raw)
+    if path is not None and forward is not None:
         assert lenient(raw.decode("utf-8")) == path
+        assert lenient(forward) == path == lenient(unquote(forward)), "an upstream decoding twice"
 
 
 @given(canonical_paths)
-def test_what_is_forwarded_resolves_upstream_to_what_was_routed(path: str) -> None:
-    forwarded = forward_path(path)
-    assert forwarded.isascii() and not re.search(r"[?#\s]", forwarded)
-    assert unquote(forwarded) == path == lenient(forwarded)
-    assert canonical_path(forwarded.encode("ascii")) == path
+def test_a_decoded_path_encodes_to_itself(path: str) -> None:
+    """What a server without `raw_path` gives: re-encoded, it routes where it decoded to."""
+    encoded = encode_path(path)
+    assert encoded.isascii() and not re.search(r"[?#\s]", encoded)
+    assert unquote(encoded) == path == lenient(encoded)
+    assert canonicalise(encoded.encode("ascii")) == (path, encoded)
 
 
 @given(st.one_of(spellings, near_guarded))
 def test_an_accepted_spelling_routes_like_its_canonical_form(raw: bytes) -> None:
     router = Router(load_settings().all_upstreams())
-    path = accepted(raw)
-    if path is not None:
-        again = canonical_path(forward_path(path).encode("ascii"))
+    path, forward = accepted_pair(raw)
+    if path is not None and forward is not None:
+        again = routed(forward.encode("ascii"))
         assert router.route(path, False) == router.route(again, False)
         assert router.route(path, False).operation == router.route(lenient(raw.decode("utf-8")), False).operation
