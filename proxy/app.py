@@ -1,7 +1,8 @@
 """create_app(): builds everything in the lifespan and routes between relay and API.
 
-    ASGI ──▶ InterlockApp ──┬─ /v1/*, /agents/{name}/v1/* ──▶ Relay (raw ASGI, hot path)
-                            └─ everything else ───────────▶ FastAPI (/api, /healthz, /metrics)
+    ASGI ──▶ InterlockApp ─▶ canonical path (proxy/paths.py) ──┬─ refused: 400, provider-shaped
+                                                                ├─ /v1/*, /agents/{name}/v1/* ──▶ Relay (raw ASGI, hot path)
+                                                                └─ everything else ───────────▶ FastAPI (/api, /healthz, /metrics)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from proxy.api import build_api
+from proxy.paths import PathError, canonicalise, encode_path
 from proxy.providers import Router
 from proxy.relay import Relay
 from proxy.runtime import Runtime
@@ -33,13 +35,41 @@ class InterlockApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path: str = scope["path"]
+            try:
+                path = _canonicalise(scope)
+            except PathError as exc:
+                await self._refuse_path(scope, send, str(exc))
+                return
             if path.startswith("/v1/") or path.startswith("/agents/"):
                 relay = self.runtime.relay
                 if relay is not None:
                     await relay(scope, receive, send)
                     return
         await self.api(scope, receive, send)
+
+    async def _refuse_path(self, scope: Scope, send: Send, why: str) -> None:
+        """400 in the shape of the provider the client speaks; nothing is routed or forwarded."""
+        headers = dict(scope["headers"])
+        anthropic = b"anthropic-version" in headers or b"x-api-key" in headers
+        provider = self.runtime.router.generic(anthropic)
+        code = "interlock_invalid_path"
+        message = f"Interlock: refused the request path: {why}; nothing was sent upstream."
+        body = provider.error_body(400, code, code, message)
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                                (b"x-should-retry", b"false")]})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _canonicalise(scope: Scope) -> str:
+    """Put the canonical path in `scope`: decoded in `path`, as forwarded in `raw_path`."""
+    raw: bytes | None = scope.get("raw_path")
+    missing = raw is None  # optional in ASGI: re-encode what the server decoded (encoded delimiters stay refused)
+    path, forward = canonicalise(encode_path(scope["path"]).encode("ascii") if raw is None else raw)
+    if missing or path is not forward or path != scope["path"]:  # else plain: raw_path is `forward` already
+        scope["path"] = path
+        scope["raw_path"] = forward.encode("ascii")
+    return path
 
 
 def create_app(

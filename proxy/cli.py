@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from proxy.redact import mask_url
 from proxy.settings import Settings, SettingsError, load_settings
 
 
@@ -39,20 +40,26 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
+def serving_line(settings: Settings) -> str:
+    """The start-up line (the database URL's password masked)."""
+    return f"interlock: serving on http://{settings.host}:{settings.port}  (database {mask_url(settings.database_url)})"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
 
     from proxy.app import create_app
     from proxy.server import run
+    from proxy.serving import limits_from
 
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     tune_gc()
-    print(f"interlock: serving on http://{settings.host}:{settings.port}  (database {settings.database_url})",
-          file=sys.stderr)
+    print(serving_line(settings), file=sys.stderr)
     try:
-        uvloop.run(run(app, host=settings.host, port=settings.port, graceful_timeout_s=10))
+        uvloop.run(run(app, host=settings.host, port=settings.port, graceful_timeout_s=10,
+                       limits=limits_from(settings)))
     except OSError as exc:
         print(f"interlock: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -64,7 +71,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     upgrade(settings.database_url)
-    print(f"database at {settings.database_url} is at the latest revision")
+    print(f"database at {mask_url(settings.database_url)} is at the latest revision")
     return 0
 
 

@@ -35,6 +35,9 @@ from __future__ import annotations
 import hashlib
 import re
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 MASK = "[REDACTED]"
 
 # The branches of the secret pattern, in alternation order.  `scheme`, `pw` and `kv` keep
@@ -145,3 +148,17 @@ def api_key_hash(value: str) -> str:
     if token[:7].lower() == "bearer ":
         token = token[7:].strip()
     return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:12]
+
+
+_URL_SECRET_PARAM = re.compile(r"(?i)([?&](?:password|passwd|pwd|secret|token|key|api[_-]?key|access[_-]?key)=)[^&#]*")
+_URL_USERINFO = re.compile(r"(//[^/@:]*:)[^/@]*@")
+
+
+def mask_url(url: str) -> str:
+    """A URL fit for a log line or a message (database, Redis, ...): the password and any
+    secret-looking query value shown as `***`."""
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # not `scheme://user:pass@host/...`: mask what looks like it
+        shown = _URL_USERINFO.sub(r"\1***@", url)
+    return _URL_SECRET_PARAM.sub(r"\1***", shown)

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Coroutine, Generator
 from functools import partial
 from typing import Any, Protocol
-from urllib.parse import unquote
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -28,7 +27,7 @@ from proxy.forward import Forwarder, UpstreamError, UpstreamResponse
 from proxy.guards.base import Verdict
 from proxy.providers import Route, Router
 from proxy.providers.base import Provider, StreamParser
-from proxy.redact import api_key_hash
+from proxy.redact import api_key_hash, redact_text
 from proxy.server import DISCONNECT_HOOK
 from proxy.settings import Settings
 from proxy.sse import SSESplitter
@@ -46,6 +45,8 @@ _DROP_DOWN = frozenset(
     {b"connection", b"keep-alive", b"proxy-authenticate", b"te", b"trailer", b"transfer-encoding",
      b"upgrade", b"content-length"}
 )
+# Connection options that name no header (`keep-alive` and `upgrade` are dropped anyway).
+_CONNECTION_OPTIONS = frozenset({b"", b"close", b"keep-alive", b"upgrade"})
 
 
 class GuardHooks(Protocol):
@@ -93,7 +94,7 @@ class Relay:
         arrived = time.perf_counter()
         if self.metrics is not None:
             self.metrics.request_started()
-        call, route, headers, query = self._new_call(scope)
+        call, route, headers, target = self._new_call(scope)
         task = asyncio.current_task()
         unwatch: Callable[[], object] | None = None
         state = _Exchange(send, arrived)
@@ -108,7 +109,9 @@ class Relay:
             call.request_bytes = body
             if task is not None:
                 unwatch = _watch_disconnect(scope, receive, task, state)
-            await self._handle(call, route, headers, query, body, state)
+            await self._handle(call, route, headers, target, body, state)
+        except _ClientLeft:  # before the body ended (gone, or timed out by the server)
+            call.outcome = "cancelled"
         except asyncio.CancelledError:
             if not state.client_gone:
                 raise
@@ -119,7 +122,7 @@ class Relay:
                 state.parser.finish()
                 self._capture(call, _assembled(call))
         except Exception as exc:  # never let a bug drop the record
-            log.exception("relay failure on %s", call.path)
+            log.exception("relay failure on %s", redact_text(call.path))
             call.outcome = call.outcome or "upstream_error"
             call.error = call.error or f"interlock internal error: {exc!r}"
             if not state.started:
@@ -136,22 +139,29 @@ class Relay:
 
     # ---------------------------------------------------------------- stages
 
-    def _new_call(self, scope: Scope) -> tuple[Call, Route, list[tuple[bytes, bytes]], bytes]:
+    def _new_call(self, scope: Scope) -> tuple[Call, Route, list[tuple[bytes, bytes]], str]:
+        """The call, its route, the headers to forward and the request target to forward
+        (`scope` holds the canonical path: decoded in `path`, as forwarded in `raw_path`)."""
         path: str = scope["path"]
+        forward: str = scope["raw_path"].decode("ascii")
         agent: str | None = None
         source: str | None = None
         if path.startswith("/agents/"):
             name, _, tail = path[8:].partition("/")
-            agent, source, path = unquote(name), "path", "/" + tail
+            agent, source, path = name, "path", "/" + tail  # already decoded, once (proxy/paths.py)
+            forward = "/" + (forward.split("/", 3)[3:] or [""])[0]  # the same segments, as received
         call = Call(new_id(), time.time(), "openai", "other", "openai", scope["method"], path,
                     agent=agent, agent_source=source)
         headers: list[tuple[bytes, bytes]] = []
         anthropic = False
+        named: bytes = b""  # the Connection header's value: more hop-by-hop names
         for k, v in scope["headers"]:
             if k.startswith(b"x-interlock-"):
                 self._interlock_header(call, k, v)
                 continue
             if k in _DROP_UP:
+                if k == b"connection":
+                    named += b"," + v
                 continue
             if k == b"authorization" or k == b"x-api-key":
                 call.api_key_hash = api_key_hash(v.decode("latin-1"))
@@ -161,12 +171,16 @@ class Relay:
             elif k == b"traceparent":
                 call.traceparent = v.decode("latin-1")
             headers.append((k, v))
+        if named:
+            headers = _without_named(headers, named)
         headers.append((b"accept-encoding", b"identity"))
-        query = scope.get("query_string") or b""
+        query = scope.get("query_string")
+        if query:
+            forward += "?" + query.decode("latin-1")
         call_route = self.router.route(path, anthropic)
         call.provider = call_route.provider.name
         call.operation = call_route.operation
-        return call, call_route, headers, query
+        return call, call_route, headers, forward
 
     def _interlock_header(self, call: Call, k: bytes, v: bytes) -> None:
         if k == b"x-interlock-agent" and call.agent is None:
@@ -174,7 +188,7 @@ class Relay:
         elif k == b"x-interlock-run":
             call.run_hint = call.run_id = v.decode("utf-8", "replace")
 
-    async def _handle(self, call: Call, route: Route, headers: list[tuple[bytes, bytes]], query: bytes,
+    async def _handle(self, call: Call, route: Route, headers: list[tuple[bytes, bytes]], target: str,
                       body: bytes, state: _Exchange) -> None:
         provider = route.provider
         parsed: Any = None
@@ -209,8 +223,7 @@ class Relay:
                 await self._deny(call, provider, state, verdict)
                 return
         upstream_body = provider.upstream_body(call, parsed, body) if isinstance(parsed, dict) else body
-        url = spec.url + call.path + (("?" + query.decode("latin-1")) if query else "")
-        await self._forward(call, provider, state, url, headers, upstream_body)
+        await self._forward(call, provider, state, spec.url + target, headers, upstream_body)
 
     def _count(self, call: Call) -> None:
         if self.tokens is None or not call.messages and call.system is None:
@@ -468,6 +481,12 @@ def _client_left(task: asyncio.Task[Any], state: _Exchange) -> None:
         task.cancel()
 
 
+class _ClientLeft(Exception):
+    """The client left before its body ended.  Not a CancelledError: that would end the task
+    with the exception stored, and its traceback (this frame, the body read so far, the task)
+    a cycle only a full garbage collection frees (measured: every stalled upload's bytes kept)."""
+
+
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
     msg = await receive()
     body: bytes = msg.get("body", b"")
@@ -478,7 +497,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     while msg.get("more_body"):
         msg = await receive()
         if msg["type"] == "http.disconnect":
-            raise asyncio.CancelledError
+            raise _ClientLeft
         part = msg.get("body", b"")
         size += len(part)
         if size > limit:
@@ -499,7 +518,24 @@ def _assembled(call: Call) -> bytes:
 
 
 def _down_headers(resp: UpstreamResponse) -> list[tuple[bytes, bytes]]:
-    return [(k.lower(), v) for k, v in resp.headers if k.lower() not in _DROP_DOWN]
+    out: list[tuple[bytes, bytes]] = []
+    named = b""
+    for k, v in resp.headers:
+        low = k.lower()
+        if low in _DROP_DOWN:
+            if low == b"connection":
+                named += b"," + v
+            continue
+        out.append((low, v))
+    return _without_named(out, named) if named else out
+
+
+def _without_named(headers: list[tuple[bytes, bytes]], connection: bytes) -> list[tuple[bytes, bytes]]:
+    """Drop the headers a Connection header names: hop-by-hop too (RFC 9110 §7.6.1)."""
+    names = {t.strip().lower() for t in connection.split(b",")} - _CONNECTION_OPTIONS
+    if not names:
+        return headers
+    return [(k, v) for k, v in headers if k.lower() not in names]
 
 
 def _is_sse(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from proxy.catalog import ModelSpec
+from proxy.failures import FailureLog
 from proxy.guards import GuardStats, build_chain, make_deps
 from proxy.pricing import Price
 
@@ -668,13 +669,16 @@ class RulesManager:
         self._task = asyncio.create_task(self._poll(), name="interlock-rules-reload")
 
     async def _poll(self) -> None:
+        failures = FailureLog(log, "rules reload check")
         while True:
             await asyncio.sleep(self.reload_s)
             try:
                 if await asyncio.to_thread(self.changed):
                     await asyncio.to_thread(self.reload)
-            except Exception:
-                log.exception("rules reload check failed")
+            except Exception as exc:
+                failures.failed(exc)
+            else:
+                failures.succeeded()
 
     async def aclose(self) -> None:
         task, self._task = self._task, None

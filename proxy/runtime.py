@@ -14,6 +14,7 @@ import httpx
 import proxy.store.queries as queries
 from proxy.cascade import summarize
 from proxy.escalation.service import Escalations
+from proxy.failures import FailureLog
 from proxy.forward import Forwarder, make_forwarder
 from proxy.graph.identity import AgentDirectory, Identifier
 from proxy.graph.index import MemoryLineageIndex
@@ -25,6 +26,7 @@ from proxy.guards.counters import make_counter_store
 from proxy.pipeline import Observer, Pipeline, RunsClosed
 from proxy.pricing import PriceTable
 from proxy.providers import Router
+from proxy.redact import mask_url
 from proxy.relay import Relay
 from proxy.rules import RulesManager
 from proxy.settings import Settings
@@ -57,6 +59,9 @@ class Runtime:
         self.tracer: RunTracer | None = None
         self._prices: tuple[Any, PriceTable] | None = None
         self._retry: asyncio.Task[None] | None = None
+        self._db_failures = FailureLog(
+            log, f"database {mask_url(settings.database_url)}", traceback=False,
+            hint=f"serving anyway; records go to the spool in {settings.spool_dir} and are written once it is back")
         self.metrics: Metrics | None = None
         self.linker: Linker | None = None
         self.resolver: RunResolver | None = None
@@ -106,21 +111,19 @@ class Runtime:
         )
 
     async def _upgrade(self) -> bool:
-        """Apply migrations; False (logged) when the database cannot be reached."""
+        """Apply migrations; False (logged once, then at a backoff) when the database cannot be reached."""
         try:
             await asyncio.to_thread(upgrade, self.settings.database_url)
-            return True
         except Exception as exc:
-            log.error("database %s unavailable (%s): serving anyway; records go to the spool in %s "
-                      "and are written once it is back", self.settings.database_url, exc, self.settings.spool_dir)
+            self._db_failures.failed(exc)
             return False
+        self._db_failures.succeeded()
+        return True
 
     async def _upgrade_until_done(self, every_s: float = 5.0) -> None:
         while True:
             await asyncio.sleep(every_s)
             if await self._upgrade():
-                log.warning("database %s is back and migrated; spooled records are being written",
-                            self.settings.database_url)
                 return
 
     def run_extras(self, run: dict[str, Any], calls: list[dict[str, Any]]) -> dict[str, Any]:

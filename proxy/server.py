@@ -12,7 +12,15 @@ proxy's CPU; this server keeps only what an HTTP/1.1 reverse proxy needs: keep-a
 chunked and Content-Length bodies both ways, `Expect: 100-continue`, HEAD, backpressure in both
 directions, client-disconnect events, an idle timeout, ASGI lifespan and graceful shutdown.
 Anything the app sends is trusted (it is our own app); what clients send is parsed by httptools
-and refused with 400 when malformed.
+and refused with 400 when malformed, and bounded by `Limits`:
+
+    request target + header lines > max_header_bytes ─▶ 431  exact per complete line (on_header),
+                                                          and per read while a head is incomplete
+                                                          (httptools joins a line's pieces itself:
+                                                          an endless line is cut before it grows)
+    request target             > max_url_bytes      ─▶ 414
+    first byte → end of headers > header_timeout_s  ─▶ 408
+    no body byte for              body_timeout_s    ─▶ 408  (not while the server paused reading)
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import signal
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -39,8 +48,8 @@ _REASONS = {
     100: b"Continue", 200: b"OK", 201: b"Created", 202: b"Accepted", 204: b"No Content", 206: b"Partial Content",
     301: b"Moved Permanently", 302: b"Found", 304: b"Not Modified", 307: b"Temporary Redirect",
     400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
-    408: b"Request Timeout", 409: b"Conflict", 413: b"Payload Too Large", 422: b"Unprocessable Entity",
-    429: b"Too Many Requests", 499: b"Client Closed Request", 500: b"Internal Server Error", 502: b"Bad Gateway",
+    408: b"Request Timeout", 409: b"Conflict", 413: b"Payload Too Large", 414: b"URI Too Long",
+    422: b"Unprocessable Entity", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large", 499: b"Client Closed Request", 500: b"Internal Server Error", 502: b"Bad Gateway",
     503: b"Service Unavailable", 504: b"Gateway Timeout", 529: b"Overloaded",
 }
 _STATUS_LINES: dict[int, bytes] = {}
@@ -49,6 +58,24 @@ _DISCONNECT: Message = {"type": "http.disconnect"}
 # Scope extension: `scope["extensions"][DISCONNECT_HOOK](callback)` asks for `callback()` when the
 # client leaves before the response is complete (None withdraws it); no task has to sit in receive().
 DISCONNECT_HOOK = "interlock.disconnect"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one client may send and how slowly (README: Edge limits; settings INTERLOCK_MAX_*)."""
+
+    max_header_bytes: int = 64 * 1024  # request line and header section → 431
+    max_url_bytes: int = 8 * 1024  # request target → 414
+    header_timeout_s: float = 15.0  # first byte of a request to the end of its headers → 408
+    body_timeout_s: float = 30.0  # longest wait for the next body byte → 408
+
+
+class _Refused(Exception):
+    """Raised from a parser callback: answer `status` and close."""
+
+    def __init__(self, status: int, text: bytes) -> None:
+        super().__init__(status, text)
+        self.status, self.text = status, text
 
 
 def _status_line(status: int) -> bytes:
@@ -75,8 +102,9 @@ class Server:
 
     def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 8080,
                  sock: socket.socket | None = None, lifespan: bool = True, keepalive_s: float = 5.0,
-                 graceful_timeout_s: float = 10.0) -> None:
+                 graceful_timeout_s: float = 10.0, limits: Limits | None = None) -> None:
         self.app = app
+        self.limits = limits or Limits()
         self.host, self.port, self.sock = host, port, sock
         self.lifespan = lifespan
         self.keepalive_s = keepalive_s
@@ -208,6 +236,16 @@ class _Connection(asyncio.Protocol):
         self.drained: asyncio.Future[None] | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
         self.idle_deadline: float | None = None  # when an idle connection closes; None: busy
+        # An `Upgrade:` request served as plain HTTP/1.1 (llhttp stops at its headers): body bytes
+        # still to take from the stream ourselves; -1: refused (CONNECT, chunked); None: no upgrade.
+        self.upgrade_left: int | None = None
+        self.limits = server.limits
+        self.head_bytes: int | None = None  # bytes of the request head fed so far; None: not in a head
+        self.heads_done = 0
+        self.head_size = 0  # request target and complete header lines of the head being parsed
+        self.read_deadline: float | None = None  # when the request being read times out; None: not reading
+        self.read_timer: asyncio.TimerHandle | None = None
+        self.reading_paused = False  # by the server (backpressure, pipelining): the client is not late
 
     # ------------------------------------------------------------ transport events
 
@@ -228,6 +266,7 @@ class _Connection(asyncio.Protocol):
         if not self.server.connections and self.server.all_closed is not None:
             self.server.all_closed.set()
         self._cancel_idle()
+        self._cancel_read_timer()
         for ex in (self.active, self.current, *self.queue):
             if ex is not None:
                 ex.client_gone()
@@ -236,12 +275,38 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._disarm_idle()
+        if self.upgrade_left is not None:
+            self._take_upgrade_body(data)
+            return
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._refuse(400, b"Upgrade is not supported")
+            self._feed(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._take_upgrade_body(data[exc.args[0]:] if exc.args else b"")
+        except _Refused as exc:
+            self._refuse(exc.status, exc.text)
         except httptools.HttpParserError as exc:
-            self._refuse(400, b"Invalid HTTP request: " + str(exc).encode("utf-8", "replace"))
+            if isinstance(exc.__context__, _Refused):  # raised in a callback, wrapped by httptools
+                self._refuse(exc.__context__.status, exc.__context__.text)
+            else:
+                self._refuse(400, b"Invalid HTTP request: " + str(exc).encode("utf-8", "replace"))
+
+    def _feed(self, data: bytes) -> None:
+        """Feed the parser, a head never past `max_header_bytes`: a chunk that starts inside a
+        head is fed up to the room left, and the rest only if that head ended.  (The part of a
+        chunk after a head began is not counted: at most one read, so a head cannot grow
+        unbounded between two checks, and httptools' joining of header pieces stays bounded.)"""
+        while True:
+            room = None if self.head_bytes is None else self.limits.max_header_bytes - self.head_bytes
+            if room is None or len(data) <= room:
+                if self.head_bytes is not None:
+                    self.head_bytes += len(data)
+                self.parser.feed_data(data)
+                return
+            heads, self.head_bytes = self.heads_done, self.limits.max_header_bytes
+            self.parser.feed_data(data[:room])
+            if self.heads_done == heads:
+                raise _Refused(431, b"Request header fields too large (INTERLOCK_MAX_HEADER_BYTES)")
+            data = data[room:]
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; a client that half-closes is gone
@@ -259,15 +324,31 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
+        self.head_bytes = self.head_size = 0
+        self._read_by(self.limits.header_timeout_s)
 
     def on_url(self, url: bytes) -> None:
+        if len(self.url) + len(url) > self.limits.max_url_bytes:
+            raise _Refused(414, b"Request target too long (INTERLOCK_MAX_URL_BYTES)")
         self.url += url
+        self.head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """Exact size check of a complete line (`_feed` bounds a line still arriving)."""
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > self.limits.max_header_bytes:
+            raise _Refused(431, b"Request header fields too large (INTERLOCK_MAX_HEADER_BYTES)")
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
+        self.head_bytes = None
+        self.heads_done += 1
+        self._read_by(self.limits.body_timeout_s)
+        if parser.should_upgrade():
+            self.upgrade_left = _upgrade_body_length(parser.get_method(), self.headers)
+            if self.upgrade_left < 0:
+                return
         url = httptools.parse_url(self.url)
         raw_path: bytes = url.path
         path = raw_path.decode("latin-1")
@@ -285,6 +366,8 @@ class _Connection(asyncio.Protocol):
                        expect_continue=(b"expect", b"100-continue") in self.headers)
         scope["extensions"] = {DISCONNECT_HOOK: ex.on_disconnect}
         self.current = ex
+        if self.upgrade_left is not None:
+            ex.keep_alive = False  # the bytes after its body are not parsed: close after the response
         if self.active is None:
             self._start(ex)
         else:
@@ -292,15 +375,41 @@ class _Connection(asyncio.Protocol):
             self.pause_reading()  # pipelined: one at a time
 
     def on_body(self, body: bytes) -> None:
+        self.read_deadline = self.loop.time() + self.limits.body_timeout_s
         ex = self.current
         if ex is not None and not ex.discard_body:
             ex.feed(body)
 
     def on_message_complete(self) -> None:
+        if self.upgrade_left is not None:
+            return  # llhttp ends an upgrade request at its headers; its body is taken by _take_upgrade_body
+        self.read_deadline = None
         ex = self.current
         if ex is not None:
             ex.body_complete()
         self.current = None
+
+    def _take_upgrade_body(self, data: bytes) -> None:
+        """An `Upgrade:` request (h2c from `curl --http2`) is served as HTTP/1.1, the upgrade
+        ignored (RFC 9110 §7.8): its Content-Length body is taken here, anything after it is
+        dropped and the connection closes after the response."""
+        left, ex = self.upgrade_left, self.current
+        if left is None or left < 0:
+            self._refuse(400, b"Upgrade is not supported for CONNECT or a chunked body")
+            return
+        if ex is None:
+            return  # body complete: the rest is not read
+        take = data[:left]
+        if take:
+            self.read_deadline = self.loop.time() + self.limits.body_timeout_s
+        if take and not ex.discard_body:
+            ex.feed(take)
+        self.upgrade_left = left - len(take)
+        if self.upgrade_left == 0:
+            self.read_deadline = None
+            ex.body_complete()
+            self.current = None
+            self.pause_reading()
 
     # ------------------------------------------------------------ exchanges
 
@@ -333,10 +442,14 @@ class _Connection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self.reading_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self.transport is not None and not self.closed and not self.queue:
+            self.reading_paused = False
+            if self.read_deadline is not None:  # the client was not late while we did not read
+                self.read_deadline = self.loop.time() + self.limits.body_timeout_s
             self.transport.resume_reading()
 
     def shutdown(self) -> None:
@@ -356,6 +469,7 @@ class _Connection(asyncio.Protocol):
 
     def _close(self) -> None:
         self._cancel_idle()
+        self._cancel_read_timer()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
@@ -379,6 +493,45 @@ class _Connection(asyncio.Protocol):
             self.idle_timer = self.loop.call_at(deadline, self._on_idle_timer)
             return
         self._close()
+
+    def _read_by(self, timeout_s: float) -> None:
+        """The request being read must progress within `timeout_s`.  One timer per connection,
+        re-armed lazily (`_on_read_timer`), like the idle timer."""
+        self.read_deadline = deadline = self.loop.time() + timeout_s
+        timer = self.read_timer
+        if timer is not None and timer.when() > deadline:  # due later than this deadline: earlier
+            timer.cancel()
+            timer = None
+        if timer is None:
+            self.read_timer = self.loop.call_at(deadline, self._on_read_timer)
+
+    def _on_read_timer(self) -> None:
+        self.read_timer = None
+        deadline = self.read_deadline
+        if deadline is None or self.closed:
+            return  # not reading a request: the next one arms a timer
+        if self.reading_paused or (self.active is not None and self.active is not self.current):
+            # our backpressure, or the client waits for an earlier answer: not late; look again later
+            deadline = self.read_deadline = self.loop.time() + self.limits.body_timeout_s
+        if deadline - self.loop.time() > 0.005:
+            self.read_timer = self.loop.call_at(deadline, self._on_read_timer)
+            return
+        self._timed_out()
+
+    def _timed_out(self) -> None:
+        """408 for the request being read (when nothing else is being answered), then close."""
+        ex, active = self.current, self.active
+        if active is None or (active is ex and not active.response_started):
+            self.write(_simple_response(408, b"Request timed out (INTERLOCK_HEADER_TIMEOUT_S / INTERLOCK_BODY_TIMEOUT_S)"))
+        if ex is not None:
+            ex.client_gone()
+        self._close()
+
+    def _cancel_read_timer(self) -> None:
+        self.read_deadline = None
+        if self.read_timer is not None:
+            self.read_timer.cancel()
+            self.read_timer = None
 
     def _cancel_idle(self) -> None:
         self.idle_deadline = None
@@ -561,9 +714,20 @@ class _Exchange:
         await self.conn.drain()
 
 
-async def run(app: ASGIApp, *, host: str, port: int, graceful_timeout_s: float = 10.0) -> None:
+def _upgrade_body_length(method: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """The body length of a request asking to upgrade; -1 when it cannot be served as HTTP/1.1."""
+    lengths = [v for k, v in headers if k == b"content-length"]
+    if method == b"CONNECT" or any(k == b"transfer-encoding" for k, _ in headers) or len(lengths) > 1:
+        return -1
+    if not lengths:
+        return 0
+    return int(lengths[0]) if lengths[0].isdigit() else -1
+
+
+async def run(app: ASGIApp, *, host: str, port: int, graceful_timeout_s: float = 10.0,
+              limits: Limits | None = None) -> None:
     """`interlock serve`: serve until SIGINT/SIGTERM."""
-    server = Server(app, host=host, port=port, graceful_timeout_s=graceful_timeout_s)
+    server = Server(app, host=host, port=port, graceful_timeout_s=graceful_timeout_s, limits=limits)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -10,7 +10,14 @@ import time
 
 import uvloop
 
-from proxy.server import ASGIApp, Server
+from proxy.server import ASGIApp, Limits, Server
+from proxy.settings import Settings
+
+
+def limits_from(settings: Settings) -> Limits:
+    """The server's client limits from INTERLOCK_MAX_HEADER_BYTES, _MAX_URL_BYTES, _HEADER_TIMEOUT_S, _BODY_TIMEOUT_S."""
+    return Limits(max_header_bytes=settings.max_header_bytes, max_url_bytes=settings.max_url_bytes,
+                  header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s)
 
 
 class ThreadedServer:
@@ -20,14 +27,14 @@ class ThreadedServer:
     (a protocol of 0 left Nagle on: ~40 ms per reused connection)."""
 
     def __init__(self, app: ASGIApp, *, lifespan: bool = True, graceful_timeout_s: float = 5.0,
-                 keepalive_s: float = 5.0) -> None:
+                 keepalive_s: float = 5.0, limits: Limits | None = None) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = Server(app, sock=self.sock, lifespan=lifespan, graceful_timeout_s=graceful_timeout_s,
-                             keepalive_s=keepalive_s)
+                             keepalive_s=keepalive_s, limits=limits)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._serve, daemon=True)

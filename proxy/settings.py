@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from proxy.redact import mask_url
+
 ContentPolicy = Literal["full", "redacted", "none"]
 
 
@@ -65,12 +67,20 @@ class Settings(BaseSettings):
     upstream_anthropic: str = "https://api.anthropic.com"
     upstreams: dict[str, UpstreamSpec] = Field(default_factory=dict)
     admin_token: str | None = None
+    # Who may read /metrics without the admin token: everyone, loopback clients (a local
+    # Prometheus), or nobody (then it is guarded like /api).
+    metrics_public: Literal["loopback", "true", "false"] = "loopback"
     redis_url: str | None = None
     otlp_endpoint: str | None = None
 
     content_policy: ContentPolicy = "redacted"
     content_max_bytes: int = Field(256 * 1024, ge=0)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # What one client may send and how slowly (proxy/server.py Limits): 431, 414, 408, 408.
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    max_url_bytes: int = Field(8 * 1024, ge=256)
+    header_timeout_s: float = Field(15.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(600.0, gt=0)
     upstream_max_connections: int = Field(512, ge=1)
@@ -100,6 +110,11 @@ class Settings(BaseSettings):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {v!r}")
         return v.rstrip("/")
+
+    @field_validator("metrics_public", mode="before")
+    @classmethod
+    def _yes_no(cls, v: Any) -> Any:
+        return str(v).lower() if isinstance(v, bool) else v
 
     @field_validator("database_url")
     @classmethod
@@ -143,5 +158,14 @@ def load_settings(**overrides: Any) -> Settings:
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"]) or "?"
             env = "INTERLOCK_" + str(err["loc"][0]).upper() if err["loc"] else ""
-            lines.append(f"setting {name} ({env}) has value {err.get('input')!r}: {err['msg']}")
+            value, shown = err.get("input"), _shown(name, err.get("input"))
+            msg = err["msg"].replace(value, str(shown)) if isinstance(value, str) and value else err["msg"]
+            lines.append(f"setting {name} ({env}) has value {shown!r}: {msg}")
         raise SettingsError("; ".join(lines)) from None
+
+
+def _shown(name: str, value: Any) -> Any:
+    """A bad value as an error message may show it: secrets masked."""
+    if isinstance(value, str) and ("token" in name or "secret" in name or "password" in name):
+        return "***"
+    return mask_url(value) if isinstance(value, str) else value  # URLs: database, Redis, upstreams

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from proxy.app import InterlockApp, create_app
-from proxy.serving import ThreadedServer
+from proxy.serving import ThreadedServer, limits_from
 from proxy.settings import Settings, load_settings
 
 
@@ -37,7 +37,7 @@ class ProxyServer:
             **overrides,
         )
         self.app: InterlockApp = create_app(self.settings)
-        self.served = ThreadedServer(self.app, graceful_timeout_s=5)
+        self.served = ThreadedServer(self.app, graceful_timeout_s=5, limits=limits_from(self.settings))
         self.url = self.served.url
 
     def _fresh_postgres(self) -> str:

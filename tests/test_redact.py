@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from proxy.redact import MASK, api_key_hash, redact_text
+from proxy.redact import MASK, api_key_hash, mask_url, redact_text
 
 SECRETS = {
     "openai key": "sk-abcdefghijklmnopqrstuvwxyz012345",
@@ -269,3 +269,17 @@ def test_the_unicode_facts_the_finders_rely_on_hold() -> None:
     assert [c for c in everything if not c.isascii() and c.lower().isascii()] == ["\u212a"]
     for letter in "ord":
         assert [c for c in everything if re.fullmatch("(?i)" + letter, c)] == [letter.upper(), letter]
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql+asyncpg://app:pw@db:5432/interlock", "postgresql+asyncpg://app:***@db:5432/interlock"),
+    ("postgresql://app@db/interlock?password=pw&sslmode=require",
+     "postgresql://app@db/interlock?password=***&sslmode=require"),
+    ("redis://:pw@cache:6379/0", "redis://:***@cache:6379/0"),
+    ("rediss://default:pw@cache/1", "rediss://default:***@cache/1"),
+    ("sqlite+aiosqlite:///./interlock.db", "sqlite+aiosqlite:///./interlock.db"),
+    ("redis://cache:6379", "redis://cache:6379"),
+    ("https://user:pw@hooks.example/x?token=pw", "https://user:***@hooks.example/x?token=***"),
+])
+def test_mask_url_hides_passwords_and_secret_query_values(url: str, shown: str) -> None:
+    assert mask_url(url) == shown

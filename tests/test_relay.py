@@ -306,6 +306,33 @@ def test_interlock_and_hop_by_hop_headers_are_not_forwarded(
     assert row["agent"] == "coder" and row["run_hint"] == "run-42"
 
 
+def test_headers_named_in_connection_are_hop_by_hop_both_ways(proxy: ProxyServer, upstream: FakeUpstream) -> None:
+    upstream.script(Reply(text="ok", headers={"Connection": "X-Upstream-Hop", "X-Upstream-Hop": "1",
+                                              "X-Upstream-Kept": "1"}))
+    r = httpx.post(
+        proxy.url + "/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+        headers={"Connection": "keep-alive, X-Client-Hop", "X-Client-Hop": "1", "X-Custom": "kept"},
+    )
+    assert r.status_code == 200
+    assert upstream.last.header("x-client-hop") is None and upstream.last.header("x-custom") == "kept"
+    assert "x-upstream-hop" not in r.headers and r.headers["x-upstream-kept"] == "1"
+
+
+def test_h2c_upgrade_from_curl_http2_is_served_as_http_1_1(proxy: ProxyServer, upstream: FakeUpstream) -> None:
+    body = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "via curl --http2"}]}'
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    with socket.create_connection(("127.0.0.1", int(proxy.url.rsplit(":", 1)[1])), timeout=10) as sock:
+        sock.sendall(head + body)
+        out = b""
+        while part := sock.recv(65536):
+            out += part
+    assert out.startswith(b"HTTP/1.1 200 OK") and b"ok: via curl --http2" in out
+    assert upstream.last.header("upgrade") is None and upstream.last.header("http2-settings") is None
+
+
 def test_no_credential_is_stored_in_clear(proxy: ProxyServer, upstream: FakeUpstream) -> None:
     upstream.script(Reply(text=f"echoing your key {KEY}"))
     oai(proxy).chat.completions.create(
@@ -324,6 +351,17 @@ def test_no_credential_is_stored_in_clear(proxy: ProxyServer, upstream: FakeUpst
     assert len(hashes) == 2 and all(h and len(h) == 12 for h in hashes)
     detail = proxy.api(f"/api/calls/{[r for r in rows if r['provider'] == 'openai'][0]['id']}")
     assert "my key is" in detail["request_content"]
+
+
+def test_a_key_in_the_query_or_the_path_is_never_stored_in_clear(proxy: ProxyServer, upstream: FakeUpstream) -> None:
+    google_key = "AIzaSyD-TESTSECRETabcdefghijklmnopqrstu"
+    for target in (f"/v1/models?key={google_key}", f"/v1/models%3Fkey={google_key}",
+                   f"/agents/a/v1/models;key={google_key}"):
+        httpx.get(proxy.url + target, headers={"Authorization": f"Bearer {KEY}"})
+    rows = proxy.wait_calls(2)
+    assert sorted(r["path"] for r in rows) == ["/v1/models", "/v1/models;key=[REDACTED]"]
+    raw = asyncio.run(_dump_database(proxy.settings.database_url))
+    assert google_key[8:30].encode() not in raw
 
 
 def test_concurrent_streams_are_all_recorded(proxy: ProxyServer, upstream: FakeUpstream) -> None:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import select
 import socket
 import threading
 import time
@@ -13,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.server import DISCONNECT_HOOK, Server
+from proxy.server import DISCONNECT_HOOK, Limits, Server
 from proxy.serving import ThreadedServer
 
 
@@ -168,6 +170,39 @@ def test_malformed_request_is_a_400_and_the_server_keeps_serving(served: Threade
     assert httpx.post(served.url + "/echo", content=b"ok").content == b"2:ok"
 
 
+H2C = b"connection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+
+
+def test_h2c_upgrade_with_a_body_is_ignored_and_served_as_http_1_1(served: ThreadedServer) -> None:
+    """What `curl --http2 -d ...` sends on http://: no 101, a plain answer with the whole body."""
+    out = raw(served, b"POST /echo HTTP/1.1\r\nhost: x\r\n" + H2C + b"content-length: 5\r\n\r\nhello")
+    assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"5:hello")
+    assert b"connection: close" in out.lower()
+
+
+def test_h2c_upgrade_without_a_body_is_served_and_the_server_keeps_serving(served: ThreadedServer) -> None:
+    out = raw(served, b"GET /echo HTTP/1.1\r\nhost: x\r\n" + H2C + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"0:")
+    assert httpx.post(served.url + "/echo", content=b"ok").content == b"2:ok"
+
+
+def test_h2c_upgrade_body_arriving_in_pieces_is_reassembled(served: ThreadedServer) -> None:
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\n" + H2C + b"content-length: 6\r\n\r\nab")
+        time.sleep(0.05)
+        sock.sendall(b"cdef" + b"GET /ignored HTTP/1.1\r\n\r\n")
+        out = b""
+        while part := sock.recv(65536):
+            out += part
+    assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"6:abcdef")
+
+
+def test_connect_and_chunked_upgrades_are_still_refused(served: ThreadedServer) -> None:
+    assert raw(served, b"CONNECT api.openai.com:443 HTTP/1.1\r\nhost: x\r\n\r\n").startswith(b"HTTP/1.1 400")
+    chunked = b"POST /echo HTTP/1.1\r\nhost: x\r\n" + H2C + b"transfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n"
+    assert raw(served, chunked).startswith(b"HTTP/1.1 400")
+
+
 def test_app_error_before_response_is_a_500(served: ThreadedServer) -> None:
     r = httpx.get(served.url + "/boom")
     assert r.status_code == 500
@@ -317,3 +352,103 @@ def test_port_in_use_raises_after_shutting_the_app_down(app: EchoApp) -> None:
         with pytest.raises(OSError):
             asyncio.run(main())
     assert app.lifespan == ["startup", "shutdown"]
+
+
+# ---------------------------------------------------------------- limits and timeouts (issue 13)
+
+TIGHT = Limits(max_header_bytes=4096, max_url_bytes=1024, header_timeout_s=0.3, body_timeout_s=0.3)
+
+
+@pytest.fixture
+def limited(app: EchoApp) -> Iterator[ThreadedServer]:
+    with ThreadedServer(app, graceful_timeout_s=3, limits=TIGHT) as s:
+        yield s
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else 0
+
+
+def test_header_section_over_the_limit_is_a_431(limited: ThreadedServer) -> None:
+    out = raw(limited, b"GET /echo HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 5000 + b"\r\n\r\n")
+    assert status_of(out) == 431
+
+
+def test_headers_just_under_the_limit_are_served(limited: ThreadedServer) -> None:
+    out = raw(limited, b"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-big: " + b"a" * 3900 + b"\r\n\r\n")
+    assert status_of(out) == 200
+
+
+def test_a_never_ending_header_line_is_cut_at_the_limit(limited: ThreadedServer) -> None:
+    """Sent in many small writes: refused once the head passes the limit, not read on forever."""
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=5) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nhost: x\r\nx-endless: ")
+        sent, out = 0, b""
+        while sent < 8 * 1024 * 1024 and not out:
+            try:
+                sock.sendall(b"a" * 1024)
+                sent += 1024
+                if select.select([sock], [], [], 0.001)[0]:
+                    out = sock.recv(65536)
+            except OSError:  # refused and closed while we were still writing
+                break
+    assert status_of(out) == 431
+    assert sent < 1024 * 1024, f"the server read {sent} bytes of one header line"
+
+
+def test_request_target_over_the_limit_is_a_414(limited: ThreadedServer) -> None:
+    out = raw(limited, b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert status_of(out) == 414
+
+
+def test_headers_arriving_too_slowly_get_a_408_and_the_connection_closes(limited: ThreadedServer) -> None:
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=5) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nhost: x\r\n")
+        started = time.monotonic()
+        for _ in range(3):  # slowloris: a byte now and then, never the end of the headers
+            time.sleep(0.15)
+            with contextlib.suppress(OSError):
+                sock.sendall(b"x")
+        out = b""
+        while part := sock.recv(65536):
+            out += part
+    assert status_of(out) == 408 and time.monotonic() - started < 2
+
+
+def test_a_body_that_stops_short_gets_a_408(limited: ThreadedServer) -> None:
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=5) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n" + b"b" * 99)
+        out = b""
+        while part := sock.recv(65536):
+            out += part
+    assert status_of(out) == 408
+
+
+def test_waiting_behind_a_slow_answer_is_not_a_timeout(limited: ThreadedServer, app: EchoApp) -> None:
+    """The next request's head may wait while the server is busy with the previous answer."""
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=5) as sock:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\nPOST /echo HTTP/1.1\r\nhost: x\r\n")
+        time.sleep(0.8)  # well past both timeouts
+        app.release.set()
+        sock.sendall(b"connection: close\r\ncontent-length: 2\r\n\r\nok")
+        out = b""
+        while part := sock.recv(65536):
+            out += part
+    assert out.count(b"HTTP/1.1 200 OK") == 2 and out.endswith(b"2:ok")
+
+
+def test_a_slow_app_reading_a_large_body_is_not_a_client_timeout(limited: ThreadedServer) -> None:
+    r = httpx.post(limited.url + "/echo", content=b"z" * (2 * 1024 * 1024))
+    assert r.status_code == 200 and r.content.startswith(b"2097152:")
+
+
+def test_a_body_timeout_shorter_than_the_header_timeout_is_kept(app: EchoApp) -> None:
+    limits = Limits(header_timeout_s=30, body_timeout_s=0.3)
+    with ThreadedServer(app, graceful_timeout_s=3, limits=limits) as served, \
+            socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
+        out = b""
+        while part := sock.recv(65536):
+            out += part
+    assert status_of(out) == 408 and time.monotonic() - started < 2

@@ -1,6 +1,9 @@
 """Admin and query API (FastAPI): /api/*, /healthz, /metrics.
 
-Auth: bearer INTERLOCK_ADMIN_TOKEN when set; when unset, loopback clients only.
+Auth: bearer INTERLOCK_ADMIN_TOKEN when set (scheme case-insensitive); when unset, loopback
+clients only.  The same for /api/docs and /api/openapi.json.  /metrics follows
+INTERLOCK_METRICS_PUBLIC: `true` open to all, `loopback` (default) open to loopback clients and
+otherwise like /api, `false` like /api.  /healthz is always open.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError
 
@@ -23,16 +27,42 @@ def admin_guard(runtime: Runtime) -> Callable[[Request], None]:
     token = runtime.settings.admin_token
 
     def check(request: Request) -> None:
-        if token:
-            got = request.headers.get("authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
-                raise HTTPException(401, "admin API: missing or wrong bearer token (INTERLOCK_ADMIN_TOKEN)")
-            return
-        host = request.client.host if request.client else ""
-        if not _loopback(host):
-            raise HTTPException(403, "admin API is loopback-only while INTERLOCK_ADMIN_TOKEN is unset")
+        _authorise(request, token)
 
     return check
+
+
+def metrics_guard(runtime: Runtime) -> Callable[[Request], None]:
+    token, public = runtime.settings.admin_token, runtime.settings.metrics_public
+
+    def check(request: Request) -> None:
+        if public == "true" or (public == "loopback" and _loopback(_host(request))):
+            return
+        _authorise(request, token)
+
+    return check
+
+
+def _authorise(request: Request, token: str | None) -> None:
+    """The admin token when set (any case of `Bearer`), else a loopback client; raises 401/403."""
+    if token:
+        got = _bearer(request.headers.get("authorization", ""))
+        if got is None or not hmac.compare_digest(got.encode(), token.encode()):
+            raise HTTPException(401, "admin API: missing or wrong bearer token (INTERLOCK_ADMIN_TOKEN)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return
+    if not _loopback(_host(request)):
+        raise HTTPException(403, "admin API is loopback-only while INTERLOCK_ADMIN_TOKEN is unset")
+
+
+def _bearer(header: str) -> str | None:
+    """The credentials of `Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1)."""
+    scheme, _, credentials = header.strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
+
+
+def _host(request: Request) -> str:
+    return request.client.host if request.client else ""
 
 
 def _loopback(host: str) -> bool:
@@ -45,9 +75,10 @@ def _loopback(host: str) -> bool:
 def build_api(runtime: Runtime, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]]) -> FastAPI:
     from proxy.api import calls, escalations_api, graph_api, rules_api
 
-    app = FastAPI(title="Interlock", lifespan=lifespan, docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app = FastAPI(title="Interlock", lifespan=lifespan, docs_url=None, openapi_url=None)
     guard = Depends(admin_guard(runtime))
     api = APIRouter(prefix="/api", dependencies=[guard])
+    _docs(api, app)
     calls.register(api, runtime)
     rules_api.register(api, runtime)
     graph_api.register(api, runtime)
@@ -68,13 +99,25 @@ def build_api(runtime: Runtime, lifespan: Callable[[FastAPI], AbstractAsyncConte
                 "writer": _writer_stats(writer) if writer is not None else None}
         return JSONResponse(body)
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[Depends(metrics_guard(runtime))])
     async def metrics() -> Response:
         if runtime.metrics is None:
             return Response("", media_type="text/plain")
         return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+def _docs(api: APIRouter, app: FastAPI) -> None:
+    """/api/openapi.json and /api/docs behind the admin guard (FastAPI's own are unguarded)."""
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/api/openapi.json", title="Interlock API")
 
 
 def _writer_stats(writer: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from grafana_client.client import GrafanaClientError, GrafanaException, GrafanaU
 
 from proxy.dashboards.build import all_dashboards
 from proxy.dashboards.model import INTERLOCK_DB, PROMETHEUS, Datasource, Json
+from proxy.redact import mask_url
 
 MIN_VERSION = (10, 3, 0)  # the PostgreSQL plugin id `grafana-postgresql-datasource` dates from 10.2.3
 T = TypeVar("T")
@@ -63,11 +64,11 @@ def postgres_datasource(db_url: str) -> Json:
     """Datasource payload for the Interlock database (`postgresql://user:pw@host:port/db`)."""
     parts = urlsplit(db_url)
     if not parts.scheme.startswith("postgres"):
-        raise PushError(f"--db-url {_safe_url(db_url)}: the SQL dashboards need PostgreSQL "
+        raise PushError(f"--db-url {mask_url(db_url)}: the SQL dashboards need PostgreSQL "
                         "(postgresql://user:password@host:5432/db), not " + (parts.scheme or "a bare name"))
     database = parts.path.lstrip("/")
     if not parts.hostname or not database:
-        raise PushError(f"--db-url {_safe_url(db_url)}: expected postgresql://user:password@host:5432/db")
+        raise PushError(f"--db-url {mask_url(db_url)}: expected postgresql://user:password@host:5432/db")
     sslmode = parse_qs(parts.query).get("sslmode", ["disable"])[0]
     payload: Json = {"uid": INTERLOCK_DB.uid, "name": INTERLOCK_DB.name, "type": INTERLOCK_DB.type,
                      "access": "proxy", "url": f"{parts.hostname}:{parts.port or 5432}",
@@ -84,7 +85,7 @@ def push(options: PushOptions, say: Callable[[str], None] = print) -> None:
     api = GrafanaApi.from_url(_api_base(options.grafana_url), credential=options.token, timeout=options.timeout)
     step = _Steps(api, options.grafana_url)
     version = step.version()
-    say(f"Grafana {version} at {options.grafana_url}")
+    say(f"Grafana {version} at {mask_url(options.grafana_url)}")
     placed = {}
     for ds, payload in _datasources(options):
         placed[ds.variable] = where = step.datasource(payload)
@@ -128,10 +129,10 @@ class _Steps:
         version = str(health.get("version", "")) if isinstance(health, dict) else ""
         found = re.match(r"(\d+)\.(\d+)\.(\d+)", version)
         if found is None:
-            raise PushError(f"Grafana at {self.url} did not report a version (GET /api/health answered "
+            raise PushError(f"Grafana at {mask_url(self.url)} did not report a version (GET /api/health answered "
                             f"{health!r}); is this a Grafana server?")
         if tuple(int(g) for g in found.groups()) < MIN_VERSION:
-            raise PushError(f"Grafana {version} at {self.url} is too old: Interlock's dashboards need Grafana "
+            raise PushError(f"Grafana {version} at {mask_url(self.url)} is too old: Interlock's dashboards need Grafana "
                             f"{'.'.join(map(str, MIN_VERSION))} or newer. Upgrade Grafana.")
         return version
 
@@ -180,16 +181,16 @@ class _Steps:
 
     def _error(self, what: str, exc: Exception) -> PushError:
         if isinstance(exc, GrafanaUnauthorizedError) or getattr(exc, "status_code", None) == 401:
-            return PushError(f"Grafana at {self.url} rejected the token (HTTP 401) while trying to {what}: "
+            return PushError(f"Grafana at {mask_url(self.url)} rejected the token (HTTP 401) while trying to {what}: "
                              "pass a valid service-account token with --token (Administration → Users and "
                              "access → Service accounts).")
         if getattr(exc, "status_code", None) == 403:
-            return PushError(f"Grafana at {self.url} refused to {what} (HTTP 403: {_message(exc)}): the token "
+            return PushError(f"Grafana at {mask_url(self.url)} refused to {what} (HTTP 403: {_message(exc)}): the token "
                              "lacks permission; give its service account the Admin role (datasources need it). "
                              "A provisioned (read-only) datasource is changed in its provisioning file instead.")
         if isinstance(exc, GrafanaException) and exc.status_code:
-            return PushError(f"Grafana at {self.url} failed to {what}: HTTP {exc.status_code}: {exc.message}")
-        return PushError(f"cannot {what}: Grafana at {self.url} is unreachable or answered oddly ({exc}).")
+            return PushError(f"Grafana at {mask_url(self.url)} failed to {what}: HTTP {exc.status_code}: {exc.message}")
+        return PushError(f"cannot {what}: Grafana at {mask_url(self.url)} is unreachable or answered oddly ({exc}).")
 
 
 def _message(exc: Exception) -> str:
@@ -210,10 +211,3 @@ def _slug(title: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", title.lower()).strip("-")[:40] or "interlock"
 
 
-def _safe_url(url: str) -> str:
-    """`url` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()

@@ -29,6 +29,7 @@ from proxy.escalation import alerts
 from proxy.escalation.model import Delivery, Escalation
 from proxy.escalation.notify import Notifier
 from proxy.escalation.store import EscalationStore
+from proxy.redact import mask_url
 from proxy.rules import EscalationRule, RuleSet
 
 OK, NOT_DELIVERED, NOT_ACKED, CANNOT_RUN = 0, 1, 2, 3
@@ -180,7 +181,7 @@ async def _drill(database_url: str, ruleset: RuleSet, args: argparse.Namespace) 
     try:
         return await run_drill(ruleset, args.rule, SqlEscalationStore(engine), wait_s=wait, environ=os.environ)
     except Exception as exc:  # database unavailable or not migrated: the drill could not run
-        return DrillReport(args.rule, problem=f"{type(exc).__name__}: {exc} (database {database_url})")
+        return DrillReport(args.rule, problem=f"{type(exc).__name__}: {exc} (database {mask_url(database_url)})")
     finally:
         await engine.dispose()
 

@@ -34,6 +34,7 @@ from proxy.escalation.model import ESCALATION_ALERTS, Delivery, Escalation
 from proxy.escalation.notify import EventSink, Notifier, otel_events
 from proxy.escalation.store import EscalationStore, SqlEscalationStore
 from proxy.escalation.tracker import EscalationTracker
+from proxy.failures import FailureLog
 from proxy.rules import EscalationRule, RouteSpec, RuleSet
 from proxy.store.rows import Record
 
@@ -93,6 +94,10 @@ class Escalations:
         self.queue: asyncio.Queue[_Work | None] = asyncio.Queue(queue_size)
         self.dropped = 0
         self.retries, self.retry_backoff_s = 4, 0.5
+        # Database down: every call's escalation step fails; logged once, then at a backoff.
+        self._step_failures = FailureLog(log, "escalation step (database)", traceback=False,
+                                         hint="retried per call; the escalation queue absorbs the wait")
+        self._work_failures = FailureLog(log, "escalation work", hint="that call's escalations were not opened")
         self.dead_total: dict[str, int] = {}
         self._closers = closers
         self._by_name = _RuleIndex(None, {}, {})
@@ -210,8 +215,11 @@ class Escalations:
                 return
             try:
                 await self._handle(work)
-            except Exception:
-                log.exception("escalation work failed for call %s", work.call.id)
+            except Exception as exc:
+                log.debug("escalation work failed for call %s", work.call.id, exc_info=True)
+                self._work_failures.failed(exc)
+            else:
+                self._work_failures.succeeded()
 
     async def _handle(self, work: _Work) -> None:
         for detection in work.detections:
@@ -230,12 +238,15 @@ class Escalations:
         for attempt in range(self.retries):
             try:
                 await step()
-                return
-            except Exception:
+            except Exception as exc:
                 if attempt == self.retries - 1:
                     raise
-                log.warning("escalation step for call %s failed; retrying", call_id, exc_info=True)
+                log.debug("escalation step for call %s failed; retrying", call_id, exc_info=True)
+                self._step_failures.failed(exc)
                 await asyncio.sleep(self.retry_backoff_s * 2**attempt)
+            else:
+                self._step_failures.succeeded()
+                return
 
     async def _open_detected(self, work: _Work, d: Detection) -> None:
         if d.tool_call_id and self.tracker.by_tool_calls([d.tool_call_id]):

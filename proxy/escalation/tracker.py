@@ -28,6 +28,7 @@ from proxy.call import new_id
 from proxy.escalation.holds import HoldBook, phase_of
 from proxy.escalation.model import OPEN_STATES, Escalation
 from proxy.escalation.store import EscalationStore
+from proxy.failures import FailureLog
 from proxy.rules import EscalationRule
 
 log = logging.getLogger("interlock.escalations")
@@ -53,6 +54,7 @@ class EscalationTracker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.breaches = 0
+        self.retry_s = 1.0  # the clock's pause after a failed tick (database down)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -191,14 +193,17 @@ class EscalationTracker:
 
     async def _run(self) -> None:
         synced = self.clock()
+        failures = FailureLog(log, "escalation clock", hint=f"retrying every {self.retry_s:g}s")
         while True:
             try:
                 synced = await self._tick(synced)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("escalation clock failed; retrying in 1s")
-                await asyncio.sleep(1.0)
+            except Exception as exc:
+                failures.failed(exc)
+                await asyncio.sleep(self.retry_s)
+            else:
+                failures.succeeded()
 
     async def _tick(self, synced: float) -> float:
         now = self.clock()

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.call import Call, Chunk
+from proxy.failures import FailureLog
 from proxy.guards.base import (
     ALLOW,
     GENERATIVE,
@@ -137,6 +139,7 @@ class GuardChain(Guard):
         self._clock = clock
         self._active: CallSlots[_Active] = CallSlots()
         self._match_cache: dict[tuple[str | None, ...], _Active] = {}
+        self._failures: dict[str, FailureLog] = {}  # per guard: Redis down fails every call
 
     @property
     def errors_total(self) -> int:
@@ -160,16 +163,15 @@ class GuardChain(Guard):
         call.guard_events.append(verdict.event(hook, self._clock()))
 
     def _failed(self, guard: AnyGuard, hook: str, call: Call, exc: BaseException | None = None) -> Verdict:
-        """Logs `exc` (default: the exception being handled) and counts it."""
+        """Counts `exc` (default: the exception being handled) and logs it: the first in full,
+        repeats at a backoff (a store that is down fails every call, thousands a second)."""
         self.stats.count(guard.name)
-        log.error(
-            "guard %r (%s) failed in %s for call %s",
-            guard.name,
-            guard.kind,
-            hook,
-            call.id,
-            exc_info=exc if exc is not None else True,
-        )
+        failures = self._failures.get(guard.name)
+        if failures is None:
+            failures = self._failures[guard.name] = FailureLog(
+                log, f"guard {guard.name!r} ({guard.kind})",
+                hint=f"first in {hook} for call {call.id}; each failing call is allowed unless the rule sets fail_closed")
+        failures.failed(exc if exc is not None else sys.exc_info()[1] or RuntimeError("unknown failure"))
         return _failure(guard)
 
     # ------------------------------------------------------------------ hooks

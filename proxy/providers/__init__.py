@@ -44,8 +44,11 @@ class Router:
         if exact is not None:
             return exact
         op = "embeddings" if path == "/v1/embeddings" else "models" if path.startswith("/v1/models") else "other"
-        provider: Provider = self._anthropic_generic if anthropic_headers else self._openai_generic
-        return Route(provider, op, False)
+        return Route(self.generic(anthropic_headers), op, False)
+
+    def generic(self, anthropic: bool) -> Provider:
+        """The adapter for a request no route claims (its errors take that provider's shape)."""
+        return self._anthropic_generic if anthropic else self._openai_generic
 
     def upstream_for(self, provider: str, model: str | None) -> tuple[str, UpstreamSpec]:
         """Named upstream whose model globs match, else the provider's default upstream."""

@@ -117,7 +117,7 @@ def _identity(call: Call) -> Row:
         "operation": _clip(call.operation, m.SHORT_LEN),
         "upstream": _clip(call.upstream, m.UPSTREAM_LEN),
         "method": _clip(call.method, 16),
-        "path": _clip(call.path, m.PATH_LEN),
+        "path": _clip(redact_text(call.path), m.PATH_LEN),  # a key can ride in a path (`;key=...`)
         "agent": _clip(call.agent, m.NAME_LEN),
         "agent_source": _clip(call.agent_source, m.SHORT_LEN),
         "run_id": _clip(call.run_id, m.RUN_ID_LEN),

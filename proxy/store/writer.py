@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from proxy.failures import FailureLog
 from proxy.store.rows import TABLE_ORDER, Record, Row
 from proxy.store.spool import Spool
 
@@ -97,6 +98,9 @@ class BatchWriter:
         self._unsynced = False  # records appended to the spool since its last fsync
         self.queued = self.written = self.spooled = self.replayed = 0
         self.dropped = self.rejected = self.sink_errors = 0
+        self._sink_failures = FailureLog(log, "writer: database write", traceback=False,
+                                         hint="records are spooled and written once it is back")
+        self._bugs = FailureLog(log, "writer: unexpected error", hint="retrying")
 
     @property
     def queue_depth(self) -> int:
@@ -172,8 +176,8 @@ class BatchWriter:
             self._wake.clear()
             try:
                 await self._step()
-            except Exception:  # the writer must outlive any bug below; the data stays queued/spooled
-                log.exception("writer: unexpected error; retrying")
+            except Exception as exc:  # the writer must outlive any bug below; the data stays queued/spooled
+                self._bugs.failed(exc)
                 self._requeue(self._inflight)
                 self._inflight = []
                 self._fail()
@@ -240,6 +244,7 @@ class BatchWriter:
             return False if counted else self._failed(len(batch), exc)
         self.written += len(batch) - (await self._reject(exc) if exc else 0)
         self._backoff = 0.0
+        self._sink_failures.succeeded()
         return True
 
     async def _settled(self) -> bool:
@@ -332,7 +337,7 @@ class BatchWriter:
 
     def _failed(self, n: int, exc: BaseException) -> bool:
         self.sink_errors += 1
-        log.warning("writer: sink write of %d record(s) failed: %r", n, exc)
+        self._sink_failures.failed(exc)
         self._fail()
         return False
 

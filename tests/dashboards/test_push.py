@@ -149,6 +149,14 @@ def test_unreachable_grafana_is_named(capsys: pytest.CaptureFixture[str]) -> Non
     assert "unreachable" in err and url in err
 
 
+def test_grafana_credentials_in_its_url_are_never_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeGrafana() as g:
+        url = g.url.replace("http://", "http://admin:hunter2@")
+    assert _push(url) == 1
+    err = capsys.readouterr().err
+    assert "unreachable" in err and "admin:***@" in err and "hunter2" not in err
+
+
 def test_missing_token_is_a_usage_error(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GRAFANA_TOKEN", raising=False)
     assert _push("http://127.0.0.1:9", token="") == 2

@@ -4,6 +4,7 @@ dedup of verdict escalations, acks from traffic, guard alerts, taint updates for
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -101,3 +102,35 @@ async def test_taint_goes_to_the_writer_as_a_call_update(svc: Escalations) -> No
     [record] = svc.written  # type: ignore[attr-defined]
     assert record.call_updates == [{"id": cut.id, "tainted_by": None, "depth": 0,
                                     "flags": ["fits", "cascade_root", "fault:guard", "fault:length"]}]
+
+
+class _DownStore(MemoryEscalationStore):
+    """The database is down for writes."""
+
+    async def insert(self, esc: Any) -> None:
+        raise OSError("connection refused")
+
+
+async def test_escalation_steps_failing_while_the_database_is_down_are_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "r.yaml").write_text(RULES)
+    ruleset = load_rules(tmp_path)
+    service = Escalations(_DownStore(), MemoryCounterStore(), lambda: ruleset, lambda _: None,
+                          events=MemoryEvents(), sync_s=3600.0)
+    service.retry_backoff_s = 0.001
+    await service.start()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="interlock"):
+            for i in range(20):
+                call = finish(make_call(agent="support"),
+                              tool_calls=[ToolCall(f"c{i}", "escalate_to_human", '{"reason": "x"}')])
+                service.observe(call, _link(call))
+            await _settle(service)
+    finally:
+        await service.aclose()
+    reported = [r for r in caplog.records if r.levelno >= logging.WARNING and "escalation" in r.getMessage()]
+    assert len(reported) == 2, [r.getMessage() for r in reported]  # the step, then the work given up
+    assert {"escalation step (database) failed", "escalation work failed"} == {
+        r.getMessage().split(":")[0] for r in reported}
+    assert sum(r.levelno == logging.DEBUG for r in caplog.records) >= 20 * 4  # each call still on record

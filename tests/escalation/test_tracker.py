@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+
+import pytest
+
 from proxy.escalation.holds import HoldBook
+from proxy.escalation.model import Escalation
 from proxy.escalation.store import MemoryEscalationStore
 from proxy.guards.counters import MemoryCounterStore
 from tests.escalation.factory import Breaches, Clock, rule, tracker
@@ -107,3 +114,34 @@ async def test_the_clock_task_fires_on_time() -> None:
         assert seen.seen == [(esc.id, "ack")]
     finally:
         await t.aclose()
+
+
+class _DownStore(MemoryEscalationStore):
+    """The database is down: every read fails."""
+
+    def __init__(self, reads: int) -> None:
+        super().__init__()
+        self.reads, self.wanted = 0, reads
+        self.enough = asyncio.Event()
+
+    async def unfinished(self) -> list[Escalation]:
+        self.reads += 1
+        if self.reads >= self.wanted:
+            self.enough.set()
+        raise OSError("connection refused")
+
+
+async def test_a_clock_failing_every_tick_logs_once_not_every_tick(caplog: pytest.LogCaptureFixture) -> None:
+    store = _DownStore(reads=30)
+    t = tracker(store, MemoryCounterStore(), Clock(), [rule()], Breaches())
+    t.clock, t.sync_s, t.retry_s = time.time, 0.001, 0.001
+    with caplog.at_level(logging.INFO, logger="interlock.escalations"):
+        await t.start()
+        try:
+            await asyncio.wait_for(store.enough.wait(), timeout=5)
+        finally:
+            await t.aclose()
+    assert store.reads >= 30
+    clock_lines = [r for r in caplog.records if "escalation clock" in r.getMessage()]
+    assert len(clock_lines) == 1 and "OSError: connection refused" in clock_lines[0].getMessage()
+    assert sum(r.exc_info is not None for r in caplog.records) <= 1

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -236,3 +237,13 @@ async def test_concurrent_chain_with_a_batch_releases_the_right_guards() -> None
     assert verdict.rule == "b" and [e["rule"] for e in call.guard_events] == ["b"]
     assert a.seen[-1] == "release" and after.seen[-1] == "release"
     assert c.seen == ["release"]  # never asked (the batch stopped at b), so it holds nothing
+
+
+async def test_a_guard_failing_on_every_call_is_logged_once_not_per_call(caplog: pytest.LogCaptureFixture) -> None:
+    chain = GuardChain([Scripted("broken", raises=True)])
+    with caplog.at_level(logging.INFO, logger="interlock"):
+        for _ in range(200):
+            assert (await chain.on_request(make_call())).action == "allow"
+    assert chain.errors_total == 200
+    [line] = [r for r in caplog.records if "broken" in r.getMessage()]
+    assert "RuntimeError: boom" in line.getMessage() and line.exc_info is not None

@@ -1,0 +1,98 @@
+"""The admin surface's auth: token (any case of `Bearer`), docs and /metrics guarded too."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import HTTPException
+from starlette.requests import Request
+
+from proxy.api import admin_guard, metrics_guard
+from proxy.settings import load_settings
+from tests.fake_upstream import FakeUpstream
+from tests.proxyserver import ProxyServer
+
+TOKEN = "s3cret-admin"
+
+
+def request(host: str, authorization: str | None = None) -> Request:
+    headers = [(b"authorization", authorization.encode())] if authorization else []
+    return Request({"type": "http", "method": "GET", "path": "/metrics", "headers": headers,
+                    "client": (host, 40000), "query_string": b""})
+
+
+def runtime(**settings: Any) -> Any:
+    return SimpleNamespace(settings=load_settings(**settings))
+
+
+def status(check: Any, req: Request) -> int:
+    try:
+        check(req)
+    except HTTPException as exc:
+        return exc.status_code
+    return 200
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
+    tmp = tmp_path_factory.mktemp("locked")
+    with FakeUpstream() as upstream, ProxyServer(tmp, upstream.url, admin_token=TOKEN, metrics_public="false") as px:
+        yield px
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_bearer_scheme_is_case_insensitive(locked: ProxyServer, scheme: str) -> None:
+    r = httpx.get(locked.url + "/api/calls", headers={"Authorization": f"{scheme} {TOKEN}"})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("value", [TOKEN, f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer", ""])
+def test_anything_but_the_bearer_token_is_refused(locked: ProxyServer, value: str) -> None:
+    r = httpx.get(locked.url + "/api/calls", headers={"Authorization": value})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("path", ["/api/docs", "/api/openapi.json", "/metrics"])
+def test_docs_schema_and_metrics_need_the_token_when_it_is_set(locked: ProxyServer, path: str) -> None:
+    assert httpx.get(locked.url + path).status_code == 401
+    assert httpx.get(locked.url + path, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_the_schema_still_lists_the_api(locked: ProxyServer) -> None:
+    schema = httpx.get(locked.url + "/api/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert "/api/calls" in schema["paths"]
+
+
+def test_healthz_stays_open(locked: ProxyServer) -> None:
+    assert httpx.get(locked.url + "/healthz").json()["status"] == "ok"
+
+
+def test_metrics_open_to_a_loopback_scraper_by_default_and_guarded_for_others() -> None:
+    check = metrics_guard(runtime(admin_token=TOKEN))
+    assert status(check, request("127.0.0.1")) == 200
+    assert status(check, request("::1")) == 200
+    assert status(check, request("10.0.0.7")) == 401
+    assert status(check, request("10.0.0.7", f"Bearer {TOKEN}")) == 200
+
+
+def test_metrics_public_true_opens_it_to_everyone_and_false_to_nobody_without_the_token() -> None:
+    assert status(metrics_guard(runtime(admin_token=TOKEN, metrics_public="true")), request("10.0.0.7")) == 200
+    closed = metrics_guard(runtime(admin_token=TOKEN, metrics_public=False))  # a YAML boolean works too
+    assert status(closed, request("127.0.0.1")) == 401
+
+
+def test_without_a_token_the_admin_surface_is_loopback_only() -> None:
+    assert status(admin_guard(runtime()), request("127.0.0.1")) == 200
+    assert status(admin_guard(runtime()), request("10.0.0.7")) == 403
+    assert status(metrics_guard(runtime()), request("10.0.0.7")) == 403
+
+
+def test_metrics_stay_readable_on_loopback_with_a_token_set(tmp_path: Path, upstream: FakeUpstream) -> None:
+    with ProxyServer(tmp_path, upstream.url, admin_token=TOKEN) as px:
+        assert httpx.get(px.url + "/metrics").status_code == 200
+        assert httpx.get(px.url + "/api/openapi.json").status_code == 401
