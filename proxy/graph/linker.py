@@ -170,7 +170,7 @@ class Linker:
         if ctx.pred is not None:  # a retry of a failed call (RunResolver answers other continuations)
             state = self.index.get_run(ctx.pred.run_id)
             return state.run_id if state is not None and self._open(state, call.started_at) else None
-        self._segment(ctx, mark_prompt=False)
+        self._segment(ctx, mark_prompt=False, cap=_PLACE_CHARS)
         self._find_tool_sources(ctx)
         self._find_content_sources(ctx)  # not selections: a name alone is too weak before forwarding
         for ref in self._parents(ctx):
@@ -246,14 +246,21 @@ class Linker:
 
     # ------------------------------------------------------------------ 3 sources
 
-    def _segment(self, ctx: _Ctx, *, mark_prompt: bool = True) -> None:
-        for i in range(ctx.start, len(ctx.atoms)):
+    def _segment(self, ctx: _Ctx, *, mark_prompt: bool = True, cap: int | None = None) -> None:
+        """`cap`: the request path reads at most this many characters of each of the last few
+        messages, from their two ends (where a wrapper puts the passage it hands on); the linker
+        reads all of them."""
+        first = ctx.start if cap is None else max(ctx.start, len(ctx.atoms) - _PLACE_MESSAGES)
+        for i in range(first, len(ctx.atoms)):
             atom = ctx.atoms[i]
             if atom.role != "c" and atom.text:
-                ctx.segments.append(self._piece(i, _VIA[atom.role], atom.text))
+                text = atom.text if cap is None or len(atom.text) <= cap else _ends(atom.text, cap)
+                ctx.segments.append(self._piece(i, _VIA[atom.role], text))
         system = ctx.call.system
         if ctx.pred is not None or not system:
             return
+        if cap is not None and len(system) > cap:
+            system = _ends(system, cap)
         if is_selector(system):  # it carries the conversation so far, new on every turn
             ctx.segments.append(self._piece(-1, "instructions", system))
             return
@@ -713,6 +720,13 @@ def _opening(call: Call) -> tuple[str, int]:
     return " ".join(text.lower().split()[:2]), hash(text)
 
 
+def _ends(text: str, cap: int) -> str:
+    half = cap // 2
+    return text[:half] + "\n\n" + text[-half:]
+
+
+_PLACE_CHARS = 8192  # characters of each message the request path shingles (bounded cost) ...
+_PLACE_MESSAGES = 8  # ... of its last messages
 _SELECTION_S = 120.0  # a selection is taken up by the chosen speaker's next call within this
 
 
