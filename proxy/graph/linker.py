@@ -410,7 +410,8 @@ class Linker:
             return
         fed = [
             src for src in ctx.sources.values()
-            if _base(src.ref.agent) == ident.fingerprint and (src.lineage is None or src.lineage.via != "assistant")
+            if _base(src.ref.agent) == ident.fingerprint
+            and (src.lineage is None or (src.lineage.via != "assistant" and src.lineage.places(self.config)))
         ]  # fmt: skip
         if fed:
             top = max(fed, key=lambda s: (s.lineage.hits if s.lineage else 1_000_000, s.ref.ended_at))
@@ -448,9 +449,11 @@ class Linker:
         """The feeder's own conversation opened with the same template and other content (CrewAI's
         "Current Task: …" for each task of one manager): the same agent on its next task, handed
         its earlier result as context, not another agent sharing its prompt.  The very same
-        opening message (a group chat's task, broadcast to every member) proves nothing."""
+        opening message (a group chat's task, broadcast to every member) proves nothing, and
+        only an agent offered tools (one that acts, or delegates) is taken to work through tasks:
+        prompt-sharing stages of a plain pipeline often wrap their input in one template."""
         theirs = self._openings.get(feeder.thread_id)
-        if theirs is None:
+        if theirs is None or not ctx.call.tools:
             return False
         mine = _opening(ctx.call)
         return bool(mine[0]) and mine[0] == theirs[0] and mine[1] != theirs[1]

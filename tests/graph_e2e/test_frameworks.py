@@ -58,7 +58,7 @@ FLOW = {
 EXACT = (1.0, 1.0, 1.0)
 FLOOR = {
     "ag2_groupchat_default": (0.95, 0.85, 0.94),
-    "crewai_hierarchical": (0.74, 1.0, 1.0),
+    "crewai_hierarchical": (1.0, 1.0, 1.0),
     "smolagents_code": (1.0, 0.95, 0.97),
     "smolagents_toolcalling": (1.0, 0.8, 0.97),
 }
@@ -67,7 +67,7 @@ LIVE_FLOOR = {
     "ag2_groupchat": (1.0, 0.85, 0.9),
     "ag2_groupchat_default": (0.95, 0.85, 0.8),
     "autogen_selector": (1.0, 0.85, 0.9),
-    "crewai_hierarchical": (0.74, 1.0, 1.0),
+    "crewai_hierarchical": (1.0, 1.0, 1.0),
     "crewai_sequential": (1.0, 1.0, 0.95),
     "smolagents_code": (1.0, 0.85, 0.95),
     "smolagents_toolcalling": (1.0, 0.8, 0.97),
