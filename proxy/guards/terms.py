@@ -1,0 +1,228 @@
+"""Content words of a text, weighted by rarity: what "the same meaning" compares.
+
+    text ──terms()──▶ Terms (frozenset of crc32 of stemmed content words)
+                      URLs, numbers, ids, timestamps and stop words dropped; plurals and
+                      -ing/-ed endings stripped: restated text keeps its rare words
+
+    run documents (stored lists) ──Corpora──▶ Corpus: document frequencies ──▶ weight(term)
+        novelty(new, corpus)      share of the new text's weight not seen before
+        dice(a, b, corpus, skip)  weighted overlap of two texts; `skip` leaves one stored
+                                  document out of the frequencies (the one compared with)
+
+Rare words weigh more than common ones: weight = log((n + 2) / (df + 1)) over the n documents
+the run has kept (a word every instruction of the run repeats, such as the task's subject,
+weighs little; a word only two of them share weighs a lot).  Hashes are crc32, stable across
+processes, so documents stored by one replica are read by another.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import zlib
+from array import array
+from collections.abc import Callable, Iterable, Sequence
+
+from proxy.lru import Generations, drop_oldest
+
+Terms = frozenset[int]
+EMPTY: Terms = frozenset()
+
+_URL = re.compile(r"(?:[a-z][a-z0-9+.-]*://|www\.)\S+", re.IGNORECASE)
+_WORD = re.compile(r"\b[a-z][a-z']*[a-z]\b")
+_MAX_CHARS = 6_000  # long texts: their head and tail
+_STOP = frozenset(
+    """a about above after again against all also am an and any are as at be because been before
+    being below between both but by can could did do does doing done down during each either else
+    etc few for from further had has have having he her here hers herself him himself his how
+    however i if in into is it its itself just let like may me might more most much must my
+    myself no nor not now of off on once only or other our ours ourselves out over own per please
+    same shall she should so some such than that the their theirs them themselves then there
+    these they this those through thus to too under until up upon us very via was we were what
+    when where whether which while who whom whose why will with within without would yet you your
+    yours yourself yourselves ok okay yes""".split()
+)
+
+
+def stem(word: str) -> str:
+    """A light suffix strip ("sources" → "sourc", "searching" → "search"): restatements that
+    change a word's form still share it.  Not a linguistic stemmer: only consistent."""
+    if word.endswith("'s"):
+        word = word[:-2]
+    n = len(word)
+    if n > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if n > 5 and word.endswith("ing"):
+        return word[:-3]
+    if n > 4 and word.endswith("ed"):
+        return word[:-2]
+    if n > 4 and word.endswith("es"):
+        return word[:-2]
+    if n > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    if n > 4 and word.endswith("e"):
+        return word[:-1]
+    return word
+
+
+class Lexicon:
+    """Terms of texts and decoded stored documents, remembered across calls (bounded; the
+    values are those computed afresh)."""
+
+    def __init__(self, max_chars: int = 2_000_000, max_docs: int = 16_384) -> None:
+        self._texts: Generations[str, Terms] = Generations(max_chars)
+        self._words: dict[str, int] = {}
+        self._docs: Generations[str, Terms] = Generations(max_docs)
+
+    def terms(self, text: str) -> Terms:
+        if not text:
+            return EMPTY
+        found = self._texts.get(text)
+        if found is None:
+            found = self._texts.put(text, self._terms(text), min(len(text), 2 * _MAX_CHARS))
+        return found
+
+    def _terms(self, text: str) -> Terms:
+        if len(text) > 2 * _MAX_CHARS:
+            text = text[:_MAX_CHARS] + " " + text[-_MAX_CHARS:]
+        text = text.lower()
+        if "://" in text or "www." in text:
+            text = _URL.sub(" ", text)
+        words = set(_WORD.findall(text))
+        words -= _STOP
+        known = self._words
+        out = []
+        for w in words:
+            h = known.get(w)
+            if h is None:
+                if len(known) >= 200_000:
+                    drop_oldest(known)
+                h = known[w] = zlib.crc32(stem(w).encode())
+            out.append(h)
+        return frozenset(out)
+
+    def decode(self, encoded: str) -> Terms:
+        found = self._docs.get(encoded)
+        if found is None:
+            found = self._docs.put(encoded, decode_terms(encoded))
+        return found
+
+
+def encode_terms(terms: Iterable[int]) -> str:
+    return base64.b64encode(array("I", sorted(terms)).tobytes()).decode()
+
+
+def decode_terms(text: str) -> Terms:
+    raw = array("I")
+    raw.frombytes(base64.b64decode(text))
+    return frozenset(raw)
+
+
+class Corpus:
+    """Document frequencies over a run's stored documents."""
+
+    __slots__ = ("df", "n")
+
+    def __init__(self, docs: Iterable[Terms] = ()) -> None:
+        self.n = 0
+        self.df: dict[int, int] = {}
+        for doc in docs:
+            self.add(doc)
+
+    def add(self, doc: Terms) -> None:
+        df, get = self.df, self.df.get
+        for t in doc:
+            df[t] = get(t, 0) + 1
+        self.n += 1
+
+    def remove(self, doc: Terms) -> None:
+        df = self.df
+        for t in doc:
+            left = df[t] - 1
+            if left:
+                df[t] = left
+            else:
+                del df[t]
+        self.n -= 1
+
+    def weight(self, term: int, skip: Terms = EMPTY) -> float:
+        """log((n + 2) / (df + 1)), over the stored documents other than `skip` when given."""
+        df = self.df.get(term, 0)
+        if not skip:
+            return math.log((self.n + 2) / (df + 1))
+        return math.log((self.n + 1) / (df + 1 - (term in skip)))
+
+    def novelty(self, terms: Terms) -> float:
+        """Rarity-weighted share of `terms` no stored document holds (1.0: all new)."""
+        if not terms:
+            return 0.0
+        df, top = self.df, math.log(self.n + 2)
+        new = total = 0.0
+        for t in terms:
+            seen = df.get(t, 0)
+            if seen:
+                total += math.log((self.n + 2) / (seen + 1))
+            else:
+                new += top
+        total += new
+        return new / total if total else 0.0
+
+    def dice(self, a: Terms, b: Terms, skip: Terms = EMPTY) -> float:
+        """Weighted Dice overlap of two texts (1.0: the same words), frequencies taken over the
+        stored documents minus `skip` (the stored one being compared)."""
+        if not a or not b:
+            return 0.0
+        weight = self.weight
+        both = sum(weight(t, skip) for t in a & b)
+        if not both:
+            return 0.0
+        total = sum(weight(t, skip) for t in a) + sum(weight(t, skip) for t in b)
+        return 2 * both / total if total else 0.0
+
+
+class Corpora:
+    """The corpus of each stored list, kept up to date from one read to the next: a list read
+    again after one push (the usual case: the same run's next call) costs one document added
+    and perhaps one dropped, not a recount.  Anything else (another replica pushed, items
+    expired) is recounted.  Bounded; never shared between processes."""
+
+    def __init__(self, lexicon: Lexicon, cap: int = 4096) -> None:
+        self._lexicon = lexicon
+        self._cap = cap
+        self._memo: dict[str, tuple[list[str], list[Terms], Corpus]] = {}
+
+    def get(self, key: str, items: list[str]) -> tuple[list[Terms], Corpus]:
+        """The documents of `items` (newest first; each item ends with its encoded terms)
+        and their corpus.  The corpus is shared: read it, do not change it."""
+        memo = self._memo.get(key)
+        if memo is not None:
+            old, docs, corpus = memo
+            if items == old:
+                return docs, corpus
+            k = len(items) - 1
+            if k >= 0 and k <= len(old) and items[1:] == old[:k]:
+                for doc in docs[k:]:
+                    corpus.remove(doc)
+                docs = [self._doc(items[0]), *docs[:k]]
+                corpus.add(docs[0])
+                self._memo[key] = (items, docs, corpus)
+                return docs, corpus
+        docs = [self._doc(item) for item in items]
+        corpus = Corpus(docs)
+        if memo is None and len(self._memo) >= self._cap:
+            drop_oldest(self._memo)
+        self._memo[key] = (items, docs, corpus)
+        return docs, corpus
+
+    def _doc(self, item: str) -> Terms:
+        return self._lexicon.decode(item.rpartition("\x1f")[2])
+
+
+def parse_items(items: Sequence[str], decode: Callable[[str], Terms]) -> list[tuple[list[str], Terms]]:
+    """Stored `field\\x1f...\\x1fencoded terms` items → (fields, terms), newest first."""
+    out = []
+    for item in items:
+        fields = item.split("\x1f")
+        out.append((fields, decode(fields[-1])))
+    return out
