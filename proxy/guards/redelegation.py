@@ -1,39 +1,53 @@
 """Re-delegation (`detect: redelegation`): the same sub-goal sent again, restated, to the same
-worker while its results add nothing new: hub-and-spoke ping-pong.
+worker while its results add nothing: hub-and-spoke ping-pong.
 
     orchestrator ──"find a credible source for X"──▶ worker ──"could not find X"──▶ orchestrator
                  ──"look for another reliable source on X"──▶ worker  (delegate → return → delegate)
 
-Per scope (default: the worker within its run) one stored list holds what the worker was
-asked (instructions: its newest user messages) and what it answered (results: text outputs
-without tool calls), newest first.  An instruction restates an earlier one when their
-rarity-weighted word overlap (terms.py: URLs, numbers, ids and dates dropped, word forms
-folded; words the worker's other instructions share, such as the task's subject, weigh
-little) reaches `restated`.  Earlier instructions count only back to the last result with
-novelty >= `novelty`: progress ends a loop.
+An instruction is what an agent was just asked: its newest user message(s).  Per run (the
+conversation when there is none) one stored list holds the instructions every agent got,
+newest first, each tagged with its sub-goal: the sub-goal of the earlier instruction to the
+same agent it restates, else its own.  X restates a sub-goal G when the rarity-weighted share
+of X's words found in G's earlier instructions (to this agent) reaches `restated`.  Rarity
+is counted over the run's sub-goals, not its messages: a word every sub-goal's instructions
+use (the task's subject, "find", "source") weighs little; a word of one sub-goal (its
+entity) weighs a lot, however often that sub-goal was restated.  Words are terms.py's: URLs,
+numbers, ids and dates dropped, word forms folded.
 
-    occurrence n = 1 + earlier restated instructions since the last progress
-    n == max_repeats + 1   decided by the worker's next result: flagged when it adds little
-                           (a retried sub-goal that then succeeds is not a loop)
+    occurrence n = 1 + earlier instructions of the sub-goal to this agent (within `window`)
+    n == max_repeats + 1   decided by the agent's next result (a text answer without tool
+                           calls): acted on when it brings no progress (novelty against the
+                           run's instructions and results below `novelty`, or a report of
+                           failure: "could not find", "no luck", "does not state"...)
     n >  max_repeats + 1   acted on when the instruction arrives (on_request)
 
-Short instructions and results (fewer than `min_words` content words) are ignored; so is a
-resent request (the retry rule's business).
+A resent request (the retry rule's business) and instructions of fewer than `min_words`
+content words are ignored.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from typing import TYPE_CHECKING, Any
 
 from proxy.call import Call
 from proxy.guards.base import ALLOW, GuardDeps, Verdict
 from proxy.guards.detector import LoopDetector
-from proxy.guards.terms import Corpus, Terms, encode_terms
+from proxy.guards.terms import Terms, encode_terms
 
 if TYPE_CHECKING:
     from proxy.rules import LoopRule
 
-KEEP = 24  # instructions and results per worker looked back on
+KEEP = 48  # instructions and results of a run looked back on
+FAILED = re.compile(
+    r"\b(?:not|no|cannot|unable|failed|nothing|none|unsuccessful(?:ly)?)\b|n't\b", re.IGNORECASE
+)
+
+
+def _fields(item: str) -> list[str]:
+    """`kind, call, agent, goal|novelty, n, request, terms` of a stored item."""
+    return item.split("\x1f")
 
 
 class Redelegation(LoopDetector):
@@ -45,91 +59,103 @@ class Redelegation(LoopDetector):
         self.restated = rule.restated
         self.progress = rule.novelty
         self.min_words = rule.min_words
+        self._list_prefix = f"loop:{self.name}:redelegation:"
+
+    def list_key(self, call: Call) -> str:
+        return self._list_prefix + self.run_scope(call)
+
+    def who(self, call: Call) -> str:
+        """The agent side of the scope (the worker), `-` for scopes wider than an agent."""
+        return (call.agent or "-").replace("\x1f", " ") if self.rule.scope in ("agent_run", "agent", "thread") else "-"
 
     async def on_request(self, call: Call) -> Verdict:
         facts = self.facts(call)
         terms = facts.instruction_terms
         if len(terms) < self.min_words:
             return ALLOW
-        key, request = self.key(call), facts.request_digest
+        key, request, who = self.list_key(call), facts.request_digest, self.who(call)
         items = await self.store.recent(key)
-        if any(item.startswith("i\x1f") and item.split("\x1f", 3)[2] == request for item in items[:4]):
+        rows = [_fields(item) for item in items]
+        if any(r[0] == "i" and r[2] == who and r[5] == request for r in rows[:8]):
             return ALLOW  # a resent request
-        docs, corpus = self.corpora.get(key, items)
-        matches, returns = self._restated(terms, items, docs, corpus)
-        n = 1 + len(matches)
-        earlier = ",".join(f"{ident}:{sim:.3f}" for ident, sim in matches)
-        item = f"i\x1f{call.id}\x1f{request}\x1f{n}\x1f{earlier}\x1f{encode_terms(terms)}"
+        docs, _ = self.corpora.get(key, items)
+        goal, similarity, earlier = self._goal(terms, who, rows, docs)
+        n = 1 + len(earlier)
+        item = "\x1f".join(("i", call.id, who, goal or call.id, str(n), request, encode_terms(terms)))
         await self.store.push(key, item, keep=KEEP, ttl_s=self.window)
         if n <= self.max_repeats + 1:
             return ALLOW
-        return self._verdict(call, n, matches, returns, None)
+        return self._verdict(call, n, earlier + [call.id], similarity, None)
 
-    def _restated(
-        self, terms: Terms, items: list[str], docs: list[Terms], corpus: Corpus
-    ) -> tuple[list[tuple[str, float]], list[str]]:
-        """Earlier instructions this one restates (newest first) since the last progress, and
-        the results in between (the returns of delegate → return → delegate)."""
-        matches: list[tuple[str, float]] = []
-        returns: list[str] = []
-        for item, doc in zip(items, docs, strict=True):
-            kind, ident, value = item.split("\x1f", 3)[:3]
-            if kind == "r":
-                if float(value) >= self.progress:
-                    break
-                returns.append(ident)
+    def _goal(
+        self, terms: Terms, who: str, rows: list[list[str]], docs: list[Terms]
+    ) -> tuple[str | None, float, list[str]]:
+        """The sub-goal `terms` restates (None: a new one), how much, and its earlier
+        instructions to this agent (oldest first)."""
+        groups: dict[str, set[int]] = {}
+        mine: dict[str, set[int]] = {}
+        for row, doc in zip(rows, docs, strict=True):
+            if row[0] != "i":
                 continue
-            similarity = corpus.dice(terms, doc, skip=doc)
-            if similarity >= self.restated:
-                matches.append((ident, similarity))
-        return matches, returns
+            groups.setdefault(row[3], set()).update(doc)
+            if row[2] == who:
+                mine.setdefault(row[3], set()).update(doc)
+        if not mine:
+            return None, 0.0, []
+        df: dict[int, int] = {}
+        for union in groups.values():
+            for t in union:
+                df[t] = df.get(t, 0) + 1
+        n2 = len(groups) + 2
+        weights = {t: math.log(n2 / (df.get(t, 0) + 1)) for t in terms}
+        total = sum(weights.values()) or 1.0
+        best, score = None, 0.0
+        for goal, union in mine.items():
+            share = sum(weights[t] for t in terms & union) / total
+            if share > score:
+                best, score = goal, share
+        if best is None or score < self.restated:
+            return None, score, []
+        earlier = [row[1] for row in rows if row[0] == "i" and row[2] == who and row[3] == best]
+        return best, score, earlier[::-1]
 
     async def on_response(self, call: Call) -> Verdict:
         if call.outcome != "ok" or call.completion.tool_calls:
             return ALLOW  # a tool call is a step, not a result
-        terms = self.facts(call).output_terms
+        facts = self.facts(call)
+        terms = facts.output_terms
         if len(terms) < self.min_words:
             return ALLOW
-        key = self.key(call)
+        key, who = self.list_key(call), self.who(call)
         items = await self.store.recent(key)
         docs, corpus = self.corpora.get(key, items)
         novelty = corpus.novelty(terms) if docs else 1.0
-        await self.store.push(key, f"r\x1f{call.id}\x1f{novelty:.3f}\x1f{encode_terms(terms)}", keep=KEEP,
-                              ttl_s=self.window)
-        if not items or not items[0].startswith("i\x1f") or novelty >= self.progress:
-            return ALLOW  # only the first result after an instruction decides
-        _, ident, _, count, earlier, _ = items[0].split("\x1f")
-        n = int(count)
-        if n != self.max_repeats + 1:
-            return ALLOW  # below: tolerated; above: acted on at the request
-        matches = [(part.split(":")[0], float(part.split(":")[1])) for part in earlier.split(",") if part]
-        return self._verdict(call, n, matches, [], (ident, novelty))
+        item = "\x1f".join(("r", call.id, who, f"{novelty:.3f}", "", "", encode_terms(terms)))
+        await self.store.push(key, item, keep=KEEP, ttl_s=self.window)
+        last = next((_fields(i) for i in items if _fields(i)[2] == who), None)
+        if last is None or last[0] != "i" or int(last[4]) != self.max_repeats + 1:
+            return ALLOW  # only the first result after a first restatement decides here
+        failed = FAILED.search(call.completion.text[:2000]) is not None
+        if novelty >= self.progress and not failed:
+            return ALLOW
+        earlier = [r[1] for r in map(_fields, items) if r[0] == "i" and r[2] == who and r[3] == last[3]]
+        return self._verdict(call, int(last[4]), earlier[::-1], None, (novelty, failed))
 
     def _verdict(
-        self,
-        call: Call,
-        n: int,
-        matches: list[tuple[str, float]],
-        returns: list[str],
-        result: tuple[str, float] | None,
+        self, call: Call, n: int, calls: list[str], similarity: float | None, result: tuple[float, bool] | None
     ) -> Verdict:
-        shown = ", ".join(f"{sim:.0%}" for _, sim in matches)
         what = (
-            f"Agent '{call.agent or '?'}' has been given the same sub-goal {n} times, restated "
-            f"(word overlap {shown} with earlier instructions), while its results added little new: "
-            "a delegate → return → delegate loop"
+            f"Agent '{call.agent or '?'}' has been given the same sub-goal {n} times, restated"
+            + (f" (latest instruction {similarity:.0%} covered by earlier ones)" if similarity is not None else "")
+            + ", while its results added nothing new: a delegate → return → delegate loop"
         )
         advice = (
             "Stop re-delegating the same goal: change the approach or the worker, or report back with "
             "what is known and what is missing."
         )
-        data: dict[str, Any] = {
-            "worker": call.agent,
-            "calls": [ident for ident, _ in reversed(matches)] + [result[0] if result else call.id],
-            "similarity": [round(sim, 3) for _, sim in reversed(matches)],
-            "restated": self.restated,
-            "returns": list(reversed(returns)),
-        }
+        data: dict[str, Any] = {"worker": call.agent, "calls": calls, "restated": self.restated}
+        if similarity is not None:
+            data["similarity"] = round(similarity, 3)
         if result is not None:
-            data.update({"result_call": call.id, "result_novelty": round(result[1], 3)})
+            data.update({"result_call": call.id, "result_novelty": round(result[0], 3), "result_failed": result[1]})
         return self.graded(n, what, advice, data)

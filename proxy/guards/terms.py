@@ -154,15 +154,18 @@ class Corpus:
         return math.log((self.n + 1) / (df + 1 - (term in skip)))
 
     def novelty(self, terms: Terms) -> float:
-        """Rarity-weighted share of `terms` no stored document holds (1.0: all new)."""
+        """Rarity-weighted share of `terms` no stored document holds (1.0: all new).  Weights
+        are squared here: the words an agent repeats in every output (its own template, a
+        ledger's field names) must not outweigh the few words that carry news."""
         if not terms:
             return 0.0
-        df, top = self.df, math.log(self.n + 2)
+        df, n2 = self.df, self.n + 2
+        top = math.log(n2) ** 2
         new = total = 0.0
         for t in terms:
             seen = df.get(t, 0)
             if seen:
-                total += math.log((self.n + 2) / (seen + 1))
+                total += math.log(n2 / (seen + 1)) ** 2
             else:
                 new += top
         total += new
