@@ -10,15 +10,17 @@ newest first, each tagged with its sub-goal: the sub-goal of the earlier instruc
 same agent it restates, else its own.  X restates a sub-goal G when the rarity-weighted share
 of X's words found in G's earlier instructions (to this agent) reaches `restated`.  Rarity
 is counted over the run's sub-goals, not its messages: a word every sub-goal's instructions
-use (the task's subject, "find", "source") weighs little; a word of one sub-goal (its
-entity) weighs a lot, however often that sub-goal was restated.  Words are terms.py's: URLs,
+use (the task's subject) weighs little, a frequent English word ("find", "source") a third;
+a word of one sub-goal (its entity) weighs a lot, however often that sub-goal was restated.  Words are terms.py's: URLs,
 numbers, ids and dates dropped, word forms folded.
 
-    occurrence n = 1 + earlier instructions of the sub-goal to this agent (within `window`)
-    n == max_repeats + 1   decided by the agent's next result (a text answer without tool
-                           calls): acted on when it brings no progress (novelty against the
-                           run's instructions and results below `novelty`, or a report of
-                           failure: "could not find", "no luck", "does not state"...)
+    progress     a result (a text answer without tool calls) whose novelty against the run's
+                 instructions and results reaches `novelty` and that reports no failure
+                 ("could not find", "no luck", "does not state"...)
+    occurrence n = 1 + earlier instructions of the sub-goal to this agent since its last
+                 progress (within `window`)
+    n == max_repeats + 1   decided by the agent's next result: acted on unless it is progress
+                           (a retried sub-goal that then succeeds is not a loop)
     n >  max_repeats + 1   acted on when the instruction arrives (on_request)
 
 A resent request (the retry rule's business) and instructions of fewer than `min_words`
@@ -34,19 +36,24 @@ from typing import TYPE_CHECKING, Any
 from proxy.call import Call
 from proxy.guards.base import ALLOW, GuardDeps, Verdict
 from proxy.guards.detector import LoopDetector
-from proxy.guards.terms import Terms, encode_terms
+from proxy.guards.terms import COMMON_WEIGHT, Terms, encode_terms
 
 if TYPE_CHECKING:
     from proxy.rules import LoopRule
 
 KEEP = 48  # instructions and results of a run looked back on
-FAILED = re.compile(
-    r"\b(?:not|no|cannot|unable|failed|nothing|none|unsuccessful(?:ly)?)\b|n't\b", re.IGNORECASE
+FAILED = re.compile(  # a report that the sub-goal was not reached
+    r"\b(?:could ?n[o']t|ca ?n[o']t|unable to|not able to|failed to|no luck|no (?:information|mention|"
+    r"results?|data|record|figures?|answer)|(?:was|were|is|are) not (?:on|in|found|available|listed|"
+    r"mentioned)|(?:does|did|do) ?n[o']t (?:state|mention|contain|list|include|say|show|give|find|"
+    r"have|provide|cover)|nothing (?:about|on|relevant)|not (?:find|found|confirm))",
+    re.IGNORECASE,
 )
 
 
 def _fields(item: str) -> list[str]:
-    """`kind, call, agent, goal|novelty, n, request, terms` of a stored item."""
+    """A stored item's fields: instructions `i, call, agent, sub-goal, n, request digest, terms`,
+    results `r, call, agent, novelty, progress (1|0), "", terms`."""
     return item.split("\x1f")
 
 
@@ -60,6 +67,7 @@ class Redelegation(LoopDetector):
         self.progress = rule.novelty
         self.min_words = rule.min_words
         self._list_prefix = f"loop:{self.name}:redelegation:"
+        self.common = deps.facts.known.lexicon.common
 
     def list_key(self, call: Call) -> str:
         return self._list_prefix + self.run_scope(call)
@@ -106,8 +114,8 @@ class Redelegation(LoopDetector):
         for union in groups.values():
             for t in union:
                 df[t] = df.get(t, 0) + 1
-        n2 = len(groups) + 2
-        weights = {t: math.log(n2 / (df.get(t, 0) + 1)) for t in terms}
+        n2, common = len(groups) + 2, self.common
+        weights = {t: math.log(n2 / (df.get(t, 0) + 1)) * (COMMON_WEIGHT if t in common else 1.0) for t in terms}
         total = sum(weights.values()) or 1.0
         best, score = None, 0.0
         for goal, union in mine.items():
@@ -116,7 +124,14 @@ class Redelegation(LoopDetector):
                 best, score = goal, share
         if best is None or score < self.restated:
             return None, score, []
-        earlier = [row[1] for row in rows if row[0] == "i" and row[2] == who and row[3] == best]
+        earlier = []
+        for row in rows:
+            if row[2] != who:
+                continue
+            if row[0] == "r" and row[4] == "1":
+                break  # progress since: what came before is not this loop
+            if row[0] == "i" and row[3] == best:
+                earlier.append(row[1])
         return best, score, earlier[::-1]
 
     async def on_response(self, call: Call) -> Verdict:
@@ -129,15 +144,16 @@ class Redelegation(LoopDetector):
         key, who = self.list_key(call), self.who(call)
         items = await self.store.recent(key)
         docs, corpus = self.corpora.get(key, items)
-        novelty = corpus.novelty(terms) if docs else 1.0
-        item = "\x1f".join(("r", call.id, who, f"{novelty:.3f}", "", "", encode_terms(terms)))
+        novelty = corpus.novelty(terms, self.common) if docs else 1.0
+        failed = FAILED.search(call.completion.text[:2000]) is not None
+        progress = novelty >= self.progress and not failed
+        item = "\x1f".join(("r", call.id, who, f"{novelty:.3f}", str(int(progress)), "", encode_terms(terms)))
         await self.store.push(key, item, keep=KEEP, ttl_s=self.window)
-        last = next((_fields(i) for i in items if _fields(i)[2] == who), None)
+        if progress:
+            return ALLOW
+        last = next((row for row in map(_fields, items) if row[2] == who), None)
         if last is None or last[0] != "i" or int(last[4]) != self.max_repeats + 1:
             return ALLOW  # only the first result after a first restatement decides here
-        failed = FAILED.search(call.completion.text[:2000]) is not None
-        if novelty >= self.progress and not failed:
-            return ALLOW
         earlier = [r[1] for r in map(_fields, items) if r[0] == "i" and r[2] == who and r[3] == last[3]]
         return self._verdict(call, int(last[4]), earlier[::-1], None, (novelty, failed))
 

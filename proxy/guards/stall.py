@@ -37,6 +37,7 @@ class Stall(LoopDetector):
         self.threshold = rule.novelty
         self.min_words = rule.min_words
         self._seen_prefix = f"loop:{self.name}:stall-seen:"
+        self.common = deps.facts.known.lexicon.common
 
     async def on_response(self, call: Call) -> Verdict:
         if call.outcome != "ok":
@@ -51,7 +52,7 @@ class Stall(LoopDetector):
         if any(item.split("\x1f", 2)[1] == request for item in items[:8]):
             return ALLOW  # a resend's answer: not a new output
         docs, corpus = self.corpora.get(seen_key, items)
-        novelty = corpus.novelty(terms) if docs else 1.0
+        novelty = corpus.novelty(terms, self.common) if docs else 1.0
         await self.store.push(
             seen_key, f"{call.id}\x1f{request}\x1f{encode_terms(terms)}", keep=MEMORY, ttl_s=self.window
         )

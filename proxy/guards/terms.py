@@ -44,6 +44,39 @@ _STOP = frozenset(
     yours yourself yourselves ok okay yes""".split()
 )
 
+# Frequent English words (general usage, not any one domain): as content they weigh
+# COMMON_WEIGHT of a rare word.  The run's own frequencies do the rest, but a short run has seen too few
+# texts to learn that "find", "source" or "information" say little about which sub-goal.
+COMMON = frozenset(
+    """able accept access account across act action add address after again age ago agree ahead
+    allow almost alone along already alternative although always amount another answer anyone
+    anything appear apply approach area argue around arrive article ask attempt available avoid
+    away back bad base basic become begin behind believe best better big bit board book bring
+    build business call care carry case cause center certain chance change check choose city
+    claim clear close come common company complete consider contain continue control correct
+    cost country course cover create current data date day deal decide detail determine develop
+    different difficult direct discuss document down draft during early easy effect effort end
+    enough ensure enter entire establish even event ever every example exist expect explain fact
+    fail far feel few field figure file final find fine finish first focus follow form found free
+    full future general get give go good great group grow guess hand happen hard head hear help
+    high hold home hope hour idea identify important include increase indicate information instead
+    interest issue item job keep kind know large last late later lead learn least leave less level
+    life light likely line link list little live local long look lose lot low main major make many
+    matter mean measure meet mention method might mind miss moment money month move name near need
+    never new next note nothing number obtain offer office official often old one open order other
+    page paper part particular pass past people perhaps period person place plan point possible
+    post power present pretty probably problem process produce provide public put question quick
+    quite rather reach read ready real reason receive recent record reference relate reliable remain
+    report require research result return review right run say search second section see seem send
+    set several share short show side simple since single site small social some something soon
+    source specific start state step still stop story study sure system take talk task team tell
+    term test thing think time today together top total true try turn type under understand unit
+    use used useful using usual value various version view want way week well whole wide word work
+    world write wrong year""".split()
+)
+
+COMMON_WEIGHT = 1 / 3  # a frequent English word's weight against a rare word's
+
 
 def stem(word: str) -> str:
     """A light suffix strip ("sources" → "sourc", "searching" → "search"): restatements that
@@ -74,6 +107,7 @@ class Lexicon:
         self._texts: Generations[str, Terms] = Generations(max_chars)
         self._words: dict[str, int] = {}
         self._docs: Generations[str, Terms] = Generations(max_docs)
+        self.common = frozenset(zlib.crc32(stem(w).encode()) for w in COMMON)
 
     def terms(self, text: str) -> Terms:
         if not text:
@@ -153,21 +187,26 @@ class Corpus:
             return math.log((self.n + 2) / (df + 1))
         return math.log((self.n + 1) / (df + 1 - (term in skip)))
 
-    def novelty(self, terms: Terms) -> float:
-        """Rarity-weighted share of `terms` no stored document holds (1.0: all new).  Weights
-        are squared here: the words an agent repeats in every output (its own template, a
-        ledger's field names) must not outweigh the few words that carry news."""
+    def novelty(self, terms: Terms, common: Terms = EMPTY) -> float:
+        """Rarity-weighted share of `terms` no stored document holds (1.0: all new).  A word
+        of `common` (frequent English) weighs COMMON_WEIGHT of another.  Weights are squared
+        here: the words an agent repeats in every output (its own template, a ledger's field
+        names) must not outweigh the few words that carry news."""
         if not terms:
             return 0.0
         df, n2 = self.df, self.n + 2
         top = math.log(n2) ** 2
+        low = COMMON_WEIGHT**2
         new = total = 0.0
         for t in terms:
             seen = df.get(t, 0)
+            w = top if not seen else math.log(n2 / (seen + 1)) ** 2
+            if t in common:
+                w *= low
             if seen:
-                total += math.log(n2 / (seen + 1)) ** 2
+                total += w
             else:
-                new += top
+                new += w
         total += new
         return new / total if total else 0.0
 
