@@ -100,6 +100,12 @@ def resources(tc: ToolCall, lexicon: Lexicon) -> list[str]:
     return found
 
 
+def says_visited(text: str) -> bool:
+    """The message says its page was visited before (substring checks first: cheap)."""
+    head = text[:_SCAN]
+    return ("isited" in head or "lready" in head or "reviously" in head) and VISITED.search(head) is not None
+
+
 def named_resource(text: str) -> str:
     """The page a "previously visited" message is about: its first URL or path, else "page"."""
     head = text[:_SCAN]
@@ -136,7 +142,7 @@ class Revisit(LoopDetector):
         return self._verdict(call, n, resource, calls[::-1], "requested again by a tool call")
 
     async def on_request(self, call: Call) -> Verdict:
-        said = [m.text for m in incoming_messages(call.messages) if VISITED.search(m.text[:_SCAN])]
+        said = [m.text for m in incoming_messages(call.messages) if says_visited(m.text)]
         worst: tuple[int, str, list[str]] | None = None
         for text in said:
             resource = named_resource(text)

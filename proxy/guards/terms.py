@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import math
-import re
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Sequence
@@ -29,8 +28,7 @@ from proxy.lru import Generations, drop_oldest
 Terms = frozenset[int]
 EMPTY: Terms = frozenset()
 
-_URL = re.compile(r"(?:[a-z][a-z0-9+.-]*://|www\.)\S+", re.IGNORECASE)
-_WORD = re.compile(r"\b[a-z][a-z']*[a-z]\b")
+_PUNCT = ".,;:!?()[]{}<>\"'`*_#|~=+/\\-"
 _MAX_CHARS = 6_000  # long texts: their head and tail
 _STOP = frozenset(
     """a about above after again against all also am an and any are as at be because been before
@@ -99,6 +97,17 @@ def stem(word: str) -> str:
     return word
 
 
+def _hash(token: str) -> int:
+    """crc32 of a lower-cased token's stem, or 0 when it is no content word: URLs, numbers,
+    ids, dates, paths and anything else with a digit or a symbol inside, stop words."""
+    word = token.strip(_PUNCT)
+    if word.endswith("'s"):
+        word = word[:-2]
+    if len(word) < 3 or not word.isalpha() or word in _STOP:
+        return 0
+    return zlib.crc32(stem(word).encode()) or 1
+
+
 class Lexicon:
     """Terms of texts and decoded stored documents, remembered across calls (bounded; the
     values are those computed afresh)."""
@@ -118,22 +127,20 @@ class Lexicon:
         return found
 
     def _terms(self, text: str) -> Terms:
+        """Whitespace tokens, each looked up once in a per-process table (token → hash, or
+        0 for a token that is no content word): no regex on the hot path."""
         if len(text) > 2 * _MAX_CHARS:
             text = text[:_MAX_CHARS] + " " + text[-_MAX_CHARS:]
-        text = text.lower()
-        if "://" in text or "www." in text:
-            text = _URL.sub(" ", text)
-        words = set(_WORD.findall(text))
-        words -= _STOP
         known = self._words
-        out = []
-        for w in words:
-            h = known.get(w)
+        out = set()
+        for token in set(text.lower().split()):
+            h = known.get(token)
             if h is None:
                 if len(known) >= 200_000:
                     drop_oldest(known)
-                h = known[w] = zlib.crc32(stem(w).encode())
-            out.append(h)
+                h = known[token] = _hash(token)
+            if h:
+                out.add(h)
         return frozenset(out)
 
     def decode(self, encoded: str) -> Terms:
