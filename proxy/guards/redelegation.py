@@ -124,11 +124,13 @@ class Redelegation(LoopDetector):
         for union in groups.values():
             for t in union:
                 df[t] = df.get(t, 0) + 1
-        n2, common = len(groups) + 2, self.common
-        weights = {t: math.log(n2 / (df.get(t, 0) + 1)) * (COMMON_WEIGHT if t in common else 1.0) for t in terms}
-        total = sum(weights.values()) or 1.0
+        # Frequencies over the other sub-goals: the one compared with must not dilute its own words.
+        n1, common = len(groups) + 1, self.common
+        scale = {t: COMMON_WEIGHT if t in common else 1.0 for t in terms}
         best, score = None, 0.0
         for goal, union in mine.items():
+            weights = {t: math.log(n1 / (df.get(t, 0) - (t in union) + 1)) * scale[t] for t in terms}
+            total = sum(weights.values()) or 1.0
             share = sum(weights[t] for t in terms & union) / total
             if share > score:
                 best, score = goal, share
