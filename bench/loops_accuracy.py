@@ -370,7 +370,7 @@ def hub_revisit(rng: random.Random, run: Run) -> None:
     hub.delegate(worker, instruction(rng, goal, hub.topic))
     hub.fetch(worker, res, hub.page(words(rng, 9)))
     hub.report(worker, failure(rng, goal, words(rng, 4)))
-    for i in range(rng.randint(2, 5)):
+    for _ in range(rng.randint(2, 5)):
         again = dict(res)
         if "url" in again:
             again["url"] = vary_url(rng, again["url"])

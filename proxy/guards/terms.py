@@ -39,7 +39,7 @@ _STOP = frozenset(
     same shall she should so some such than that the their theirs them themselves then there
     these they this those through thus to too under until up upon us very via was we were what
     when where whether which while who whom whose why will with within without would yet you your
-    yours yourself yourselves ok okay yes""".split()
+    yours yourself yourselves ok okay yes""".split()  # noqa: SIM905 - a word list reads better as prose
 )
 
 # Frequent English words (general usage, not any one domain): as content they weigh
@@ -70,7 +70,7 @@ COMMON = frozenset(
     source specific start state step still stop story study sure system take talk task team tell
     term test thing think time today together top total true try turn type under understand unit
     use used useful using usual value various version view want way week well whole wide word work
-    world write wrong year""".split()
+    world write wrong year""".split()  # noqa: SIM905 - a word list reads better as prose
 )
 
 COMMON_WEIGHT = 1 / 3  # a frequent English word's weight against a rare word's
