@@ -90,3 +90,19 @@ async def test_revisits_graduate_to_deny(store: CounterStore) -> None:
         call = await turn(chain, [user(f"{i}")], tool_calls=visit("https://example.org/a", f"t{i}"))
         actions.append(flagged(call)[0]["action"] if flagged(call) else "allow")
     assert actions == ["allow", "flag", "deny"]
+
+
+async def test_an_escalate_rule_listed_first_still_fires_when_another_denies(store: CounterStore) -> None:
+    from proxy.guards import build_chain
+    from proxy.rules import RuleSet
+    from tests.guards.factory import deps, rule_from_yaml
+
+    rules = (
+        rule_from_yaml("{name: human, kind: loop, detect: revisit, max_revisits: 2, action: escalate}"),
+        rule_from_yaml("{name: stop, kind: loop, detect: revisit, max_revisits: 1, deny_after: 1, action: flag}"),
+    )
+    chain = build_chain(RuleSet(rules), deps(store))
+    for i in range(2):
+        await turn(chain, [user(f"{i}")], tool_calls=visit("https://example.org/a", f"t{i}"))
+    third = await turn(chain, [user("2")], tool_calls=visit("https://example.org/a", "t2"))
+    assert [(e["rule"], e["action"]) for e in flagged(third)] == [("human", "escalate"), ("stop", "deny")]
