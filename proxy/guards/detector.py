@@ -11,9 +11,12 @@ another's.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from proxy.call import Call
 from proxy.guards.base import ALLOW, Action, GuardDeps, RuleGuard, Verdict
@@ -63,6 +66,7 @@ class LoopDetector(RuleGuard["LoopRule"]):
         self.max_repeats = rule.max_repeats
         self._prefix = f"loop:{self.name}:{rule.detect}:"
         self._scope_of = scope_of(rule.scope)
+        self.can_deny = rule.action == "deny" or rule.deny_after is not None
 
     def conversation(self, call: Call) -> str:
         """`conv:<agent>/<digest>`: the call's own conversation, for calls lacking a scope."""
@@ -80,6 +84,27 @@ class LoopDetector(RuleGuard["LoopRule"]):
         """`loop:<rule>:<detect>:<scope value>[:<part>...]`."""
         key = self._prefix + self.scope(call)
         return f"{key}:{':'.join(parts)}" if parts else key
+
+    async def deny_next(self, call: Call, verdict: Verdict) -> Verdict:
+        """A deny reached in `on_response` (the output is already delivered): remember it, so
+        that `refused` turns down the scope's next request within `window`, and flag this call."""
+        if verdict.action != "deny":
+            return verdict
+        await self.store.push(self.key(call, "refused"), orjson.dumps(verdict.data).decode(), keep=1,
+                              ttl_s=self.window)
+        return dataclasses.replace(verdict, action="flag", reason=verdict.reason + " The next request will be refused.")
+
+    async def refused(self, call: Call) -> Verdict:
+        """`on_request`: the deny an earlier `deny_next` left for this scope, else ALLOW."""
+        if not self.can_deny:
+            return ALLOW
+        found = await self.store.recent(self.key(call, "refused"))
+        if not found:
+            return ALLOW
+        data = orjson.loads(found[0])
+        what = f"The loop {self.describe(call)} is in was refused by rule '{self.name}' (calls {', '.join(data.get('calls', []))})"
+        reason = f"{what}. {CONSEQUENCE['deny']} Stop and report back to your caller with what is known."
+        return self.verdict("deny", reason, data, code=CODE)
 
     def describe(self, call: Call) -> str:
         """Whose repetitions: `agent 'w' in run 'r1'`, or this conversation when scoped to it."""

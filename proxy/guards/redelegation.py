@@ -87,6 +87,9 @@ class Redelegation(LoopDetector):
         return (call.agent or "-").replace("\x1f", " ") if self.rule.scope in ("agent_run", "agent", "thread") else "-"
 
     async def on_request(self, call: Call) -> Verdict:
+        refused = await self.refused(call)
+        if refused.denied:
+            return refused
         facts = self.facts(call)
         terms = facts.instruction_terms
         if len(terms) < self.min_words:
@@ -167,7 +170,7 @@ class Redelegation(LoopDetector):
         if progress or last is None or last[0] != "i" or int(last[4]) != self.max_repeats + 1:
             return ALLOW  # only the first result after a first restatement decides here
         earlier = [r[1] for r in map(_fields, items) if r[0] == "i" and r[2] == who and r[3] == last[3]]
-        return self._verdict(call, int(last[4]), earlier[::-1], None, (novelty, failed))
+        return await self.deny_next(call, self._verdict(call, int(last[4]), earlier[::-1], None, (novelty, failed)))
 
     def _verdict(
         self, call: Call, n: int, calls: list[str], similarity: float | None, result: tuple[float, bool] | None

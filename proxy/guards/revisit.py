@@ -11,7 +11,8 @@ query sorted), a file path (normalised), a search query (its content words, sort
 query reworded by word order or form is the same query), else the tool's canonical arguments.
 Each resource counts the distinct calls that requested it within `window`; the
 (max_revisits+1)-th gets the rule's action.  A message saying a page was previously visited
-counts once per distinct message (it implies one earlier visit).  Tools that act (write,
+counts once per distinct message (it implies one earlier visit).  A deny reached by a tool
+call (already delivered) flags it and refuses the scope's next request.  Tools that act (write,
 click, run) request no resource.
 """
 
@@ -139,9 +140,12 @@ class Revisit(LoopDetector):
         if worst is None or worst[0] <= self.max_repeats:
             return ALLOW
         n, resource, calls = worst
-        return self._verdict(call, n, resource, calls[::-1], "requested again by a tool call")
+        return await self.deny_next(call, self._verdict(call, n, resource, calls[::-1], "requested again by a tool call"))
 
     async def on_request(self, call: Call) -> Verdict:
+        refused = await self.refused(call)
+        if refused.denied:
+            return refused
         said = [m.text for m in incoming_messages(call.messages) if says_visited(m.text)]
         worst: tuple[int, str, list[str]] | None = None
         for text in said:

@@ -7,7 +7,8 @@ An output's novelty is the rarity-weighted share of its content words (terms.py:
 numbers, ids and timestamps dropped, so a status line whose figures change is not news) that
 none of the run's last outputs held.  Outputs below `novelty` in a row within the rule's
 scope (an agent in its run, or the whole run) form a streak; the streak's (max_repeats+1)-th
-output gets the rule's action.  Short outputs ("TERMINATE", "Approved.") carry too few words
+output gets the rule's action (a deny, reached once the output is delivered, flags it and refuses
+the scope's next request).  Short outputs ("TERMINATE", "Approved.") carry too few words
 to judge and neither count nor break a streak; the answer to a resent request is the retry
 rule's business and is skipped.  Without a run, both the memory and the streak are the
 conversation's own.
@@ -39,6 +40,12 @@ class Stall(LoopDetector):
         self._seen_prefix = f"loop:{self.name}:stall-seen:"
         self.common = deps.facts.known.lexicon.common
 
+    def runs(self, hook: str) -> bool:
+        return self.can_deny if hook == "on_request" else super().runs(hook)
+
+    async def on_request(self, call: Call) -> Verdict:
+        return await self.refused(call)
+
     async def on_response(self, call: Call) -> Verdict:
         if call.outcome != "ok":
             return ALLOW
@@ -66,7 +73,7 @@ class Stall(LoopDetector):
             if float(value) >= self.threshold:
                 break
             streak.append((ident, float(value)))
-        return self._verdict(call, streak)
+        return await self.deny_next(call, self._verdict(call, streak))
 
     def _verdict(self, call: Call, streak: list[tuple[str, float]]) -> Verdict:
         n = len(streak)

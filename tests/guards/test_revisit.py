@@ -83,16 +83,17 @@ def test_normal_url_drops_tracking_and_fragment() -> None:
     assert normal_url("HTTPS://WWW.Site.com/a/?utm_medium=m&b=2&a=1#frag") == "https://site.com/a?a=1&b=2"
 
 
-async def test_revisits_graduate_to_deny(store: CounterStore) -> None:
+async def test_revisits_graduate_to_refusing_the_next_request(store: CounterStore) -> None:
     chain = chain_of(store, "{name: r, kind: loop, detect: revisit, max_revisits: 1, deny_after: 1, action: flag}")
     actions = []
-    for i in range(3):
+    for i in range(4):
         call = await turn(chain, [user(f"{i}")], tool_calls=visit("https://example.org/a", f"t{i}"))
-        actions.append(flagged(call)[0]["action"] if flagged(call) else "allow")
-    assert actions == ["allow", "flag", "deny"]
+        actions.append([(e["hook"], e["action"]) for e in flagged(call)])
+    assert actions[:3] == [[], [("response", "flag")], [("response", "flag")]]
+    assert actions[3][0] == ("request", "deny")
 
 
-async def test_an_escalate_rule_listed_first_still_fires_when_another_denies(store: CounterStore) -> None:
+async def test_an_escalate_rule_listed_first_still_fires_when_another_refuses(store: CounterStore) -> None:
     from proxy.guards import build_chain
     from proxy.rules import RuleSet
     from tests.guards.factory import deps, rule_from_yaml
@@ -105,4 +106,6 @@ async def test_an_escalate_rule_listed_first_still_fires_when_another_denies(sto
     for i in range(2):
         await turn(chain, [user(f"{i}")], tool_calls=visit("https://example.org/a", f"t{i}"))
     third = await turn(chain, [user("2")], tool_calls=visit("https://example.org/a", "t2"))
-    assert [(e["rule"], e["action"]) for e in flagged(third)] == [("human", "escalate"), ("stop", "deny")]
+    fourth = await turn(chain, [user("3")], tool_calls=visit("https://example.org/a", "t3"))
+    assert [(e["rule"], e["action"]) for e in flagged(third)] == [("human", "escalate"), ("stop", "flag")]
+    assert ("stop", "deny") in [(e["rule"], e["action"]) for e in flagged(fourth)]

@@ -69,3 +69,12 @@ async def test_runs_do_not_share_a_stall(store: CounterStore) -> None:
     await turn(chain, [user("b")], status(1), run_id="run-a")
     other = await turn(chain, [user("c")], status(2), run_id="run-b")
     assert not flagged(other)
+
+
+async def test_a_deny_reached_by_an_output_refuses_the_next_request(store: CounterStore) -> None:
+    chain = chain_of(store, STALL.replace("action: flag", "deny_after: 1, action: flag"))
+    calls = [await turn(chain, [user(f"check {i}")], status(i)) for i in range(4)]
+    assert [e["action"] for c in calls for e in flagged(c)] == ["flag", "flag"]
+    assert "next request will be refused" in flagged(calls[3])[0]["reason"]
+    nxt = await turn(chain, [user("check again")], status(9))
+    assert flagged(nxt)[0]["action"] == "deny" and flagged(nxt)[0]["hook"] == "request"
