@@ -6,8 +6,7 @@
 
     run documents (stored lists) ──Corpora──▶ Corpus: document frequencies ──▶ weight(term)
         novelty(new, corpus)      share of the new text's weight not seen before
-        dice(a, b, corpus, skip)  weighted overlap of two texts; `skip` leaves one stored
-                                  document out of the frequencies (the one compared with)
+    (redelegation.py weighs instruction words over a run's sub-goals the same way)
 
 Rare words weigh more than common ones: weight = log((n + 2) / (df + 1)) over the n documents
 the run has kept (a word every instruction of the run repeats, such as the task's subject,
@@ -21,7 +20,7 @@ import base64
 import math
 import zlib
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 
 from proxy.lru import Generations, drop_oldest
 
@@ -187,12 +186,9 @@ class Corpus:
                 del df[t]
         self.n -= 1
 
-    def weight(self, term: int, skip: Terms = EMPTY) -> float:
-        """log((n + 2) / (df + 1)), over the stored documents other than `skip` when given."""
-        df = self.df.get(term, 0)
-        if not skip:
-            return math.log((self.n + 2) / (df + 1))
-        return math.log((self.n + 1) / (df + 1 - (term in skip)))
+    def weight(self, term: int) -> float:
+        """log((n + 2) / (df + 1)): a word few stored documents hold weighs more."""
+        return math.log((self.n + 2) / (self.df.get(term, 0) + 1))
 
     def novelty(self, terms: Terms, common: Terms = EMPTY) -> float:
         """Rarity-weighted share of `terms` no stored document holds (1.0: all new).  A word
@@ -216,18 +212,6 @@ class Corpus:
                 new += w
         total += new
         return new / total if total else 0.0
-
-    def dice(self, a: Terms, b: Terms, skip: Terms = EMPTY) -> float:
-        """Weighted Dice overlap of two texts (1.0: the same words), frequencies taken over the
-        stored documents minus `skip` (the stored one being compared)."""
-        if not a or not b:
-            return 0.0
-        weight = self.weight
-        both = sum(weight(t, skip) for t in a & b)
-        if not both:
-            return 0.0
-        total = sum(weight(t, skip) for t in a) + sum(weight(t, skip) for t in b)
-        return 2 * both / total if total else 0.0
 
 
 class Corpora:
@@ -266,12 +250,3 @@ class Corpora:
 
     def _doc(self, item: str) -> Terms:
         return self._lexicon.decode(item.rpartition("\x1f")[2])
-
-
-def parse_items(items: Sequence[str], decode: Callable[[str], Terms]) -> list[tuple[list[str], Terms]]:
-    """Stored `field\\x1f...\\x1fencoded terms` items → (fields, terms), newest first."""
-    out = []
-    for item in items:
-        fields = item.split("\x1f")
-        out.append((fields, decode(fields[-1])))
-    return out
