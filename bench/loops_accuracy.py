@@ -11,7 +11,8 @@
 
 Systems: hub-and-spoke (an orchestrator writes a ledger with the next instruction; workers
 (web, file, data) get it as a new user message in their own conversation, call a fetching
-tool, then report back; the report reaches the orchestrator as a user message) and group
+tool, then report back; the report reaches the orchestrator as a user message, for half of the runs followed by a
+ledger prompt template resent every turn) and group
 chats (every agent sees the whole chat; turns are substantive or short: "TERMINATE",
 "Approved.", half of the chats have no run id, so they are scoped to their conversation).
 
@@ -243,6 +244,12 @@ class Hub:
                      Message("user", self.task)]
         self.convs = {w: [Message("system", f"You are {w}. Use your tools and report back.")] for w in self.WORKERS}
         self.tc = 0
+        # Half the orchestrators get a ledger prompt template with every report (Magentic-One style).
+        self.template = (
+            f"Recall we are working on the following request:\n{self.task}\nTo make progress, update the "
+            "ledger: is the request satisfied, are we in a loop, is progress being made, who speaks next, "
+            "with which instruction?" if rng.random() < 0.5 else ""
+        )
         self.found: list[str] = []
         self.pending: tuple[str, ...] = ()
 
@@ -276,7 +283,7 @@ class Hub:
         conv = self.convs[worker]
         self.step(worker, conv, text)
         conv.append(Message("assistant", text))
-        self.orch.append(Message("user", f"{worker}: {text}"))
+        self.orch.append(Message("user", f"{worker}: {text}" + (f"\n{self.template}" if self.template else "")))
 
     def resource(self, worker: str) -> dict[str, str]:
         rng = self.rng

@@ -45,6 +45,7 @@ _STAMP = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _SHINGLE_CHARS = 8_000  # long texts: shingles of their head and tail only
 _NORMALIZE_MAX = 65_536
+_TEMPLATE_TURNS = 8  # earlier user messages whose lines count as a framework's template
 
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 _ROLE, _TEXT, _TOOL_CALLS = attrgetter("role"), attrgetter("text"), attrgetter("tool_calls")
@@ -426,8 +427,25 @@ class CallFacts:
     @lazy
     def instruction(self) -> str:
         """The newest user message(s) after the agent's last turn: what it was just asked
-        (tool results are not instructions)."""
-        return "\n".join(m.text for m in incoming_messages(self.call.messages) if m.role == "user")
+        (tool results are not instructions), minus the lines a framework repeats verbatim in
+        every turn (a ledger prompt's template, the task restated): lines found in the
+        conversation's earlier user messages.  When every line was seen before, the whole
+        text is the instruction (the same instruction sent again)."""
+        msgs = self.call.messages
+        tail = incoming_messages(msgs)
+        new = [m.text for m in tail if m.role == "user"]
+        if not new:
+            return ""
+        text = "\n".join(new)
+        if "\n" not in text:
+            return text
+        cut = next((i for i in range(len(msgs) - 1, -1, -1) if msgs[i].role == "assistant"), -1)
+        earlier = [m.text for m in msgs[: cut + 1] if m.role == "user"][-_TEMPLATE_TURNS:]
+        if not earlier:
+            return text
+        seen = {line.strip() for t in earlier for line in t.splitlines()}
+        fresh = [line for line in text.splitlines() if line.strip() not in seen]
+        return "\n".join(fresh) if fresh else text
 
     @lazy
     def instruction_terms(self) -> Terms:

@@ -99,3 +99,19 @@ def test_failure_reports_are_recognised() -> None:
     assert reports_failure("No luck: the page covers ferries, not the census.")
     assert reports_failure("The figure was not on https://example.org/x.")
     assert not reports_failure("According to the census the population is 4,120. Request satisfied: no.")
+
+
+async def test_a_prompt_template_resent_every_turn_is_not_a_restatement(store: CounterStore) -> None:
+    chain = chain_of(store, REDELEGATION)
+    template = (
+        "Recall we are working on the following request:\nPrepare the harbor census brief for the board.\n"
+        "Answer the following questions to update the progress ledger: is the request satisfied, "
+        "are we in a loop, is progress being made, who should speak next, and with which instruction?"
+    )
+    messages: list[Message] = [system("You are the orchestrator.")]
+    calls = []
+    for i, report in enumerate(OTHER):
+        messages.append(user(f"web_surfer: {report}\n{template}"))
+        calls.append(await turn(chain, list(messages), FAILED.format(i=i), agent="orchestrator"))
+        messages.append(assistant(FAILED.format(i=i)))
+    assert not any(flagged(c) for c in calls)
