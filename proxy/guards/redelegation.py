@@ -4,7 +4,8 @@ worker while its results add nothing: hub-and-spoke ping-pong.
     orchestrator ──"find a credible source for X"──▶ worker ──"could not find X"──▶ orchestrator
                  ──"look for another reliable source on X"──▶ worker  (delegate → return → delegate)
 
-An instruction is what an agent was just asked: its newest user message(s).  Per run (the
+An instruction is what an agent was just asked: its newest user message(s), minus the lines
+its conversation already carried verbatim (a framework's prompt template resent every turn).  Per run (the
 conversation when there is none) one stored list holds the instructions every agent got,
 newest first, each tagged with its sub-goal: the sub-goal of the earlier instruction to the
 same agent it restates, else its own.  X restates a sub-goal G when the rarity-weighted share
