@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from proxy.rules import LoopRule
 
 MEMORY = 64  # outputs of a run that later outputs are compared with
+RECENT = 4  # the newest of them: seen, but not counted in how frequent a word is
 
 
 class Stall(LoopDetector):
@@ -59,7 +60,7 @@ class Stall(LoopDetector):
         if any(item.split("\x1f", 2)[1] == request for item in items[:8]):
             return ALLOW  # a resend's answer: not a new output
         docs, corpus = self.corpora.get(seen_key, items)
-        novelty = corpus.novelty(terms, self.common) if docs else 1.0
+        novelty = corpus.novelty(terms, self.common, docs[:RECENT]) if docs else 1.0
         await self.store.push(
             seen_key, f"{call.id}\x1f{request}\x1f{encode_terms(terms)}", keep=MEMORY, ttl_s=self.window
         )

@@ -20,7 +20,7 @@ import base64
 import math
 import zlib
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from proxy.lru import Generations, drop_oldest
 
@@ -190,20 +190,27 @@ class Corpus:
         """log((n + 2) / (df + 1)): a word few stored documents hold weighs more."""
         return math.log((self.n + 2) / (self.df.get(term, 0) + 1))
 
-    def novelty(self, terms: Terms, common: Terms = EMPTY) -> float:
+    def novelty(self, terms: Terms, common: Terms = EMPTY, recent: Sequence[Terms] = ()) -> float:
         """Rarity-weighted share of `terms` no stored document holds (1.0: all new).  A word
         of `common` (frequent English) weighs COMMON_WEIGHT of another.  Weights are squared
         here: the words an agent repeats in every output (its own template, a ledger's field
-        names) must not outweigh the few words that carry news."""
+        names) must not outweigh the few words that carry news.  Documents in `recent` (some
+        of the stored ones) count as seen but not towards a word's frequency: a loop's own
+        words must not become "frequent" because the loop keeps repeating them."""
         if not terms:
             return 0.0
-        df, n2 = self.df, self.n + 2
+        df, n2 = self.df, self.n + 2 - len(recent)
+        young: dict[int, int] = {}
+        for doc in recent:
+            for t in terms & doc:
+                young[t] = young.get(t, 0) + 1
         top = math.log(n2) ** 2
         low = COMMON_WEIGHT**2
         new = total = 0.0
         for t in terms:
             seen = df.get(t, 0)
-            w = top if not seen else math.log(n2 / (seen + 1)) ** 2
+            older = seen - young.get(t, 0)
+            w = top if not older else math.log(n2 / (older + 1)) ** 2
             if t in common:
                 w *= low
             if seen:

@@ -42,3 +42,12 @@ def test_frequent_english_words_count_less_as_news() -> None:
     common = corpus.novelty(lex.terms("zenrum quabel torvik find information"), lex.common)
     rare = corpus.novelty(lex.terms("zenrum quabel torvik vennix drapel"), lex.common)
     assert common < rare
+
+
+def test_recent_documents_count_as_seen_but_not_as_frequent() -> None:
+    lex = Lexicon()
+    loop = [lex.terms("revised harbor note covering the ferry concern") for _ in range(3)]
+    older = [lex.terms(f"ledger entry {w}") for w in ("alpha", "bravo", "charlie")]
+    corpus = Corpus(loop + older)
+    again = lex.terms("harbor note ferry concern attached")
+    assert corpus.novelty(again, recent=loop) < corpus.novelty(again)
