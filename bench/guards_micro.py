@@ -1,6 +1,6 @@
 """Guard evaluation micro-benchmark: what the guard chain adds to one call.
 
-    .venv/bin/python bench/guards_micro.py [--calls 3000] [--chunks 50] [--redis URL] [--turns]
+    .venv/bin/python bench/guards_micro.py [--calls 3000] [--chunks 50] [--redis URL] [--turns] [--loops]
 
 Builds a chain from 50 active rules (20 budgets in tokens and USD over every scope and
 window, 20 loop rules covering all five detectors, 10 context rules) with the in-memory
@@ -21,6 +21,10 @@ conversation of its own (topic i), so the fingerprints remembered across calls (
 history is not hashed again) barely help here: the worst case for them.  `--turns` adds the
 all-match rules over 50 conversations resent turn after turn (1 to 20 steps, 4 to 61
 messages), with and without those fingerprints.
+
+`--loops` measures what the meaning-level loop rules of rules/default.yaml (revisit,
+redelegation, stall) add: the shipped rules with and without them, alternated over 5 rounds,
+CPU per call (median of the rounds' medians) on both workloads (`default` and `resend`).
 
 Run with the garbage collector set as `interlock serve` sets it (`proxy.cli.tune_gc`).
 Target: p50 <= 0.2 ms per call with 50 rules.  `--redis` adds a run against Redis
@@ -225,6 +229,32 @@ async def run_turns(label: str, calls: int, chunks: int, *, remember: bool) -> N
     report(label, *await measure(chain, calls, chunks, resent), guards=len(chain))
 
 
+MEANING = frozenset({"revisit", "redelegation", "stall"})  # detect values of the loops-in-meaning rules
+
+
+async def cpu_per_call(ruleset: RuleSet, calls: int, history: Callable[[int], list[Message]]) -> float:
+    chain = build_chain(ruleset, make_deps(MemoryCounterStore()))
+    await measure(chain, min(300, calls), 0, history)  # warm-up
+    _, per_cpu, _ = await measure(chain, calls, 0, history)
+    return statistics.median(per_cpu)
+
+
+async def run_loops(calls: int, rounds: int = 5) -> None:
+    """The shipped rules with and without the meaning-level loop rules, alternated."""
+    shipped = load_rules(DEFAULTS)
+    without = RuleSet(tuple(r for r in shipped.rules if getattr(r, "detect", None) not in MEANING))
+    for label, history in (("12-message chat", conversation), ("small call (resend)", loadgen_history)):
+        base, full = [], []
+        for _ in range(rounds):
+            base.append(await cpu_per_call(without, calls, history))
+            full.append(await cpu_per_call(shipped, calls, history))
+        b, f = statistics.median(base), statistics.median(full)
+        print(
+            f"loops-in-meaning rules, {label:<20} cpu per call: without {b * 1e3:.3f} ms, with {f * 1e3:.3f} ms,"
+            f" added {(f - b) * 1e3:.3f} ms"
+        )
+
+
 async def drop_keys(store: RedisCounterStore, prefix: str) -> None:
     client = store._r
     keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
@@ -238,8 +268,12 @@ async def main() -> None:
     ap.add_argument("--chunks", type=int, default=50)
     ap.add_argument("--redis", help="also run against this Redis URL (keys under interlock-bench:)")
     ap.add_argument("--turns", action="store_true", help="also all-match over resent conversations")
+    ap.add_argument("--loops", action="store_true", help="only: what the loops-in-meaning rules add")
     args = ap.parse_args()
     tune_gc()
+    if args.loops:
+        await run_loops(args.calls)
+        return
     await run("memory all-match", MemoryCounterStore(), False, args.calls, args.chunks)
     await run("memory scoped", MemoryCounterStore(), True, args.calls, args.chunks)
     await run("memory rules/default", MemoryCounterStore(), None, args.calls, args.chunks)

@@ -129,7 +129,9 @@ class BudgetRule(RuleBase):
 
 class LoopRule(RuleBase):
     kind: Literal["loop"]
-    detect: Literal["retry", "tool_repeat", "no_progress", "ping_pong", "ceiling"]
+    detect: Literal[
+        "retry", "tool_repeat", "no_progress", "ping_pong", "ceiling", "revisit", "redelegation", "stall"
+    ]
     scope: Literal["thread", "agent", "agent_run", "run", "api_key", "global"] = "agent_run"
     window: Duration = "10m"
     max_repeats: int = Field(
@@ -141,6 +143,38 @@ class LoopRule(RuleBase):
     max_depth: int | None = Field(default=None, gt=0)
     max_duration: Duration | None = None
     max_tokens_per_min: int | None = Field(default=None, gt=0)
+    max_revisits: int | None = Field(
+        default=None, ge=1, description="revisit: requests of one resource tolerated (default max_repeats)"
+    )
+    restated: float = Field(
+        default=0.4,
+        gt=0,
+        le=1,
+        description="redelegation: rarity-weighted word overlap (0..1) at which an instruction restates an earlier one",
+    )
+    novelty: float = Field(
+        default=0.35,
+        gt=0,
+        le=1,
+        description="stall: share of new content (0..1) below which an output adds nothing; "
+        "redelegation: a result at or above it is progress",
+    )
+    min_words: int = Field(
+        default=6, ge=1, description="stall, redelegation: texts with fewer content words are not judged"
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_detect(self) -> LoopRule:
+        only = {
+            "max_revisits": ("revisit",),
+            "restated": ("redelegation",),
+            "novelty": ("stall", "redelegation"),
+            "min_words": ("stall", "redelegation"),
+        }
+        for name, detects in only.items():
+            if name in self.model_fields_set and self.detect not in detects:
+                raise ValueError(f"{name}: only valid with detect: {' or '.join(detects)}")
+        return self
 
     @model_validator(mode="after")
     def _ceilings(self) -> LoopRule:

@@ -6,6 +6,8 @@
       ├─ thread            agent + digest(system, first user message)
       ├─ incoming          shingle hashes of the newest non-assistant input (handoff matching)
       ├─ tool_results      fingerprints of the newest tool results (tool repeats)
+      ├─ instruction_terms content words of the newest user message(s) (re-delegation)
+      ├─ output_terms      content words of the output text (stall, re-delegation)
       └─ output_sketch     bottom-k sketch of what the model produced (no-progress, ping-pong)
          output_encoded, output_similarity(stored sketch)
 
@@ -34,6 +36,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 import orjson
 
 from proxy.call import Call, Message, ToolCall
+from proxy.guards.terms import Corpora, Lexicon, Terms
 from proxy.lru import CharLRU, Generations, drop_oldest
 
 SKETCH_K = 64
@@ -42,6 +45,7 @@ _STAMP = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _SHINGLE_CHARS = 8_000  # long texts: shingles of their head and tail only
 _NORMALIZE_MAX = 65_536
+_TEMPLATE_TURNS = 8  # earlier user messages whose lines count as a framework's template
 
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 _ROLE, _TEXT, _TOOL_CALLS = attrgetter("role"), attrgetter("text"), attrgetter("tool_calls")
@@ -250,6 +254,7 @@ class Fingerprints:
         self._normal: Generations[tuple[str, ...], str] = Generations(max_chars // 4)
         self._sketches: Generations[str, Sketch] = Generations(max_sketches)
         self._outputs: Generations[str, tuple[Sketch, str]] = Generations(max_chars // 8)
+        self.lexicon = Lexicon(max_chars // 4)
         self.continued = 0  # calls whose digests continued a known conversation
 
     def message_digests(self, call: Call) -> list[str]:
@@ -420,6 +425,42 @@ class CallFacts:
         return out
 
     @lazy
+    def instruction(self) -> str:
+        """The newest user message(s) after the agent's last turn: what it was just asked
+        (tool results are not instructions), minus the lines a framework repeats verbatim in
+        every turn (a ledger prompt's template, the task restated): lines found in the
+        conversation's earlier user messages.  When every line was seen before, the whole
+        text is the instruction (the same instruction sent again)."""
+        msgs = self.call.messages
+        tail = incoming_messages(msgs)
+        new = [m.text for m in tail if m.role == "user"]
+        if not new:
+            return ""
+        text = "\n".join(new)
+        if "\n" not in text:
+            return text
+        cut = next((i for i in range(len(msgs) - 1, -1, -1) if msgs[i].role == "assistant"), -1)
+        earlier = [m.text for m in msgs[: cut + 1] if m.role == "user"][-_TEMPLATE_TURNS:]
+        if not earlier:
+            return text
+        seen = {line.strip() for t in earlier for line in t.splitlines()}
+        fresh = [line for line in text.splitlines() if line.strip() not in seen]
+        return "\n".join(fresh) if fresh else text
+
+    @lazy
+    def instruction_terms(self) -> Terms:
+        return self.lexicon.terms(self.instruction)
+
+    @lazy
+    def output_terms(self) -> Terms:
+        """Content words of the text the model produced (tool calls are actions, not content)."""
+        return self.lexicon.terms(self.call.completion.text)
+
+    @lazy
+    def lexicon(self) -> Lexicon:
+        return self.known.lexicon if self.known is not None else Lexicon(0)
+
+    @lazy
     def output_text(self) -> str:
         c = self.call.completion
         return "\n".join(p for p in (c.text, tool_calls_text(c.tool_calls)) if p)
@@ -455,13 +496,14 @@ class FactsCache:
     """CallFacts by call id, bounded (oldest dropped), so several guards share one computation;
     `known` carries fingerprints over from call to call."""
 
-    __slots__ = ("_cap", "_items", "_last", "known")
+    __slots__ = ("_cap", "_items", "_last", "corpora", "known")
 
     def __init__(self, cap: int = 4096, known: Fingerprints | None = None) -> None:
         self._cap = cap
         self._items: dict[str, CallFacts] = {}
         self._last: CallFacts | None = None
         self.known = known if known is not None else Fingerprints()
+        self.corpora = Corpora(self.known.lexicon)
 
     def __call__(self, call: Call) -> CallFacts:
         last = self._last  # every guard of the call asks in turn: usually the same call

@@ -6,6 +6,15 @@
                                                                           on_request denies
     ping_pong    A→B→A→B handoffs carrying near-identical content        on_request
     ceiling      a run over a step, depth, duration or tokens/min cap    on_request
+    revisit      the same URL, file, query or fetch requested again      on_request, on_response
+                 (revisit.py)
+    redelegation the same sub-goal restated to the same worker, its      on_request, on_response
+                 results adding nothing (redelegation.py)
+    stall        outputs adding little not already seen in the run       on_response
+                 (stall.py)
+
+LoopDetector (detector.py) holds the shared machinery: scope keys (a call without a run is
+scoped to its conversation, never to a shared bucket) and graduated actions.
 
 Graduated: occurrences 1..max_repeats pass; the next one gets the rule's `action`; with
 `deny_after: N`, occurrences beyond max_repeats + N are denied.  Counts live in the
@@ -23,75 +32,16 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from proxy.call import Call, ToolCall
-from proxy.guards.base import ALLOW, Action, GuardDeps, RuleGuard, Verdict
+from proxy.guards.base import ALLOW, Action, GuardDeps, Verdict
+from proxy.guards.detector import CODE, CONSEQUENCE, LoopDetector
 from proxy.guards.facts import canonical_args, encode_sketch, similarity
 from proxy.guards.handoffs import Handoff
-from proxy.guards.scopes import describe_scope, scope_key_getter, scope_value
+from proxy.guards.redelegation import Redelegation
+from proxy.guards.revisit import Revisit
+from proxy.guards.stall import Stall
 
 if TYPE_CHECKING:
     from proxy.rules import LoopRule
-
-CODE = "interlock_loop_detected"
-_CONSEQUENCE = MappingProxyType(
-    {
-        "deny": "Interlock refused this request.",
-        "flag": "Interlock flagged it (not blocked).",
-        "escalate": "Interlock raised it for human review.",
-    }
-)
-
-
-class LoopDetector(RuleGuard["LoopRule"]):
-    """Shared machinery: scope keys, graduated actions, reason sentences."""
-
-    def __init__(self, rule: LoopRule, deps: GuardDeps) -> None:
-        super().__init__(rule)
-        self.store = deps.counters
-        self.facts = deps.facts
-        self.handoffs = deps.handoffs
-        self.window = rule.window_s
-        self.keep = rule.max_repeats + (rule.deny_after or 0) + 1
-        self.max_repeats = rule.max_repeats
-        self._prefix = f"loop:{self.name}:{rule.detect}:"
-        self._scope_of = None if rule.scope == "thread" else scope_key_getter(rule.scope)
-
-    def scope(self, call: Call) -> str:
-        if self._scope_of is not None:
-            return self._scope_of(call)
-        return scope_value("thread", call, thread=self.facts(call).thread, missing="-") or "-"
-
-    def key(self, call: Call, *parts: str) -> str:
-        """`loop:<rule>:<detect>:<scope value>[:<part>...]`."""
-        key = self._prefix + self.scope(call)
-        return f"{key}:{':'.join(parts)}" if parts else key
-
-    def level(self, n: int) -> Action | None:
-        """The action for the n-th occurrence (None: still tolerated)."""
-        rule = self.rule
-        if n <= rule.max_repeats:
-            return None
-        if rule.deny_after is not None and n > rule.max_repeats + rule.deny_after:
-            return "deny"
-        return rule.action
-
-    def graded(
-        self, n: int, what: str, advice: str, data: dict[str, Any], action: Action | None = None
-    ) -> Verdict:
-        action = action or self.level(n)
-        if action is None:
-            return ALLOW
-        limits = f"rule '{self.name}' allows {self.rule.max_repeats} within {self.rule.window}"
-        reason = f"{what} ({limits}). {_CONSEQUENCE[action]} {advice}"
-        full = {
-            "detect": self.rule.detect,
-            "occurrence": n,
-            "max_repeats": self.rule.max_repeats,
-            "deny_after": self.rule.deny_after,
-            "window": self.rule.window,
-            **data,
-        }
-        return self.verdict(action, reason, full, code=CODE)
-
 
 class RetryStorm(LoopDetector):
     """The same request content sent again and again."""
@@ -102,7 +52,7 @@ class RetryStorm(LoopDetector):
         if n <= self.max_repeats:
             return ALLOW
         what = (
-            f"The same request from {describe_scope(self.rule.scope, call)} has now been sent {n} times "
+            f"The same request from {self.describe(call)} has now been sent {n} times "
             f"within {self.rule.window}"
         )
         advice = "Stop retrying the same request: change it, or report the failure back to your caller."
@@ -191,7 +141,7 @@ class NoProgress(LoopDetector):
         if action is None:
             return ALLOW
         what = (
-            f"The last {n} answers of {describe_scope(self.rule.scope, call)} were near-identical "
+            f"The last {n} answers of {self.describe(call)} were near-identical "
             f"(similarity >= {self.rule.similarity:.2f}): no progress"
         )
         advice = (
@@ -287,7 +237,7 @@ class RunCeiling(LoopDetector):
         deny_after = self.rule.deny_after
         action: Action = "deny" if deny_after is not None and over > deny_after else self.rule.action
         reason = (
-            f"{what} (rule '{self.name}'). {_CONSEQUENCE[action]} Stop starting new steps: summarise "
+            f"{what} (rule '{self.name}'). {CONSEQUENCE[action]} Stop starting new steps: summarise "
             "what you have and report back to your caller."
         )
         return self.verdict(
@@ -359,6 +309,9 @@ DETECTORS: Mapping[str, type[LoopDetector]] = MappingProxyType(
         "no_progress": NoProgress,
         "ping_pong": PingPong,
         "ceiling": RunCeiling,
+        "revisit": Revisit,
+        "redelegation": Redelegation,
+        "stall": Stall,
     }
 )
 

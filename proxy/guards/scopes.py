@@ -63,32 +63,6 @@ def scope_getter(scope: str) -> Callable[[Call], str | None]:
     return value
 
 
-def scope_key_getter(scope: str) -> Callable[[Call], str]:
-    """`scope_value(scope, call, missing="-") or "-"`, resolved once, for counter keys
-    (loop detectors build one per rule and call).  `thread` needs the call's facts: not here."""
-    attr = {"run": "run_id", "agent": "agent", "api_key": "api_key_hash", "model": "model_requested"}.get(
-        scope
-    )
-    if scope == "global":
-        return lambda call: "*"
-    if scope == "agent_run":
-
-        def agent_run(call: Call) -> str:
-            v = f"{call.agent or '-'}@{call.run_id or '-'}"
-            return v if len(v) <= _MAX_VALUE else _bounded(v)
-
-        return agent_run
-    if attr is None:
-        raise ValueError(f"scope {scope!r} has no key getter")
-    get = attrgetter(attr)
-
-    def value(call: Call) -> str:
-        v = get(call) or "-"
-        return v if len(v) <= _MAX_VALUE else _bounded(v)
-
-    return value
-
-
 def describe_scope(scope: str, call: Call) -> str:
     """`run 'r1'`, `agent 'writer' in run 'r1'`, `all traffic`... for reason sentences."""
     if scope == "global":

@@ -1,0 +1,99 @@
+"""Stall (`detect: stall`): outputs that add little the run has not already seen.
+
+    on_response(call) ──output words──▶ novelty against the run's last outputs ──▶ streak
+                                        (rarity-weighted share of words never seen)   per scope
+
+An output's novelty is the rarity-weighted share of its content words (terms.py: URLs,
+numbers, ids and timestamps dropped, so a status line whose figures change is not news) that
+none of the run's last outputs held.  Outputs below `novelty` in a row within the rule's
+scope (an agent in its run, or the whole run) form a streak; the streak's (max_repeats+1)-th
+output gets the rule's action (a deny, reached once the output is delivered, flags it and refuses
+the scope's next request).  Short outputs ("TERMINATE", "Approved.") carry too few words
+to judge and neither count nor break a streak; the answer to a resent request is the retry
+rule's business and is skipped.  Without a run, both the memory and the streak are the
+conversation's own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from proxy.call import Call
+from proxy.guards.base import ALLOW, GuardDeps, Verdict
+from proxy.guards.detector import LoopDetector
+from proxy.guards.terms import encode_terms
+
+if TYPE_CHECKING:
+    from proxy.rules import LoopRule
+
+MEMORY = 64  # outputs of a run that later outputs are compared with
+RECENT = 4  # the newest of them: seen, but not counted in how frequent a word is
+
+
+class Stall(LoopDetector):
+    """Consecutive low-novelty outputs of an agent (or a run)."""
+
+    def __init__(self, rule: LoopRule, deps: GuardDeps) -> None:
+        super().__init__(rule, deps)
+        self.corpora = deps.facts.corpora
+        self.threshold = rule.novelty
+        self.min_words = rule.min_words
+        self._seen_prefix = f"loop:{self.name}:stall-seen:"
+        self.common = deps.facts.known.lexicon.common
+
+    def runs(self, hook: str) -> bool:
+        return self.can_deny if hook == "on_request" else super().runs(hook)
+
+    async def on_request(self, call: Call) -> Verdict:
+        return await self.refused(call)
+
+    async def on_response(self, call: Call) -> Verdict:
+        if call.outcome != "ok":
+            return ALLOW
+        facts = self.facts(call)
+        terms = facts.output_terms
+        if len(terms) < self.min_words:
+            return ALLOW
+        seen_key = self._seen_prefix + self.run_scope(call)
+        items = await self.store.recent(seen_key)
+        request = facts.request_digest
+        if any(item.split("\x1f", 2)[1] == request for item in items[:8]):
+            return ALLOW  # a resend's answer: not a new output
+        docs, corpus = self.corpora.get(seen_key, items)
+        novelty = corpus.novelty(terms, self.common, docs[:RECENT]) if docs else 1.0
+        await self.store.push(
+            seen_key, f"{call.id}\x1f{request}\x1f{encode_terms(terms)}", keep=MEMORY, ttl_s=self.window
+        )
+        item = f"{call.id}\x1f{novelty:.3f}"
+        previous = await self.store.push(self.key(call), item, keep=self.keep, ttl_s=self.window)
+        if novelty >= self.threshold:
+            return ALLOW
+        streak = [(call.id, novelty)]
+        for raw in previous:
+            ident, _, value = raw.partition("\x1f")
+            if float(value) >= self.threshold:
+                break
+            streak.append((ident, float(value)))
+        return await self.deny_next(call, self._verdict(call, streak))
+
+    def _verdict(self, call: Call, streak: list[tuple[str, float]]) -> Verdict:
+        n = len(streak)
+        if self.level(n) is None:
+            return ALLOW
+        streak.reverse()
+        shown = ", ".join(f"{v:.0%}" for _, v in streak)
+        what = (
+            f"The last {n} outputs of {self.describe(call)} added little that the run had not already "
+            f"seen (novelty {shown}, below {self.threshold:.0%}): a stall"
+        )
+        advice = (
+            "Stop restating what is known: change approach, or report back to your caller with what you "
+            "have and where you are stuck."
+        )
+        data = {
+            "calls": [ident for ident, _ in streak],
+            "novelty": [round(v, 3) for _, v in streak],
+            "threshold": self.threshold,
+            "scope": self.rule.scope,
+        }
+        return self.graded(n, what, advice, data)
