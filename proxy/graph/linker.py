@@ -264,8 +264,9 @@ class Linker:
         if is_selector(system):  # it carries the conversation so far, new on every turn
             ctx.segments.append(self._piece(-1, "instructions", system))
             return
-        first = ctx.ident.fingerprint not in self._scanned_prompts if not mark_prompt else None
-        if first if first is not None else self._first_sight(ctx.ident.fingerprint):
+        fp = ctx.ident.fingerprint
+        unseen = fp not in self._scanned_prompts if not mark_prompt else self._first_sight(fp)
+        if unseen:  # a prompt is scanned for handoffs once (the request path only peeks)
             ctx.segments.append(self._piece(-1, "instructions", system))
 
     def _piece(self, index: int, via: str, text: str) -> Segment:
