@@ -69,7 +69,7 @@ LIVE_FLOOR = {
     "autogen_selector": (1.0, 0.85, 0.9),
     "crewai_hierarchical": (1.0, 1.0, 1.0),
     "crewai_sequential": (1.0, 1.0, 0.95),
-    "smolagents_code": (1.0, 0.85, 0.95),
+    "smolagents_code": (1.0, 0.85, 0.9),
     "smolagents_toolcalling": (1.0, 0.8, 0.97),
 }
 
