@@ -54,6 +54,7 @@ from proxy.graph.script import (  # noqa: E402
     render,
 )
 from tests.graph.factory import call_from_exchange  # noqa: E402
+from tests.graph.metrics import ari, prf  # noqa: E402
 
 # fmt: off
 FUNCTION_WORDS = (
@@ -747,31 +748,6 @@ def _noisy(ex: Exchange, rng: random.Random, per_run: dict[str, dict[str, str]])
 
 
 # ---------------------------------------------------------------------------- metrics
-
-
-def ari(a: list[str], b: list[str]) -> float:
-    """Adjusted Rand index of two labelings of the same items."""
-    pairs = lambda n: n * (n - 1) / 2  # noqa: E731
-    table: dict[tuple[str, str], int] = {}
-    rows: dict[str, int] = {}
-    cols: dict[str, int] = {}
-    for x, y in zip(a, b, strict=True):
-        table[(x, y)] = table.get((x, y), 0) + 1
-        rows[x] = rows.get(x, 0) + 1
-        cols[y] = cols.get(y, 0) + 1
-    index = sum(pairs(n) for n in table.values())
-    sum_rows = sum(pairs(n) for n in rows.values())
-    sum_cols = sum(pairs(n) for n in cols.values())
-    expected = sum_rows * sum_cols / pairs(len(a)) if len(a) > 1 else 0.0
-    top = (sum_rows + sum_cols) / 2
-    return 1.0 if top == expected else (index - expected) / (top - expected)
-
-
-def prf(found: set[Any], truth: set[Any]) -> tuple[float, float, float]:
-    tp = len(found & truth)
-    p = tp / len(found) if found else 1.0
-    r = tp / len(truth) if truth else 1.0
-    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
 
 
 def score(results: dict[str, LinkResult], truth: Truth) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from proxy.call import Completion
 from proxy.pipeline import Pipeline
 from proxy.store.spool import Spool
 from proxy.store.writer import BatchWriter, MemorySink
+from tests.graph.factory import DRAFT, PLAN
 from tests.store.factories import make_call
 
 
@@ -43,14 +44,6 @@ async def test_small_calls_are_bounded_by_count_not_bytes(tmp_path: Path) -> Non
     await writer.aclose()
 
 
-PLAN = (
-    "Survey the installed base of residential heat pumps in Northern Europe and estimate the "
-    "annual unit growth since 2019 using national statistics and industry association reports."
-)
-DRAFT = (
-    "Installed heat pumps in the Nordic countries passed four million units with growth close to "
-    "twelve percent a year driven mostly by air to water systems replacing oil boilers."
-)
 
 
 async def test_calls_stored_unlinked_under_a_backlog_are_linked_once_it_drains(tmp_path: Path) -> None:

@@ -87,6 +87,7 @@ class _Ctx:
     merged: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)
+    cap: int | None = None  # characters read from each message (the request path's bound)
 
 
 class Linker:
@@ -170,6 +171,7 @@ class Linker:
         if ctx.pred is not None:  # a retry of a failed call (RunResolver answers other continuations)
             state = self.index.get_run(ctx.pred.run_id)
             return state.run_id if state is not None and self._open(state, call.started_at) else None
+        ctx.cap = _PLACE_CHARS
         self._segment(ctx, mark_prompt=False, cap=_PLACE_CHARS)
         self._find_tool_sources(ctx)
         self._find_content_sources(ctx)  # not selections: a name alone is too weak before forwarding
@@ -375,6 +377,8 @@ class Linker:
         texts = [
             ctx.atoms[seg.index].text if seg.index >= 0 else ctx.call.system or "" for seg in ctx.segments
         ]
+        if ctx.cap is not None:  # the request path read only the ends of long messages
+            texts = [t if len(t) <= ctx.cap else _ends(t, ctx.cap) for t in texts]
         return {w for text in texts for w in self.shingler.words(text)}
 
     def _eligible(self, ctx: _Ctx, rec: CallRecord) -> bool:
@@ -721,7 +725,7 @@ class _Lazy:
 def _opening(call: Call) -> tuple[str, int]:
     """(first two words, hash of the whole text) of a request's first user message."""
     text = next((m.text for m in call.messages if m.role == "user"), "")
-    return " ".join(text.lower().split()[:2]), hash(text)
+    return " ".join(text[:200].lower().split()[:2]), hash(text)
 
 
 def _ends(text: str, cap: int) -> str:

@@ -13,6 +13,16 @@ from proxy.providers.anthropic import AnthropicMessages
 from proxy.providers.base import Provider
 from proxy.providers.openai import OpenAIChat, OpenAIResponses
 
+# Texts long and specific enough to be lineage evidence (five-word shingles no other test shares).
+PLAN = (
+    "Survey the installed base of residential heat pumps in Northern Europe and estimate the "
+    "annual unit growth since 2019 using national statistics and industry association reports."
+)
+DRAFT = (
+    "Installed heat pumps in the Nordic countries passed four million units with growth close to "
+    "twelve percent a year driven mostly by air to water systems replacing oil boilers."
+)
+
 
 def _provider(api: str) -> tuple[Provider, str]:
     if api == "responses":

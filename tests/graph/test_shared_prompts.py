@@ -6,17 +6,9 @@ from __future__ import annotations
 from proxy.call import Call, Message
 from proxy.graph import Linker, MemoryLineageIndex
 from proxy.graph.identity import Identifier, stated_name
-from tests.graph.factory import make_call
+from tests.graph.factory import DRAFT, PLAN, make_call
 
 SHARED = "You are an expert assistant who can solve any task using tool calls."
-PLAN = (
-    "Survey the installed base of residential heat pumps in Northern Europe and estimate the "
-    "annual unit growth since 2019 using national statistics and industry association reports."
-)
-DRAFT = (
-    "Installed heat pumps in the Nordic countries passed four million units with growth close to "
-    "twelve percent a year driven mostly by air to water systems replacing oil boilers."
-)
 EDIT = (
     "The draft overstates the Danish figures: district heating limits heat pump uptake in cities, "
     "so the growth estimate should be split between rural and urban households before publishing."

@@ -54,6 +54,7 @@ from proxy.call import Call
 from proxy.graph import Linker, LinkResult, MemoryLineageIndex
 from proxy.providers.openai import OpenAIChat
 from tests.fake_upstream import FakeUpstream, Reply, ToolCall
+from tests.graph.metrics import ari, prf
 from tests.graph_e2e.graphs import Api
 from tests.graph_e2e.replay import request_key
 
@@ -530,29 +531,6 @@ def _distance(window: tuple[float, float] | None, t: float) -> float:
 
 
 # ----------------------------------------------------------------------------- scores
-def ari(a: list[str], b: list[str]) -> float:
-    """Adjusted Rand index of two labelings of the same items."""
-
-    def pairs(n: int) -> float:
-        return n * (n - 1) / 2
-
-    table = Counter(zip(a, b, strict=True))
-    rows, cols = Counter(a), Counter(b)
-    index = sum(pairs(n) for n in table.values())
-    sum_rows = sum(pairs(n) for n in rows.values())
-    sum_cols = sum(pairs(n) for n in cols.values())
-    expected = sum_rows * sum_cols / pairs(len(a)) if len(a) > 1 else 0.0
-    top = (sum_rows + sum_cols) / 2
-    return 1.0 if top == expected else (index - expected) / (top - expected)
-
-
-def prf(found: set[Any], truth: set[Any]) -> tuple[float, float, float]:
-    tp = len(found & truth)
-    p = tp / len(found) if found else 1.0
-    r = tp / len(truth) if truth else 1.0
-    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
-
-
 @dataclass(frozen=True)
 class Score:
     fixture: str
