@@ -122,6 +122,7 @@ class Linker:
         self._prints: dict[str, SourcePrint] = {}  # noted outputs not linked yet
         self._openings: dict[str, tuple[str, int]] = {}  # thread id → its first request's opening
         self._selections: dict[str, list[Ref]] = {}  # speaker name → selector calls that picked it
+        self._placed: dict[bytes, tuple[str | None, float]] = {}  # request chain head → (run, until)
 
     @property
     def directory(self) -> AgentDirectory:
@@ -171,6 +172,20 @@ class Linker:
         if ctx.pred is not None:  # a retry of a failed call (RunResolver answers other continuations)
             state = self.index.get_run(ctx.pred.run_id)
             return state.run_id if state is not None and self._open(state, call.started_at) else None
+        key = ctx.prefix[-1] if ctx.prefix else None
+        now = time.monotonic()
+        known = self._placed.get(key) if key is not None else None
+        if known is not None and known[1] > now:
+            return known[0]  # the same request a moment ago (a resend): the same answer
+        run = self._place(ctx)
+        if key is not None:
+            if len(self._placed) >= 4096:
+                drop_oldest(self._placed)
+            self._placed[key] = (run, now + _PLACED_S)
+        return run
+
+    def _place(self, ctx: _Ctx) -> str | None:
+        call = ctx.call
         ctx.cap = _PLACE_CHARS
         self._segment(ctx, mark_prompt=False, cap=_PLACE_CHARS)
         self._find_tool_sources(ctx)
@@ -735,6 +750,7 @@ def _ends(text: str, cap: int) -> str:
 
 _PLACE_CHARS = 8192  # characters of each message the request path shingles (bounded cost) ...
 _PLACE_MESSAGES = 8  # ... of its last messages
+_PLACED_S = 2.0  # an identical request within this long gets the same placement
 _SELECTION_S = 120.0  # a selection is taken up by the chosen speaker's next call within this
 
 
