@@ -23,6 +23,7 @@ from proxy.graph.runs import RunResolver
 from proxy.graph.threads import ChainCache
 from proxy.guards.chain import GuardChain
 from proxy.guards.counters import make_counter_store
+from proxy.labelcap import LabelCap
 from proxy.pipeline import Observer, Pipeline, RunsClosed
 from proxy.pricing import PriceTable
 from proxy.providers import Router
@@ -85,7 +86,7 @@ class Runtime:
         self.tokens = self._token_counter()
         self.rules = await self._rules()
         await self._graph()
-        self.metrics = Metrics(self)
+        self.metrics = Metrics(self, LabelCap(s.metric_label_limit))
         self.escalations = Escalations.from_runtime(self, sync_s=s.escalation_sync_s)
         await self.escalations.start()  # reloads open escalations, re-arms clocks and holds
         observers: list[Observer] = [self.metrics.on_recorded, self.escalations.observe]

@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     # Who may read /metrics without the admin token: everyone, loopback clients (a local
     # Prometheus), or nobody (then it is guarded like /api).
     metrics_public: Literal["loopback", "true", "false"] = "loopback"
+    # Distinct values exported per client-chosen metric label (agent, model); later ones read `other`.
+    metric_label_limit: int = Field(500, ge=1)
     redis_url: str | None = None
     otlp_endpoint: str | None = None
 

@@ -10,12 +10,18 @@ Two moments feed it:
   in `Histogram`, rendered next to the SDK's instruments);
 - `on_recorded` in the pipeline worker, after the graph resolved the agent (counters).
 Writer, pipeline and rules state are read by observable gauges at scrape time.
+
+Client-chosen label values (agent, model) pass through a `LabelCap`: past
+INTERLOCK_METRIC_LABEL_LIMIT distinct values per label, new ones read `other`
+(`interlock_metric_label_overflow_total{label}`).  `/metrics` renders in a worker thread
+(`SharedRender`), so a large scrape does not stall the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +33,7 @@ from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from proxy.call import Call
+from proxy.labelcap import LabelCap
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
@@ -84,11 +91,39 @@ def _op_name(call: Call) -> str:
         call.operation, call.operation)
 
 
+class SharedRender:
+    """Runs a render in a worker thread; scrapes that arrive while one runs share its bytes.
+
+    Awaited on the event loop.  The render only reads (atomic `list()` copies of the series,
+    see `Histogram.family`), so the loop keeps writing meanwhile.  A scrape that is cancelled
+    (client gone) does not cancel the shared render.
+    """
+
+    def __init__(self, render: Callable[[], bytes]) -> None:
+        self._render = render
+        self._pending: asyncio.Task[bytes] | None = None
+
+    async def __call__(self) -> bytes:
+        task = self._pending
+        if task is None:
+            task = self._pending = asyncio.create_task(asyncio.to_thread(self._render), name="interlock-metrics")
+            task.add_done_callback(self._done)
+        return await asyncio.shield(task)
+
+    def _done(self, task: asyncio.Task[bytes]) -> None:
+        if self._pending is task:
+            self._pending = None
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every waiter may have gone
+
+
 class Metrics:
     """One MeterProvider per runtime, with its own Prometheus registry (no global state)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, labels: LabelCap) -> None:
         self.runtime = runtime
+        self.labels = labels
+        self.scrape = SharedRender(self.render)
         self.registry = CollectorRegistry(auto_describe=True)
         self.reader = PrometheusMetricReader(registry=self.registry)
         self.provider = MeterProvider(metric_readers=[self.reader])
@@ -137,6 +172,9 @@ class Metrics:
                                   description="Trace exporter: buffered, queued, exported and dropped runs/spans")
         m.create_observable_gauge("interlock.rules.state", callbacks=[self._rules_state], unit="1",
                                   description="Active rules and failed reloads")
+        m.create_observable_counter("interlock.metric.label.overflow", callbacks=[self._label_overflow],
+                                    unit="{value}", description="Label values reported as 'other' (past "
+                                                                "INTERLOCK_METRIC_LABEL_LIMIT), once per recorded call")
 
     # ---------------------------------------------------------------- request path
 
@@ -146,7 +184,9 @@ class Metrics:
     def observe_call(self, call: Call, elapsed_s: float) -> None:
         """End of a request (hot path).  Labels known without the graph only."""
         self.in_flight -= 1
-        key = (_op_name(call), call.provider, call.model_requested or "unknown", call.outcome or "unknown")
+        # counted once per call, in on_recorded
+        model = self.labels.value("model", call.model_requested or "unknown", count=False)
+        key = (_op_name(call), call.provider, model, call.outcome or "unknown")
         self.duration.observe(key, elapsed_s)
         if call.stream and call.first_byte_at is not None:
             self.ttfc.observe(key, max(call.first_byte_at - call.started_at, 0.0))
@@ -156,8 +196,8 @@ class Metrics:
     # ---------------------------------------------------------------- pipeline worker
 
     def on_recorded(self, call: Call, link: Any) -> None:
-        agent = (link.agent if link is not None else call.agent) or "unknown"
-        model = call.model_requested or "unknown"
+        agent = self.labels.value("agent", (link.agent if link is not None else call.agent) or "unknown")
+        model = self.labels.value("model", call.model_requested or "unknown")
         key = (agent, model, call.provider, call.outcome or "unknown")
         self._calls[key] = self._calls.get(key, 0) + 1
         u = call.usage
@@ -183,6 +223,9 @@ class Metrics:
     def _observe_verdicts(self, _: CallbackOptions) -> Iterable[Observation]:
         names = ("rule", "kind", "action", "agent")
         return [Observation(v, dict(zip(names, k, strict=True))) for k, v in list(self._verdicts.items())]
+
+    def _label_overflow(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(n, {"label": k}) for k, n in list(self.labels.overflow.items())]
 
     def _observe_in_flight(self, _: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self.in_flight)]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,8 +16,10 @@ import pytest
 from fastapi import HTTPException
 from starlette.requests import Request
 
-from proxy.api import admin_guard, metrics_guard
+from proxy.api import admin_guard, build_api, metrics_guard
+from proxy.labelcap import LabelCap
 from proxy.settings import load_settings
+from proxy.telemetry import Metrics
 from tests.fake_upstream import FakeUpstream
 from tests.proxyserver import ProxyServer
 
@@ -96,3 +102,39 @@ def test_metrics_stay_readable_on_loopback_with_a_token_set(tmp_path: Path, upst
     with ProxyServer(tmp_path, upstream.url, admin_token=TOKEN) as px:
         assert httpx.get(px.url + "/metrics").status_code == 200
         assert httpx.get(px.url + "/api/openapi.json").status_code == 401
+
+
+class SlowMetrics(Metrics):
+    """Metrics whose render takes 0.5 s and notes the thread it ran on."""
+
+    def __init__(self) -> None:
+        super().__init__(SimpleNamespace(rules=None, escalations=None, tracer=None, writer=None, pipeline=None),
+                         LabelCap(10))
+        self.threads: list[int] = []
+        self.started = threading.Event()
+
+    def render(self) -> bytes:
+        self.threads.append(threading.get_ident())
+        self.started.set()
+        time.sleep(0.5)
+        return super().render()
+
+
+@asynccontextmanager
+async def no_lifespan(_: Any) -> AsyncIterator[None]:
+    yield
+
+
+async def test_a_slow_metrics_render_runs_off_the_event_loop_and_concurrent_scrapes_share_it() -> None:
+    metrics = SlowMetrics()
+    rt = SimpleNamespace(settings=load_settings(metrics_public="true"), metrics=metrics, writer=None, relay=None)
+    transport = httpx.ASGITransport(build_api(rt, no_lifespan))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://interlock") as client:
+        scrapes = [asyncio.create_task(client.get("/metrics")) for _ in range(3)]
+        assert await asyncio.to_thread(metrics.started.wait, 5)
+        health = await client.get("/healthz")
+        assert health.status_code == 200
+        assert not any(s.done() for s in scrapes)  # answered while the render still runs
+        bodies = [(await s).text for s in scrapes]
+    assert metrics.threads != [threading.get_ident()] and len(metrics.threads) == 1
+    assert bodies[0] == bodies[1] == bodies[2] and "interlock_requests_in_flight" in bodies[0]

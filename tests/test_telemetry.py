@@ -8,12 +8,13 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.call import Call
+from proxy.labelcap import LabelCap
 from proxy.telemetry import Metrics
 
 
-def make_metrics() -> Metrics:
+def make_metrics(label_limit: int = 500) -> Metrics:
     runtime: Any = SimpleNamespace(rules=None, escalations=None, tracer=None, writer=None, pipeline=None)
-    return Metrics(runtime)
+    return Metrics(runtime, LabelCap(label_limit))
 
 
 def make_call(*, stream: bool = False, model: str = "gpt-4o", outcome: str = "ok", **kw: Any) -> Call:
@@ -87,3 +88,35 @@ def test_token_usage_by_type_agent_and_model_after_recording() -> None:
     assert by_type == {"input": ("planner", 2400), "output": ("planner", 60)}
     calls = samples(metrics, "interlock_calls")
     assert sum(v for (name, _), v in calls.items() if name.endswith("_total")) == 2
+
+
+def label_values(metrics: Metrics, label: str) -> set[str]:
+    """Every value `label` takes anywhere in the /metrics text."""
+    return {s.labels[label] for fam in text_string_to_metric_families(metrics.render().decode())
+            for s in fam.samples if label in s.labels}
+
+
+def overflow(metrics: Metrics) -> dict[str, float]:
+    return {dict(labels)["label"]: v for (name, labels), v in samples(metrics, "interlock_metric_label_overflow").items()
+            if name.endswith("_total")}
+
+
+def test_agents_past_the_label_limit_are_exported_as_other_and_counted() -> None:
+    metrics = make_metrics(label_limit=100)
+    for i in range(2000):
+        call = make_call(cost_usd=0.01, guard_events=[{"rule": "r", "kind": "loop", "action": "flag"}])
+        call.usage.input_tokens = 10
+        metrics.on_recorded(call, SimpleNamespace(agent=f"agent-{i}"))
+    agents = label_values(metrics, "agent")
+    assert len(agents) == 101 and "other" in agents
+    assert overflow(metrics) == {"agent": 1900}
+
+
+def test_a_model_past_the_label_limit_is_other_on_both_paths_and_counted_once_per_call() -> None:
+    metrics = make_metrics(label_limit=1)
+    for model in ("gpt-4o", "o3", "o4-mini"):
+        call = make_call(model=model)
+        metrics.observe_call(call, 0.01)
+        metrics.on_recorded(call, SimpleNamespace(agent="planner"))
+    assert label_values(metrics, "gen_ai_request_model") == {"gpt-4o", "other"}
+    assert overflow(metrics) == {"model": 2}
