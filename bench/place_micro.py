@@ -43,9 +43,11 @@ def chat(cid: str, system: str, user: str, output: str, at: float) -> Call:
     return call
 
 
-def cpu_us(fn: object, calls: list[Call], passes: int = 5) -> float:
+def cpu_us(fn: object, calls: list[Call], passes: int = 5, before: object = None) -> float:
     best = float("inf")
     for _ in range(passes):
+        if before is not None:
+            before()  # type: ignore[operator]
         t0 = time.process_time()
         for call in calls:
             fn(call)  # type: ignore[operator]
@@ -67,7 +69,8 @@ def main() -> None:
             chat(f"w{label}{i}", "You are the writer.", f"{filler}\n\nWrite this up:\n{plan}", "", at + 2)
             for i, plan in enumerate(plans)
         ]
-        place = cpu_us(resolver.resolve_run, workers)
+        # each pass places them anew (an identical request within 2 s would reuse its answer)
+        place = cpu_us(resolver.resolve_run, workers, before=linker._placed.clear)
         placed = sum(resolver.resolve_run(w) == p.id for w, p in zip(workers, planners, strict=True))
         note = cpu_us(resolver.note_response, planners)
         print(f"{label:>20}: place a worker's first call {place:8.1f} us  ({placed}/{len(workers)} placed "

@@ -145,11 +145,7 @@ class Pipeline:
             self.writer.submit(record)
             self.writer.submit(totals)
             self.linked_late += 1
-            for observe in self.observers:
-                try:
-                    observe(call, link)
-                except Exception:
-                    log.exception("pipeline observer %r failed", observe)
+            self._notify(call, link)
 
     def _price(self, call: Call) -> None:
         if call.cost_usd is None and call.usage.reported:
@@ -166,6 +162,9 @@ class Pipeline:
             self._count(totals, call, call.agent or "unknown", None, call.run_id, [])
         self.writer.submit(record)
         self.writer.submit(totals)
+        self._notify(call, link)
+
+    def _notify(self, call: Call, link: LinkResult | None) -> None:
         for observe in self.observers:
             try:
                 observe(call, link)

@@ -161,17 +161,18 @@ class Linker:
         )
 
     def place(self, call: Call) -> str | None:
-        """Request path, before forwarding: the open run a new conversation joins by its
-        content (a worker's first call), None when nothing places it.  Reads the index only;
-        the linker later honours the answer (Call.run_id).  Tens of microseconds for a small
-        request: one shingling of its new input and one index lookup."""
+        """Request path, before forwarding: the open run of the conversation a request continues
+        (or retries), else the run a new conversation joins by its content (a worker's first
+        call), None when nothing places it.  Reads the index only; the linker later takes the
+        answer (Call.run_id) as its lead.  A continuation costs one hash chain; a new
+        conversation also one shingling of (the ends of) its last messages and one lookup."""
         if call.operation not in LINKABLE:
             return None
         ctx = _Ctx(call, self.identifier.identify(call), threads.atoms(call.messages))
         self._find_thread(ctx)
-        if ctx.pred is not None:  # a retry of a failed call (RunResolver answers other continuations)
-            state = self.index.get_run(ctx.pred.run_id)
-            return state.run_id if state is not None and self._open(state, call.started_at) else None
+        lead = ctx.pred or next((s.ref for s in ctx.sources.values()), None)  # another agent's response id
+        if lead is not None:
+            return self._open_run(lead, call.started_at)
         key = ctx.prefix[-1] if ctx.prefix else None
         now = time.monotonic()
         known = self._placed.get(key) if key is not None else None
@@ -191,14 +192,17 @@ class Linker:
         self._find_tool_sources(ctx)
         self._find_content_sources(ctx)  # not selections: a name alone is too weak before forwarding
         for ref in self._parents(ctx):
-            if not self._places(ctx, ref):
-                continue
-            state = self.index.get_run(ref.run_id)
-            if state is None:
-                return ref.run_id  # noted a moment ago (note_output), not linked yet
-            if self._open(state, call.started_at):
-                return state.run_id
+            if self._places(ctx, ref) and (run := self._open_run(ref, call.started_at)) is not None:
+                return run
         return None
+
+    def _open_run(self, ref: Ref, at: float) -> str | None:
+        """The run of `ref` (its root) if still open; a run noted a moment ago on the request
+        path (note_response) and not linked yet counts as open."""
+        state = self.index.get_run(ref.run_id)
+        if state is None:
+            return ref.run_id if at - ref.ended_at <= self.run_idle_s else None
+        return state.run_id if self._open(state, at) else None
 
     def note_output(self, call: Call) -> None:
         """Request path, right after a response: post the output's fingerprints under the

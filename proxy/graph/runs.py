@@ -67,10 +67,10 @@ class RunResolver:
         """Run id for a request about to be forwarded, or None when only lineage can tell."""
         if call.run_hint:
             return call.run_hint
+        if self.placer is not None:  # it finds the conversation itself: one hash chain per request
+            return self.placer.place(call)
         ref = self._continued(call)
-        if ref is not None:
-            return ref.run_id if self._open(ref) else None
-        return self.placer.place(call) if self.placer is not None else None
+        return ref.run_id if ref is not None and self._open(ref) else None
 
     def note_response(self, call: Call) -> None:
         """Optional, right after a response completed: lets the next turn of this thread
@@ -82,11 +82,10 @@ class RunResolver:
         out = threads.output_atoms(call.completion)
         if not out:
             return
-        key = self.identifier.identify(call).key
-        seed = self.identifier.identify(call).seed
-        head = self.chains.chain(threads.seed(seed), threads.atoms(call.messages) + out)[-1]
+        ident = self.identifier.identify(call)
+        head = self.chains.chain(threads.seed(ident.seed), threads.atoms(call.messages) + out)[-1]
         ended = call.ended_at or self.clock()
-        ref = Ref(call.id, call.id, call.run_id, key, ended, head.hex())
+        ref = Ref(call.id, call.id, call.run_id, ident.key, ended, head.hex())
         existing = self.index.get_refs([threads.head_key(head)])[0]
         if existing is None:
             self.index.put_refs({threads.head_key(head): ref})

@@ -49,9 +49,7 @@ def scope_getter(scope: str) -> Callable[[Call], str | None]:
         return lambda call: _bounded(_run_of(call))
     if scope == "agent_run":
         return lambda call: None if call.agent is None else _bounded(f"{call.agent}@{_run_of(call)}")
-    attr = {"run": "run_id", "agent": "agent", "api_key": "api_key_hash", "model": "model_requested"}.get(
-        scope
-    )
+    attr = {"agent": "agent", "api_key": "api_key_hash", "model": "model_requested"}.get(scope)
     if attr is None:
         return lambda call: scope_value(scope, call)
     get = attrgetter(attr)
