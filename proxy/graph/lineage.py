@@ -52,7 +52,10 @@ class LineageConfig:
     place_input_share: float = 0.1
     place_hits: int = 12  # ... or this many specific fingerprints ...
     place_run: int = 5  # ... or a verbatim passage: this many consecutive specific fingerprints of the output ...
-    place_run_share: float = 0.05  # ... that are this share of the input holding them
+    place_run_share: float = 0.05  # ... that are this share of the input holding them (also for a retold part:)
+    retold_cover: float = 0.25  # a paraphrase: at least this share of a part's fingerprints present ...
+    retold_words: int = 6  # ... and of its tail signature (at least this many words) ...
+    retold_kept: float = 0.8  # ... this share of the words in the target
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,7 @@ class Lineage:
     passage: int = 0  # the longest run of consecutive output fingerprints present, none shared across runs
     handed_whole: bool = False  # all of a substantial argument string of the output, explained by it alone
     echoed: bool = False  # every hit is text the source restated from a person's input (CallRecord.echo)
+    retold: bool = False  # min_hits specific, and a part of the output restated in other words (_retold)
 
     def places(self, cfg: LineageConfig) -> bool:
         """Strong enough to put the target in the source's run: boilerplate a few runs share
@@ -103,8 +107,9 @@ class Lineage:
         if self.coverage >= cfg.place_coverage and 2 * self.specific >= self.hits:
             return True  # most of the output, and mostly what only its run holds
         part = self.part_cover >= cfg.place_part and self.input_share >= cfg.place_input_share
-        passage = self.passage >= cfg.place_run and self.input_share >= cfg.place_run_share
-        return part or passage or self.specific >= cfg.place_hits
+        substantial = self.input_share >= cfg.place_run_share
+        passage = self.passage >= cfg.place_run and substantial
+        return part or passage or (self.retold and substantial) or self.specific >= cfg.place_hits
 
     def evidence(self) -> dict[str, object]:
         ev: dict[str, object] = {
@@ -164,13 +169,33 @@ def score(
     if reason is None and _cut(record, flags, cfg, target_words):
         reason = "cut"
     via, segs = _via(owned, segments)
+    specific = len(owned) if shared is None else len(owned - shared)
     return Lineage(
         record, len(owned), coverage, reason is not None, reason, via, segs,
-        len(owned) if shared is None else len(owned - shared), _part_cover(record, flags, cfg),
+        specific, _part_cover(record, flags, cfg),
         len(owned) / max(1, sum(len(seg.hashes) for seg in segments if seg.index in segs)),
         _short_part_whole(record, flags, cfg), _passage(record, owned, shared),
         _handed_whole(record, owned, cfg), bool(record.echo) and owned <= record.echo,
+        specific >= cfg.min_hits and _retold(record, flags, cfg, target_words),
     )  # fmt: skip
+
+
+def _retold(record: CallRecord, flags: list[bool], cfg: LineageConfig, target_words: Callable[[], set[int]]) -> bool:
+    """The best-covered part is partly present and the words peculiar to its end nearly all
+    are: a paraphrase (restating loses five-word shingles, not words), where a stock phrase
+    two runs share is present whole or not at all and a coincidence keeps few of the words."""
+    best, start, at = 0.0, 0, -1
+    for i, end in enumerate(record.part_ends):
+        if end - start >= cfg.place_part_fps and (cover := sum(flags[start:end]) / (end - start)) > best:
+            best, at = cover, i
+        start = end
+    if best < cfg.retold_cover or at >= len(record.tails):
+        return False
+    words = unpack_tail(record.tails[at])
+    if len(words) < cfg.retold_words:
+        return False
+    have = target_words()
+    return sum(w in have for w in words) >= cfg.retold_kept * len(words)
 
 
 def _handed_whole(record: CallRecord, owned: set[int], cfg: LineageConfig) -> bool:
