@@ -260,23 +260,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def database_failure(args: argparse.Namespace, exc: BaseException) -> str | None:
     """One line naming the database setting, its value and why it is unusable, when `exc` is a
     failure to reach or read the database (else None: a bug, shown with its traceback)."""
-    reason = _db_reason(exc)
+    from proxy.store.db import database_failure as reason_of
+
+    reason = reason_of(exc)
     if reason is None:
         return None
     url = _settings(args).database_url if "database_url" in vars(args) else "?"
     return f"setting database_url (INTERLOCK_DATABASE_URL) has value {mask_url(url)!r}: {reason}"
 
-
-def _db_reason(exc: BaseException) -> str | None:
-    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-
-    inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    text = (str(inner).strip().splitlines() or [type(inner).__name__])[0]
-    if "no such table" in text or "does not exist" in text and "relation" in text:
-        return "the database has no Interlock tables yet; run `interlock db upgrade` first"
-    if isinstance(exc, SQLAlchemyError | OSError | TimeoutError) or type(exc).__module__.startswith("asyncpg"):
-        return f"cannot use the database ({type(inner).__name__}: {text})"
-    return None
 
 
 if __name__ == "__main__":
