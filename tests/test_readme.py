@@ -80,9 +80,19 @@ class Clone:
             if not line:
                 pytest.fail("./run.sh ended before serving:\n" + "".join(self.startup))
             self.startup.append(line)
-            if line.lstrip().startswith("next "):
+            if line.lstrip().startswith("next "):  # printed as the server starts: wait until it answers
+                self._wait_healthy(deadline)
                 return
         pytest.fail("./run.sh did not serve within 10 minutes:\n" + "".join(self.startup))
+
+    def _wait_healthy(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

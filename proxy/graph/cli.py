@@ -13,6 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
@@ -94,13 +95,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
               "http://127.0.0.1:8080/v1) and make a call, or try `interlock demo`.")
         return 0
     table = Table(title=f"last {plural(len(items), 'run')}; any unique id prefix works, "
-                        f"e.g. interlock graph {items[0]['id'][:12]}")
+                        f"e.g. interlock graph {items[0]['id'][:12]}",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)  # 80 columns show whole ids
     table.add_column("run", no_wrap=True, min_width=26)  # whole, so it can be copied
-    for col in ("status", "started", "last", "calls", "agents", "tokens", "cost $", "flags"):
-        table.add_column(col)
+    for col in ("status", "started", "calls", "tokens", "cost $"):
+        table.add_column(col, no_wrap=True, justify="right" if col in ("calls", "tokens", "cost $") else "left")
+    table.add_column("agents", overflow="fold", min_width=8)
+    table.add_column("flags", overflow="fold", min_width=8)
     for r in items:
-        table.add_row(r["id"], r["status"], str(r["started_at"])[11:19], str(r["last_at"])[11:19], str(r["calls"]),
-                      ", ".join(r.get("agents") or []), str(r["tokens"]), f"{r.get('cost_usd') or 0:.4f}",
+        table.add_row(r["id"], r["status"], str(r["started_at"])[11:19], str(r["calls"]),
+                      str(r["tokens"]), f"{r.get('cost_usd') or 0:.4f}", ", ".join(r.get("agents") or []),
                       ", ".join(r.get("flags") or []))
     Console().print(table)
     return 0
