@@ -10,6 +10,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -179,8 +180,11 @@ def test_quickstart_from_a_clean_clone(clone: Clone, upstream: FakeUpstream) -> 
 
 
 def test_demo_blocks(clone: Clone) -> None:
+    before = set(Path(tempfile.gettempdir()).glob("interlock-demo-*"))
     (demo,) = _run_block(clone, readme.named("demo")[0])
-    assert "4 runs recovered" in demo and "1 calls" not in demo
+    assert "4 runs recovered" in demo and "1 calls" not in demo and "JSON per design" not in demo
+    assert "concierge claude-haiku-4-5" in demo, "the Anthropic concierge shows a Claude model"
+    assert set(Path(tempfile.gettempdir()).glob("interlock-demo-*")) == before, "the demo left its database"
     kept_demo, runs = _run_block(clone, readme.named("demo-kept")[0])
     assert (clone.root / "demo.db").is_file() and "4 runs" in runs
 
