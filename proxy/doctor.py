@@ -78,7 +78,10 @@ async def database_check(settings: Settings) -> Check:
         return Check("FAIL", "database", f"{shown}: cannot connect ({reason})")
     finally:
         await engine.dispose()
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    try:
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    except FileNotFoundError as exc:  # an install without the repository's migrations/ beside it
+        return Check("warn", "database", f"{shown}: reachable, at revision {current or 'none'}; {exc}")
     if current != head:
         return Check("FAIL", "database", f"{shown}: reachable, at revision {current or 'none'}, latest is "
                                          f"{head}; run `interlock db upgrade`")

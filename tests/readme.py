@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -53,6 +54,12 @@ def named(name: str) -> list[Block]:
     found = [b for b in blocks() if b.name == name]
     assert found, f"README.md has no block marked <!-- readme-test: {name} -->"
     return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def build_wheels() -> Path:

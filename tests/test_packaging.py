@@ -19,7 +19,6 @@ import pytest
 from proxy.encodings import ENCODING_FILES
 from tests import readme
 from tests.fake_upstream import FakeUpstream
-from tests.test_readme import _free_port
 
 CONTEXT_RULE = "rules:\n  - {name: fits, kind: context, action: deny}\n"
 # " 7" is two o200k tokens in two characters: ~4 characters per token would count a quarter
@@ -56,7 +55,7 @@ def test_pip_install_alone_refuses_a_145k_token_request_to_a_128k_model(
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "context.yaml").write_text(CONTEXT_RULE)
     shutil.copytree(readme.ROOT / "migrations", tmp_path / "migrations")  # as the Docker image does
-    port = _free_port()
+    port = readme.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTERLOCK_")}
     env.update(INTERLOCK_UPSTREAM_OPENAI=upstream.url, INTERLOCK_PORT=str(port))
     proc = subprocess.Popen([str(installed / "bin" / "interlock"), "serve"], cwd=tmp_path, env=env,
@@ -80,7 +79,7 @@ def test_pip_install_alone_refuses_a_145k_token_request_to_a_128k_model(
 def test_a_damaged_encodings_dir_stops_the_start_saying_why(tmp_path: Path) -> None:
     (tmp_path / "o200k_base.tiktoken").write_text("not the file\n")
     env = {**os.environ, "INTERLOCK_ENCODINGS_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--port", str(_free_port())], env=env,
+    done = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--port", str(readme.free_port())], env=env,
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()

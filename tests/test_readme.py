@@ -8,7 +8,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,12 +37,6 @@ RUN_BY = {
     "dashboards": "test_dashboards_check_command",
 }
 SAMPLE_RUN = re.compile(r"graph [0-9a-f]{6,26}\b")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -124,7 +117,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream) -> I
     env = readme.offline_pip_env(wheels)
     env.update(INTERLOCK_UPSTREAM_OPENAI=upstream.url, INTERLOCK_UPSTREAM_ANTHROPIC=upstream.url,
                OPENAI_API_KEY="sk-readme", ANTHROPIC_API_KEY="sk-ant-readme")
-    served = Clone(root, _free_port(), env)
+    served = Clone(root, readme.free_port(), env)
     yield served
     served.stop()
 
