@@ -25,5 +25,5 @@ else
 fi
 step "migrating the database (interlock db upgrade)"
 .venv/bin/interlock db upgrade >&2
-step "starting the proxy (interlock serve $*); \`.venv/bin/interlock doctor\` checks the set-up"
+step "starting the proxy (interlock serve${*:+ $*}); \`.venv/bin/interlock doctor\` checks the set-up"
 exec .venv/bin/interlock serve "$@"
