@@ -89,6 +89,7 @@ class Lineage:
     input_share: float = 1.0  # hits / shingles of the input messages holding them
     short_part: bool = False  # all of one part of fewer than place_part_fps fingerprints is present
     passage: int = 0  # the longest run of consecutive output fingerprints present, none shared across runs
+    # (passage and retold are worked out only when nothing else places: see score)
     handed_whole: bool = False  # all of a substantial argument string of the output, explained by it alone
     echoed: bool = False  # every hit is text the source restated from a person's input (CallRecord.echo)
     retold: bool = False  # min_hits specific, and a part of the output restated in other words (_retold)
@@ -170,14 +171,17 @@ def score(
         reason = "cut"
     via, segs = _via(owned, segments)
     specific = len(owned) if shared is None else len(owned - shared)
-    return Lineage(
+    lin = Lineage(
         record, len(owned), coverage, reason is not None, reason, via, segs,
         specific, _part_cover(record, flags, cfg),
         len(owned) / max(1, sum(len(seg.hashes) for seg in segments if seg.index in segs)),
-        _short_part_whole(record, flags, cfg), _passage(record, owned, shared),
+        _short_part_whole(record, flags, cfg), 0,
         _handed_whole(record, owned, cfg), bool(record.echo) and owned <= record.echo,
-        specific >= cfg.min_hits and _retold(record, flags, cfg, target_words),
     )  # fmt: skip
+    if specific >= cfg.min_hits and not lin.places(cfg):  # the costlier signs, only when they decide
+        lin.passage = _passage(record, owned, shared)
+        lin.retold = not lin.places(cfg) and _retold(record, flags, cfg, target_words)
+    return lin
 
 
 def _retold(record: CallRecord, flags: list[bool], cfg: LineageConfig, target_words: Callable[[], set[int]]) -> bool:

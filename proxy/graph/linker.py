@@ -289,7 +289,7 @@ class Linker:
             atom = ctx.atoms[i]
             if atom.role != "c" and atom.text:
                 text = atom.text if cap is None or len(atom.text) <= cap else _ends(atom.text, cap)
-                ctx.segments.append(self._piece(i, _VIA[atom.role], text))
+                ctx.segments.append(self._piece(i, _VIA[atom.role], text, cap is None))
         system = ctx.call.system
         if ctx.pred is not None or not system:
             return
@@ -303,9 +303,10 @@ class Linker:
         if unseen:  # a prompt is scanned for handoffs once (the request path only peeks)
             ctx.segments.append(self._piece(-1, "instructions", system))
 
-    def _piece(self, index: int, via: str, text: str) -> Segment:
+    def _piece(self, index: int, via: str, text: str, seen: bool = True) -> Segment:
+        """`seen`: keep what a run remembers of a user message (the linker; not the request path)."""
         if len(text) < _BIG_SEGMENT:
-            return self._shingled(index, via, text)
+            return self._shingled(index, via, text, seen)
         # The same large document sent again (RAG context, retries, fan-out, a benchmark) is
         # shingled once.  Keyed without hashing it (~0.1 ms per 500 kB): a hit must be equal.
         key = (via, len(text), text[:64])
@@ -319,9 +320,9 @@ class Linker:
         self._big_pieces[key] = (text, seg)
         return seg
 
-    def _shingled(self, index: int, via: str, text: str) -> Segment:
+    def _shingled(self, index: int, via: str, text: str, seen: bool = True) -> Segment:
         exact, hashes = self.shingler.target(text)
-        return Segment(index, via, hashes, seen_keys(exact, hashes) if via == "user" else ())
+        return Segment(index, via, hashes, seen_keys(exact, hashes) if seen and via == "user" else ())
 
     def _first_sight(self, fingerprint: str) -> bool:
         seen = self._scanned_prompts
