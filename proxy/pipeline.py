@@ -9,6 +9,9 @@
                               then amended (agent, run, flags), its edges and totals written.
                               Past the lane's bound a call stays unlinked, counted (`unlinked`).
 
+Before any of this, `answered(call)` hands the call to the write-ahead log (proxy/store/wal.py),
+which has it on disk within milliseconds; the rows derived here follow it there via the writer.
+
 Linking lags under saturation and catches up after it; nothing is shed silently: `linked_late`
 and `unlinked` are exported (interlock_pipeline_state) and reported by bench/run.py.
 
@@ -43,8 +46,10 @@ class Pipeline:
                  observers: list[Observer] | None = None, on_runs_closed: list[RunsClosed] | None = None,
                  prices: Callable[[], PriceTable] | None = None,
                  maxsize: int = 10_000, max_queued_bytes: int = 128 * 1024 * 1024,
-                 close_every_s: float = 5.0, max_lagging_chars: int = 64 * 1024 * 1024) -> None:
+                 close_every_s: float = 5.0, max_lagging_chars: int = 64 * 1024 * 1024,
+                 answered: Callable[[Call], None] | None = None) -> None:
         self.writer = writer
+        self.answered = answered  # the WAL's request-path hook (proxy/store/wal.py), O(1)
         self.policy = policy
         self.max_bytes = max_bytes
         self.linker = linker
@@ -73,7 +78,10 @@ class Pipeline:
 
     def submit(self, call: Call) -> None:
         """Request path: never blocks, never raises.  Bounded in calls and in body bytes (a
-        backlog of 100k-token requests would otherwise hold gigabytes)."""
+        backlog of 100k-token requests would otherwise hold gigabytes).  The WAL logs the call
+        first, so a crash while it waits here loses nothing."""
+        if self.answered is not None:
+            self.answered(call)
         size = _body_bytes(call)
         try:
             if self.queued_bytes + size > self.max_queued_bytes and self.queued_bytes:
