@@ -122,8 +122,7 @@ class Runtime:
         s = self.settings
         if not s.wal:
             return None
-        wal = WriteAheadLog(s.wal_path, policy=s.content_policy, max_bytes=s.content_max_bytes,
-                            interval_s=s.wal_fsync_interval_ms / 1000.0)
+        wal = WriteAheadLog(s.wal_path, interval_s=s.wal_fsync_interval_ms / 1000.0)
         wal.recover(spool)
         wal.start()
         return wal

@@ -1,7 +1,7 @@
 """The write-ahead log: an answered call is on local disk within milliseconds, long before the
 database has it; what a killed process left behind is replayed at the next start.
 
-    request path   answered(call) ──┐  O(1): a deque append, no I/O, no serialising
+    request path   answered(record) ┐  O(1): a deque append, no I/O, no serialising
     pipeline       writer.submit ───┤  covers(record): the record's link rows, as a WAL entry
                                     ▼
           WAL thread: serialise ─▶ write ─▶ fsync, then sleep `interval` (group commit)
@@ -11,7 +11,7 @@ database has it; what a killed process left behind is replayed at the next start
     next start: leftover segments ─▶ Spool.adopt ─▶ replayed by the writer like any spool segment
 
 Entries are the spool's line format (one `Record` per line), so a leftover segment *is* a spool
-segment.  An answered call is logged as its unlinked row and guard events (`call_record`);
+segment.  An answered call is logged as its row and guard events (`call_record`, built once, on the loop);
 what the pipeline derives later (graph link columns and cost as `call_updates`, edges, agent and
 run totals, run merges, taint) follows it as a second entry.  Replay is idempotent: calls and
 guard events insert-or-ignore by id, edges/agents/runs upsert monotonically, updates set values.
@@ -20,7 +20,6 @@ guard events insert-or-ignore by id, edges/agents/runs upsert monotonically, upd
 from __future__ import annotations
 
 import collections
-import copy
 import heapq
 import itertools
 import logging
@@ -33,8 +32,7 @@ from typing import Any, BinaryIO, Protocol
 
 import orjson
 
-from proxy.call import Call
-from proxy.store.rows import CALL_UPDATE_COLUMNS, ContentPolicy, Record, call_record
+from proxy.store.rows import CALL_UPDATE_COLUMNS, Record
 from proxy.store.spool import Spool, lock_directory
 
 log = logging.getLogger(__name__)
@@ -47,8 +45,8 @@ class Journal(Protocol):
     """What the pipeline and the writer need from a WAL.  All methods run on the event loop's
     thread, never block, never raise."""
 
-    def answered(self, call: Call) -> None:
-        """Request path: `call` was answered; log it."""
+    def answered(self, record: Record) -> None:
+        """Request path: the call in `record` (its row and guard events) was answered; log it."""
 
     def covers(self, record: Record) -> list[int]:
         """Writer.submit: log what `record` adds; the entries it makes redundant once written."""
@@ -60,7 +58,7 @@ class Journal(Protocol):
 class NullJournal:
     """No WAL (INTERLOCK_WAL=false): nothing logged, nothing to release."""
 
-    def answered(self, call: Call) -> None:
+    def answered(self, record: Record) -> None:
         pass
 
     def covers(self, record: Record) -> list[int]:
@@ -82,11 +80,14 @@ class _Ledger:
         self._heap: list[int] = []
         self._mark = first  # the watermark as one int: the WAL thread reads it without a lock
 
-    def answered(self, call: Call) -> None:
-        """Request path: O(1); the call is copied (the pipeline later drops its bodies)."""
+    def answered(self, record: Record) -> None:
+        """Request path: O(1).  The pipeline links and writes this same record later; the WAL
+        thread serialises it whenever it gets to it (orjson holds the GIL while it encodes a
+        list, so it sees each list before or after a change, never halfway)."""
         seq = self._take()
-        self._answered[call.id] = seq
-        self._log(seq, copy.copy(call))
+        for row in record.calls:
+            self._answered[row["id"]] = seq
+        self._log(seq, record)
 
     def covers(self, record: Record) -> list[int]:
         """Log what `record` adds to the answered entries of its calls; return the seqs that
@@ -122,21 +123,19 @@ class _Ledger:
         self._mark = self._heap[0]
         return seq
 
-    def _log(self, seq: int, item: Call | Record) -> None:
+    def _log(self, seq: int, record: Record) -> None:
         raise NotImplementedError
 
 
 class MemoryJournal(_Ledger):
-    """In-memory twin for tests: entries kept as Records in a list, nothing written."""
+    """In-memory twin for tests: entries kept in a list (as JSON, like the file), nothing written."""
 
-    def __init__(self, *, policy: ContentPolicy = "full", max_bytes: int = 1 << 20) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.entries: list[tuple[int, Record]] = []
-        self._policy, self._max_bytes = policy, max_bytes
+        self.entries: list[tuple[int, dict[str, Any]]] = []
 
-    def _log(self, seq: int, item: Call | Record) -> None:
-        record = item if isinstance(item, Record) else call_record(item, policy=self._policy, max_bytes=self._max_bytes)
-        self.entries.append((seq, record))
+    def _log(self, seq: int, record: Record) -> None:
+        self.entries.append((seq, orjson.loads(_line(record))))
 
 
 def derived(record: Record, *, logged: bool) -> Record:
@@ -158,17 +157,15 @@ class WriteAheadLog(_Ledger):
     Counters: logged, fsyncs, bytes_written, errors, segments_removed; `lag_s`: age of the oldest
     entry the thread has not fsynced yet, measured at each group commit."""
 
-    def __init__(self, directory: Path, *, policy: ContentPolicy, max_bytes: int,
-                 interval_s: float = 0.005, segment_bytes: int = 8 * 1024 * 1024,
+    def __init__(self, directory: Path, *, interval_s: float = 0.005, segment_bytes: int = 8 * 1024 * 1024,
                  segment_age_s: float = 1.0) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock: BinaryIO | None = lock_directory(self.directory)
         self._leftovers = sorted(self.directory.glob(f"{_PREFIX}*.jsonl"), key=_first_seq)
         super().__init__(max((_first_seq(p) for p in self._leftovers), default=0) + 1)
-        self._policy, self._max_bytes = policy, max_bytes
         self._interval, self._segment_bytes, self._segment_age = interval_s, segment_bytes, segment_age_s
-        self._queue: collections.deque[tuple[int, float, Call | Record]] = collections.deque()
+        self._queue: collections.deque[tuple[int, float, Record]] = collections.deque()
         self._wake = threading.Event()
         self._idle = False
         self._stop = False
@@ -215,8 +212,8 @@ class WriteAheadLog(_Ledger):
         """Entries handed to the thread and not written yet."""
         return len(self._queue)
 
-    def _log(self, seq: int, item: Call | Record) -> None:
-        self._queue.append((seq, time.monotonic(), item))
+    def _log(self, seq: int, record: Record) -> None:
+        self._queue.append((seq, time.monotonic(), record))
         if self._idle:
             self._idle = False
             self._wake.set()
@@ -248,7 +245,7 @@ class WriteAheadLog(_Ledger):
         if not n:
             return
         batch = list(itertools.islice(self._queue, n))
-        data = b"".join(self._line(item) for _, _, item in batch)
+        data = b"".join(self._line(record) for _, _, record in batch)
         fd = self._open_tail(batch[0][0])
         _write_all(fd, data)
         os.fsync(fd)
@@ -260,11 +257,9 @@ class WriteAheadLog(_Ledger):
         self.bytes_written += len(data)
         self.lag_s = time.monotonic() - batch[0][1]
 
-    def _line(self, item: Call | Record) -> bytes:
+    def _line(self, record: Record) -> bytes:
         try:
-            if not isinstance(item, Record):
-                item = call_record(item, policy=self._policy, max_bytes=self._max_bytes)
-            return orjson.dumps(item.to_json(), default=str) + b"\n"
+            return _line(record)
         except Exception:  # one odd entry must not hold back the others; the writer still has it
             self.errors += 1
             log.exception("wal: could not serialise an entry; skipped")
@@ -307,6 +302,11 @@ class WriteAheadLog(_Ledger):
                 "pending": self.pending, "outstanding": self.outstanding, "segments": len(self._sealed) + (
                     self._tail is not None), "segments_removed": self.segments_removed, "errors": self.errors,
                 "lag_ms": round(self.lag_s * 1000, 1)}
+
+
+def _line(record: Record) -> bytes:
+    """The spool's line format (spool._line), so a WAL segment can be adopted as a spool segment."""
+    return orjson.dumps(record.to_json(), default=str) + b"\n"
 
 
 def _first_seq(path: Path) -> int:
