@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     # wal_fsync_interval_ms (group commit, a background thread), replayed at the next start.
     wal: bool = True
     wal_dir: Path | None = None  # default: <spool_dir>/wal
-    wal_fsync_interval_ms: float = Field(5.0, ge=0, le=100)
+    wal_fsync_interval_ms: float = Field(10.0, ge=0, le=100)
     encodings_dir: Path | None = None
 
     default_max_tokens: int = Field(4096, ge=1)

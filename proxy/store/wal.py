@@ -157,7 +157,7 @@ class WriteAheadLog(_Ledger):
     Counters: logged, fsyncs, bytes_written, errors, segments_removed; `lag_s`: age of the oldest
     entry the thread has not fsynced yet, measured at each group commit."""
 
-    def __init__(self, directory: Path, *, interval_s: float = 0.005, segment_bytes: int = 8 * 1024 * 1024,
+    def __init__(self, directory: Path, *, interval_s: float = 0.01, segment_bytes: int = 8 * 1024 * 1024,
                  segment_age_s: float = 1.0) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -236,8 +236,8 @@ class WriteAheadLog(_Ledger):
                 if not self._queue:  # an append between the check and the flag would wait 50 ms
                     self._wake.wait(0.05)
                 self._wake.clear()
-            else:
-                time.sleep(max(0.0, self._interval - (time.monotonic() - started)))
+            elif (rest := self._interval - (time.monotonic() - started)) > 0:
+                time.sleep(rest)  # (not sleep(0): every wake-up takes the GIL from the event loop)
 
     def _commit(self) -> None:
         """Serialise everything queued, write it in one call, fsync: one group commit."""
