@@ -96,7 +96,8 @@ def build_api(runtime: Runtime, lifespan: Callable[[FastAPI], AbstractAsyncConte
     async def healthz() -> JSONResponse:
         writer = runtime.writer
         body = {"status": "ok", "relay": runtime.relay is not None,
-                "writer": _writer_stats(writer) if writer is not None else None}
+                "writer": _writer_stats(writer) if writer is not None else None,
+                "wal": runtime.wal.stats() if runtime.wal is not None else None}
         return JSONResponse(body)
 
     @app.get("/metrics", dependencies=[Depends(metrics_guard(runtime))])
