@@ -203,16 +203,16 @@ def _line(record: Record) -> bytes:
     return orjson.dumps(record.to_json(), default=str) + b"\n"
 
 
-def lock_directory(directory: Path) -> BinaryIO:
-    """Hold `directory/.lock` so two processes never share a spool (they would replay and
-    delete each other's segments).  Raises SpoolBusy when another process holds it."""
+def lock_directory(directory: Path, setting: str = "spool_dir") -> BinaryIO:
+    """Hold `directory/.lock` so two processes never share a spool or a WAL (they would replay
+    and delete each other's segments).  Raises SpoolBusy when another process holds it."""
     handle = (directory / ".lock").open("ab")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         raise SpoolBusy(
-            f"spool directory {directory} is in use by another writer; give each process its own spool_dir"
+            f"{directory} is in use by another writer; give each process its own {setting}"
         ) from None
     return handle
 

@@ -161,7 +161,7 @@ class WriteAheadLog(_Ledger):
                  segment_age_s: float = 1.0) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock: BinaryIO | None = lock_directory(self.directory)
+        self._lock: BinaryIO | None = lock_directory(self.directory, "wal_dir")
         self._leftovers = sorted(self.directory.glob(f"{_PREFIX}*.jsonl"), key=_first_seq)
         super().__init__(max((_first_seq(p) for p in self._leftovers), default=0) + 1)
         self._interval, self._segment_bytes, self._segment_age = interval_s, segment_bytes, segment_age_s
