@@ -35,6 +35,7 @@ import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -121,7 +122,7 @@ class Harness:
         wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc)
         return proc
 
-    def scenario(self, *, db: str, wal: bool, seconds: float, clients: int, connections: int) -> Outcome:
+    def _setup(self, db: str, wal: bool) -> tuple[str, str, str, dict[str, str]]:
         marker = f"k9{uuid.uuid4().hex[:8]}"
         name = f"{db}-wal-{'on' if wal else 'off'}-{marker}"
         db_url = PG_URL if db == "postgres" else f"sqlite+aiosqlite:///{self.work / name}.db"
@@ -129,6 +130,40 @@ class Harness:
         env = {**os.environ, "INTERLOCK_DATABASE_URL": db_url, "INTERLOCK_UPSTREAM_OPENAI": self.upstream,
                "INTERLOCK_SPOOL_DIR": str(self.work / f"{name}-spool"), "INTERLOCK_WAL": str(wal).lower(),
                "INTERLOCK_RULES_DIR": str(self.work / "rules-empty"), "INTERLOCK_LOG_LEVEL": "warning"}
+        return marker, name, db_url, env
+
+    def cost(self, *, db: str, wal: bool, seconds: float, clients: int, connections: int) -> dict[str, Any]:
+        """Proxy CPU per request with everything recorded: the same load for `seconds`, then wait
+        until every answered call is in the database; CPU from the first request to that point.
+        (Under a kill, CPU/req flatters the WAL-off proxy: the recording it deferred never runs.)"""
+        marker, name, db_url, env = self._setup(db, wal)
+        port = free_port()
+        proxy = self.proxy(f"{name}-cost", env, port)
+        cpu0, t0 = cpu_s(proxy.pid), time.time()
+        answered = self._clients(port, marker, clients, connections, seconds)
+        load_s = max(answered.values(), default=t0) - t0
+        tags = wait_recorded(db_url, marker)
+        cpu = cpu_s(proxy.pid) - cpu0
+        proxy.send_signal(signal.SIGTERM)
+        proxy.wait(30)
+        return {"db": db, "wal": wal, "answered": len(answered), "recorded": len(set(tags) & set(answered)),
+                "rate": round(len(answered) / load_s, 1) if load_s else 0.0,
+                "cpu_ms_per_req": round(cpu * 1000 / max(1, len(answered)), 3)}
+
+    def _clients(self, port: int, marker: str, clients: int, connections: int, max_s: float) -> dict[str, float]:
+        """Run the load generators until they stop by themselves (`max_s`); their answers."""
+        files = [self.work / f"{marker}-client{i}.json" for i in range(clients)]
+        workers = [subprocess.Popen([self.python, __file__, "client", "--port", str(port), "--prefix",
+                                     f"{marker}-{i}", "--connections", str(connections), "--out", str(f),
+                                     "--max-seconds", str(max_s)], cwd=REPO) for i, f in enumerate(files)]
+        answered: dict[str, float] = {}
+        for worker, f in zip(workers, files, strict=True):
+            worker.wait(max_s + 60)
+            answered.update(json.loads(f.read_text()))
+        return answered
+
+    def scenario(self, *, db: str, wal: bool, seconds: float, clients: int, connections: int) -> Outcome:
+        marker, name, db_url, env = self._setup(db, wal)
         port = free_port()
         proxy = self.proxy(f"{name}-1", env, port)
         out = Outcome(db=db, wal=wal)
@@ -268,12 +303,12 @@ async def _client(port: int, prefix: str, connections: int, max_s: float) -> dic
 
 def client_main(args: argparse.Namespace) -> None:
     try:
-        import uvloop  # type: ignore[import-not-found,unused-ignore]
+        import uvloop
 
-        run = uvloop.run
+        uvloop.install()
     except ImportError:
-        run = asyncio.run
-    answered = run(_client(args.port, args.prefix, args.connections, args.max_seconds))
+        pass
+    answered = asyncio.run(_client(args.port, args.prefix, args.connections, args.max_seconds))
     Path(args.out).write_text(json.dumps(answered))
 
 
@@ -302,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=2, help="load-generator processes")
     parser.add_argument("--connections", type=int, default=16, help="connections per client process")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--cost", action="store_true", help="also measure CPU/req with everything recorded (no kill)")
     parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.cmd == "client":
@@ -310,17 +346,26 @@ def main(argv: list[str] | None = None) -> None:
     work = args.out or Path(tempfile.mkdtemp(prefix="kill9-"))
     harness = Harness(work)
     outcomes: list[Outcome] = []
+    costs: list[dict[str, Any]] = []
+    load = {"db": args.db, "seconds": args.seconds, "clients": args.clients, "connections": args.connections}
     try:
         for _ in range(args.rounds):
             for wal in {"on": [True], "off": [False], "both": [True, False]}[args.wal]:
-                o = harness.scenario(db=args.db, wal=wal, seconds=args.seconds, clients=args.clients,
-                                     connections=args.connections)
-                outcomes.append(o)
-                print(json.dumps(asdict(o)), flush=True)
+                outcomes.append(harness.scenario(wal=wal, **load))
+                print(json.dumps(asdict(outcomes[-1])), flush=True)
+                if args.cost:
+                    costs.append(harness.cost(wal=wal, **load))
+                    print(json.dumps(costs[-1]), flush=True)
     finally:
         harness.close()
     print(report(outcomes))
-    (work / "kill9.json").write_text(json.dumps([asdict(o) for o in outcomes], indent=1))
+    if costs:
+        print("\nCPU with everything recorded (no kill; load, then wait until all answered calls are stored):\n")
+        print("| db | WAL | answered | rate (req/s) | recorded | proxy CPU/req (ms) |\n|---|---|---|---|---|---|")
+        for c in costs:
+            print(f"| {c['db']} | {'on' if c['wal'] else 'off'} | {c['answered']} | {c['rate']:.0f} | "
+                  f"{c['recorded']} | {c['cpu_ms_per_req']:.3f} |")
+    (work / "kill9.json").write_text(json.dumps({"kill": [asdict(o) for o in outcomes], "cost": costs}, indent=1))
     print(f"work folder: {work}", file=sys.stderr)
 
 
