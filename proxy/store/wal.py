@@ -11,7 +11,8 @@ database has it; what a killed process left behind is replayed at the next start
     next start: leftover segments ─▶ Spool.adopt ─▶ replayed by the writer like any spool segment
 
 Entries are the spool's line format (one `Record` per line), so a leftover segment *is* a spool
-segment.  An answered call is logged as its row and guard events (`call_record`, built once, on the loop);
+segment.  An answered call is logged as its row and guard events (`call_record`, built once on
+the loop, shared with the pipeline);
 what the pipeline derives later (graph link columns and cost as `call_updates`, edges, agent and
 run totals, run merges, taint) follows it as a second entry.  Replay is idempotent: calls and
 guard events insert-or-ignore by id, edges/agents/runs upsert monotonically, updates set values.
@@ -71,7 +72,7 @@ class NullJournal:
 class _Ledger:
     """Sequence numbers and the low watermark (the smallest entry not yet released).  Loop thread.
 
-    `answered(call)` and `covers(record)` hand entries to `_log`; subclasses decide where they go."""
+    `answered(record)` and `covers(record)` hand entries to `_log`; subclasses decide where they go."""
 
     def __init__(self, first: int = 1) -> None:
         self.next = first
