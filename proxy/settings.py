@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     writer_flush_interval_s: float = Field(0.25, gt=0)
     writer_timeout_s: float = Field(10.0, gt=0)
     spool_dir: Path = Path("./.spool")
+    # Write-ahead log (proxy/store/wal.py): every answered call is fsynced here within about
+    # wal_fsync_interval_ms (group commit, a background thread), replayed at the next start.
+    wal: bool = True
+    wal_dir: Path | None = None  # default: <spool_dir>/wal
+    wal_fsync_interval_ms: float = Field(10.0, ge=0, le=100)
     encodings_dir: Path | None = None
 
     default_max_tokens: int = Field(4096, ge=1)
@@ -136,6 +141,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         path = Path(os.environ.get("INTERLOCK_CONFIG", "interlock.yaml"))
         return (init_settings, env_settings, _YamlSource(settings_cls, path))
+
+    @property
+    def wal_path(self) -> Path:
+        """Where the write-ahead log lives (`wal_dir`, else `<spool_dir>/wal`)."""
+        return self.wal_dir if self.wal_dir is not None else self.spool_dir / "wal"
 
     def all_upstreams(self) -> dict[str, UpstreamSpec]:
         """Named upstreams, always including `openai` and `anthropic`."""
