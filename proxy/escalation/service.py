@@ -212,6 +212,7 @@ class Escalations:
         while True:
             work = await self.queue.get()
             if work is None:
+                self.queue.task_done()
                 return
             try:
                 await self._handle(work)
@@ -220,6 +221,8 @@ class Escalations:
                 self._work_failures.failed(exc)
             else:
                 self._work_failures.succeeded()
+            finally:
+                self.queue.task_done()  # queue.join() waits for work in hand too
 
     async def _handle(self, work: _Work) -> None:
         for detection in work.detections:

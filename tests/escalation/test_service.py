@@ -50,12 +50,11 @@ def _link(call: Any, run: str = "run-1", edges: list[Any] | None = None) -> Any:
 
 
 async def _settle(svc: Escalations) -> None:
-    for _ in range(200):
-        if svc.queue.empty() and svc.notifier.queue.empty():
-            await asyncio.sleep(0.01)
-            if svc.queue.empty() and svc.notifier.queue.empty():
-                return
-        await asyncio.sleep(0.005)
+    """Every queued piece of work done, including the one in hand (an empty queue is not enough:
+    the last call may still be retrying)."""
+    for _ in range(3):  # work may queue alerts, and delivering an alert may queue more work
+        await asyncio.wait_for(svc.queue.join(), 10)
+        await asyncio.wait_for(svc.notifier.queue.join(), 10)
 
 
 async def test_open_then_ack_by_tool_result_and_notify_state(svc: Escalations) -> None:
