@@ -63,9 +63,39 @@ def reports_failure(text: str) -> bool:
 
 
 def _fields(item: str) -> list[str]:
-    """A stored item's fields: instructions `i, call, agent, sub-goal, n, request digest, terms`,
-    results `r, call, agent, novelty, progress (1|0), request digest, terms`."""
+    """A stored item's fields: instructions `i, call, agent, sub-goal, n, request digest, sender,
+    terms`; results `r, call, agent, novelty, progress (1|0), request digest, sub-goal, terms`."""
     return item.split("\x1f")
+
+
+# A word no earlier instruction or result of the run used: it cannot tell one sub-goal from
+# another, and restatements bring such words (a synonym, another kind of source), so it
+# weighs this share of a word only one sub-goal used.
+UNSEEN = 0.5
+SOURCES = 8  # the latest outputs of other agents an instruction may have come from
+CARRIED = 0.6  # share of the smaller side's words the two share: the instruction carries that output
+
+
+def sender(terms: Terms, who: str, rows: list[list[str]], docs: list[Terms]) -> str:
+    """The agent whose recent output this instruction carries (its words mostly in the output,
+    or the output's mostly in it), "" when none does: a delegation from outside."""
+    best, score, seen = "", 0.0, 0
+    for row, doc in zip(rows, docs, strict=True):
+        if row[0] != "r" or row[2] == who:
+            continue
+        share = len(terms & doc) / (min(len(terms), len(doc)) or 1)
+        if share > score:
+            best, score = row[2], share
+        seen += 1
+        if seen == SOURCES:
+            break
+    return best if score >= CARRIED else ""
+
+
+def is_return(who: str, source: str, rows: list[list[str]]) -> bool:
+    """`who` delegated to `source` earlier: what comes back from it is a return (its result),
+    not a new delegation (delegate → return → delegate: only the delegations count)."""
+    return bool(source) and any(r[0] == "i" and r[2] == source and r[6] == who for r in rows)
 
 
 class Redelegation(LoopDetector):
@@ -101,9 +131,12 @@ class Redelegation(LoopDetector):
         if any(r[0] == "i" and r[2] == who and r[5] == request for r in rows[:8]):
             return ALLOW  # a resent request
         docs, _ = self.corpora.get(key, items)
+        source = sender(terms, who, rows, docs)
+        if is_return(who, source, rows):
+            return ALLOW  # a worker's result coming back to the agent that delegated to it
         goal, similarity, earlier = self._goal(terms, who, rows, docs)
         n = 1 + len(earlier)
-        item = "\x1f".join(("i", call.id, who, goal or call.id, str(n), request, encode_terms(terms)))
+        item = "\x1f".join(("i", call.id, who, goal or call.id, str(n), request, source, encode_terms(terms)))
         await self.store.push(key, item, keep=KEEP, ttl_s=self.window)
         if n <= self.max_repeats + 1:
             return ALLOW
@@ -117,11 +150,12 @@ class Redelegation(LoopDetector):
         groups: dict[str, set[int]] = {}
         mine: dict[str, set[int]] = {}
         for row, doc in zip(rows, docs, strict=True):
-            if row[0] != "i":
-                continue
-            groups.setdefault(row[3], set()).update(doc)
+            goal = row[3] if row[0] == "i" else row[6]
+            if not goal:
+                continue  # a result with no instruction before it
+            groups.setdefault(goal, set()).update(doc)
             if row[2] == who:
-                mine.setdefault(row[3], set()).update(doc)
+                mine.setdefault(goal, set()).update(doc)
         if not mine:
             return None, 0.0, []
         df: dict[int, int] = {}
@@ -132,6 +166,9 @@ class Redelegation(LoopDetector):
         n1, common = len(groups) + 1, self.common
         scale = {t: COMMON_WEIGHT if t in common else 1.0 for t in terms}
         best, score = None, 0.0
+        for t in terms:
+            if t not in df:
+                scale[t] *= UNSEEN
         for goal, union in mine.items():
             weights = {t: math.log(n1 / (df.get(t, 0) - (t in union) + 1)) * scale[t] for t in terms}
             total = sum(weights.values()) or 1.0
@@ -166,7 +203,10 @@ class Redelegation(LoopDetector):
         novelty = corpus.novelty(terms, self.common) if docs else 1.0
         failed = reports_failure(call.completion.text)
         progress = novelty >= self.progress and not failed
-        item = "\x1f".join(("r", call.id, who, f"{novelty:.3f}", str(int(progress)), request, encode_terms(terms)))
+        goal = last[3] if last is not None and last[0] == "i" else ""
+        item = "\x1f".join(
+            ("r", call.id, who, f"{novelty:.3f}", str(int(progress)), request, goal, encode_terms(terms))
+        )
         await self.store.push(key, item, keep=KEEP, ttl_s=self.window)
         if progress or last is None or last[0] != "i" or int(last[4]) != self.max_repeats + 1:
             return ALLOW  # only the first result after a first restatement decides here
