@@ -72,6 +72,9 @@ def _fields(item: str) -> list[str]:
 # another, and restatements bring such words (a synonym, another kind of source), so it
 # weighs this share of a word only one sub-goal used.
 UNSEEN = 0.5
+# The next instruction to a worker whose last result failed is most often the same sub-goal
+# again: naming a word only that sub-goal used, it restates it at this share of `restated`.
+AFTER_FAILURE = 0.5
 SOURCES = 8  # the latest outputs of other agents an instruction may have come from
 CARRIED = 0.6  # share of the smaller side's words the two share: the instruction carries that output
 
@@ -90,6 +93,13 @@ def sender(terms: Terms, who: str, rows: list[list[str]], docs: list[Terms]) -> 
         if seen == SOURCES:
             break
     return best if score >= CARRIED else ""
+
+
+def _pending(who: str, rows: list[list[str]]) -> str:
+    """The sub-goal `who`'s latest result failed to reach ("" when that result was progress,
+    or was not a result)."""
+    last = next((r for r in rows if r[2] == who), None)
+    return last[6] if last is not None and last[0] == "r" and last[4] == "0" else ""
 
 
 def is_return(who: str, source: str, rows: list[list[str]]) -> bool:
@@ -165,18 +175,23 @@ class Redelegation(LoopDetector):
         # Frequencies over the other sub-goals: the one compared with must not dilute its own words.
         n1, common = len(groups) + 1, self.common
         scale = {t: COMMON_WEIGHT if t in common else 1.0 for t in terms}
-        best, score = None, 0.0
         for t in terms:
             if t not in df:
                 scale[t] *= UNSEEN
+        pending = _pending(who, rows)
+        best, score = None, 0.0
         for goal, union in mine.items():
             weights = {t: math.log(n1 / (df.get(t, 0) - (t in union) + 1)) * scale[t] for t in terms}
             total = sum(weights.values()) or 1.0
-            share = sum(weights[t] for t in terms & union) / total
-            if share > score:
+            shared = terms & union
+            share = sum(weights[t] for t in shared) / total
+            need = self.restated
+            if goal == pending and any(df[t] == 1 and t not in common for t in shared):
+                need *= AFTER_FAILURE  # delegate → failed return → delegate, naming the sub-goal's own words
+            if share >= need and share > score:
                 best, score = goal, share
-        if best is None or score < self.restated:
-            return None, score, []
+        if best is None:
+            return None, 0.0, []
         earlier = []
         for row in rows:
             if row[2] != who:
