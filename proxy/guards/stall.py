@@ -26,6 +26,14 @@ from proxy.guards.terms import encode_terms
 if TYPE_CHECKING:
     from proxy.rules import LoopRule
 
+class _All:
+    """Every call: the run's memory holds no output with news."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+ALL = _All()
 MEMORY = 64  # outputs of a run that later outputs are compared with
 RECENT = 4  # the newest of them: seen, but not counted in how frequent a word is
 
@@ -57,24 +65,41 @@ class Stall(LoopDetector):
         seen_key = self._seen_prefix + self.run_scope(call)
         items = await self.store.recent(seen_key)
         request = facts.request_digest
-        if any(item.split("\x1f", 2)[1] == request for item in items[:8]):
+        rows = [item.split("\x1f", 3) for item in items]
+        if any(row[1] == request for row in rows[:8]):
             return ALLOW  # a resend's answer: not a new output
         docs, corpus = self.corpora.get(seen_key, items)
-        novelty = corpus.novelty(terms, self.common, docs[:RECENT]) if docs else 1.0
+        told = facts.instruction_terms
+        novelty = corpus.novelty(terms, self.common, docs[:RECENT], told) if docs or told else 1.0
         await self.store.push(
-            seen_key, f"{call.id}\x1f{request}\x1f{encode_terms(terms)}", keep=MEMORY, ttl_s=self.window
+            seen_key, f"{call.id}\x1f{request}\x1f{novelty:.3f}\x1f{encode_terms(terms)}", keep=MEMORY,
+            ttl_s=self.window,
         )
         item = f"{call.id}\x1f{novelty:.3f}"
         previous = await self.store.push(self.key(call), item, keep=self.keep, ttl_s=self.window)
         if novelty >= self.threshold:
             return ALLOW
+        newer = self._since_news(rows)
         streak = [(call.id, novelty)]
         for raw in previous:
             ident, _, value = raw.partition("\x1f")
-            if float(value) >= self.threshold:
+            if float(value) >= self.threshold or ident not in newer:
                 break
             streak.append((ident, float(value)))
         return await self.deny_next(call, self._verdict(call, streak))
+
+    def _since_news(self, rows: list[list[str]]) -> set[str] | _All:
+        """The run's outputs since its latest one with news (any agent's): a streak does not
+        reach past it.  An agent that restated a sub-goal once, then got its answer from
+        another agent, is not stalling."""
+        newer = set()
+        for row in rows:
+            if len(row) < 4:
+                continue  # an item stored before novelty was
+            if float(row[2]) >= self.threshold:
+                return newer
+            newer.add(row[0])
+        return ALL
 
     def _verdict(self, call: Call, streak: list[tuple[str, float]]) -> Verdict:
         n = len(streak)
