@@ -34,6 +34,9 @@ class _All:
 
 
 ALL = _All()
+# An output is stale below `novelty` and news at NEWS times it.  One in between restates in
+# new words (a status line with another closing phrase): it neither extends a streak nor ends one.
+NEWS = 1.6
 MEMORY = 64  # outputs of a run that later outputs are compared with
 RECENT = 4  # the newest of them: seen, but not counted in how frequent a word is
 
@@ -45,6 +48,8 @@ class Stall(LoopDetector):
         super().__init__(rule, deps)
         self.corpora = deps.facts.corpora
         self.threshold = rule.novelty
+        self.news = min(1.0, NEWS * rule.novelty)
+        self.keep = 2 * self.keep  # outputs between stale and news sit in the streak's list
         self.min_words = rule.min_words
         self._seen_prefix = f"loop:{self.name}:stall-seen:"
         self.common = deps.facts.known.lexicon.common
@@ -83,9 +88,10 @@ class Stall(LoopDetector):
         streak = [(call.id, novelty)]
         for raw in previous:
             ident, _, value = raw.partition("\x1f")
-            if float(value) >= self.threshold or ident not in newer:
+            if float(value) >= self.news or ident not in newer:
                 break
-            streak.append((ident, float(value)))
+            if float(value) < self.threshold:
+                streak.append((ident, float(value)))
         return await self.deny_next(call, self._verdict(call, streak))
 
     def _since_news(self, rows: list[list[str]]) -> set[str] | _All:
@@ -96,7 +102,7 @@ class Stall(LoopDetector):
         for row in rows:
             if len(row) < 4:
                 continue  # an item stored before novelty was
-            if float(row[2]) >= self.threshold:
+            if float(row[2]) >= self.news:
                 return newer
             newer.add(row[0])
         return ALL
