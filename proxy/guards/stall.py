@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from proxy.call import Call
 from proxy.guards.base import ALLOW, GuardDeps, Verdict
 from proxy.guards.detector import LoopDetector
-from proxy.guards.terms import encode_terms
+from proxy.guards.terms import Terms, encode_terms
 
 if TYPE_CHECKING:
     from proxy.rules import LoopRule
@@ -37,6 +37,7 @@ ALL = _All()
 # An output is stale below `novelty` and news at NEWS times it.  One in between restates in
 # new words (a status line with another closing phrase): it neither extends a streak nor ends one.
 NEWS = 1.6
+RESTATES = 0.6  # share of an output's words found in the scope's previous output: a restatement
 MEMORY = 64  # outputs of a run that later outputs are compared with
 RECENT = 4  # the newest of them: seen, but not counted in how frequent a word is
 
@@ -80,19 +81,31 @@ class Stall(LoopDetector):
             seen_key, f"{call.id}\x1f{request}\x1f{novelty:.3f}\x1f{encode_terms(terms)}", keep=MEMORY,
             ttl_s=self.window,
         )
-        item = f"{call.id}\x1f{novelty:.3f}"
+        mine = await self.store.recent(self.key(call)) if self.threshold <= novelty < self.news else []
+        stale = novelty < self.threshold or self._restates(terms, mine, rows, docs)
+        item = f"{call.id}\x1f{novelty:.3f}\x1f{int(stale)}"
         previous = await self.store.push(self.key(call), item, keep=self.keep, ttl_s=self.window)
-        if novelty >= self.threshold:
+        if not stale:
             return ALLOW
         newer = self._since_news(rows)
         streak = [(call.id, novelty)]
         for raw in previous:
-            ident, _, value = raw.partition("\x1f")
-            if float(value) >= self.news or ident not in newer:
+            ident, value, *counted = raw.split("\x1f")
+            novel = float(value)
+            if novel >= self.news or ident not in newer:
                 break
-            if float(value) < self.threshold:
-                streak.append((ident, float(value)))
+            if counted == ["1"] or (not counted and novel < self.threshold):
+                streak.append((ident, novel))
         return await self.deny_next(call, self._verdict(call, streak))
+
+    def _restates(self, terms: Terms, mine: list[str], rows: list[list[str]], docs: list[Terms]) -> bool:
+        """Most of the output's words were in the scope's previous output: said again in part
+        new words (a status line with another closing phrase) is stale too."""
+        if not mine:
+            return False
+        last = mine[0].partition("\x1f")[0]
+        doc = next((d for row, d in zip(rows, docs, strict=True) if row[0] == last), None)
+        return doc is not None and len(terms & doc) >= RESTATES * len(terms)
 
     def _since_news(self, rows: list[list[str]]) -> set[str] | _All:
         """The run's outputs since its latest one with news (any agent's): a streak does not
