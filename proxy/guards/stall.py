@@ -81,8 +81,8 @@ class Stall(LoopDetector):
             seen_key, f"{call.id}\x1f{request}\x1f{novelty:.3f}\x1f{encode_terms(terms)}", keep=MEMORY,
             ttl_s=self.window,
         )
-        mine = await self.store.recent(self.key(call)) if self.threshold <= novelty < self.news else []
-        stale = novelty < self.threshold or self._restates(terms, mine, rows, docs)
+        mine = await self.store.recent(self.key(call))
+        stale = self._stale(novelty, terms, mine[0].partition("\x1f")[0] if mine else "", rows, docs)
         item = f"{call.id}\x1f{novelty:.3f}\x1f{int(stale)}"
         previous = await self.store.push(self.key(call), item, keep=self.keep, ttl_s=self.window)
         if not stale:
@@ -98,14 +98,22 @@ class Stall(LoopDetector):
                 streak.append((ident, novel))
         return await self.deny_next(call, self._verdict(call, streak))
 
-    def _restates(self, terms: Terms, mine: list[str], rows: list[list[str]], docs: list[Terms]) -> bool:
-        """Most of the output's words were in the scope's previous output: said again in part
-        new words (a status line with another closing phrase) is stale too."""
-        if not mine:
+    def _stale(self, novelty: float, terms: Terms, last: str, rows: list[list[str]], docs: list[Terms]) -> bool:
+        """Stale: below `novelty`, or below news while restating most of the scope's previous
+        output (`last`) in a few new words (a status line with another closing phrase).  An
+        output answering news (another output since `last` brought some) is stale only below
+        half of `novelty`: an orchestrator's next instruction after a worker's findings may
+        reuse their words, but not repeat itself verbatim."""
+        if novelty >= self.news:
             return False
-        last = mine[0].partition("\x1f")[0]
-        doc = next((d for row, d in zip(rows, docs, strict=True) if row[0] == last), None)
-        return doc is not None and len(terms & doc) >= RESTATES * len(terms)
+        restated = False
+        for row, doc in zip(rows, docs, strict=True):
+            if row[0] == last:
+                restated = len(terms & doc) >= RESTATES * len(terms)
+                break
+            if len(row) == 4 and float(row[2]) >= self.news and novelty >= self.threshold / 2:
+                return False
+        return novelty < self.threshold or restated
 
     def _since_news(self, rows: list[list[str]]) -> set[str] | _All:
         """The run's outputs since its latest one with news (any agent's): a streak does not
