@@ -38,6 +38,7 @@ ALL = _All()
 # new words (a status line with another closing phrase): it neither extends a streak nor ends one.
 NEWS = 1.6
 RESTATES = 0.6  # share of an output's words found in the scope's previous output: a restatement
+REPEATS = 0.9  # ... a repeat
 MEMORY = 64  # outputs of a run that later outputs are compared with
 RECENT = 4  # the newest of them: seen, but not counted in how frequent a word is
 
@@ -101,19 +102,21 @@ class Stall(LoopDetector):
     def _stale(self, novelty: float, terms: Terms, last: str, rows: list[list[str]], docs: list[Terms]) -> bool:
         """Stale: below `novelty`, or below news while restating most of the scope's previous
         output (`last`) in a few new words (a status line with another closing phrase).  An
-        output answering news (another output since `last` brought some) is stale only below
-        half of `novelty`: an orchestrator's next instruction after a worker's findings may
-        reuse their words, but not repeat itself verbatim."""
+        output answering news (another output since `last` brought some) is stale only when it
+        nearly repeats `last`: an orchestrator's next instruction after a worker's findings
+        reuses the run's words (the same subject, another attribute) without stalling."""
         if novelty >= self.news:
             return False
-        restated = False
+        answering, shared = False, 0.0
         for row, doc in zip(rows, docs, strict=True):
             if row[0] == last:
-                restated = len(terms & doc) >= RESTATES * len(terms)
+                shared = len(terms & doc) / len(terms)
                 break
-            if len(row) == 4 and float(row[2]) >= self.news and novelty >= self.threshold / 2:
-                return False
-        return novelty < self.threshold or restated
+            if len(row) == 4 and float(row[2]) >= self.news:
+                answering = True
+        if answering:
+            return shared >= REPEATS
+        return novelty < self.threshold or shared >= RESTATES
 
     def _since_news(self, rows: list[list[str]]) -> set[str] | _All:
         """The run's outputs since its latest one with news (any agent's): a streak does not
