@@ -8,12 +8,21 @@ An instruction is what an agent was just asked: its newest user message(s), minu
 its conversation already carried verbatim (a framework's prompt template resent every turn).  Per run (the
 conversation when there is none) one stored list holds the instructions every agent got,
 newest first, each tagged with its sub-goal: the sub-goal of the earlier instruction to the
-same agent it restates, else its own.  X restates a sub-goal G when the rarity-weighted share
-of X's words found in G's earlier instructions (to this agent) reaches `restated`.  Rarity
-is counted over the run's sub-goals, not its messages: a word every sub-goal's instructions
-use (the task's subject) weighs little, a frequent English word ("find", "source") a third;
-a word of one sub-goal (its entity) weighs a lot, however often that sub-goal was restated.  Words are terms.py's: URLs,
-numbers, ids and dates dropped, word forms folded.
+same agent it restates, else its own; results are tagged with the sub-goal they answer.
+X restates a sub-goal G when the rarity-weighted share of X's words found in G's earlier
+instructions and results (of this agent) reaches `restated`, or half of it when this agent's
+last result failed G and X names a word only G used (after a failure the next instruction is
+most often G again).  Rarity is counted over the run's sub-goals, not its messages: a word
+every sub-goal uses (the task's subject) weighs little, a frequent English word ("find",
+"source") a third, a word the run never used half (restatements bring such words: a synonym,
+another kind of source); a word of one sub-goal (its entity) weighs a lot, however often that
+sub-goal was restated.  Words are terms.py's: URLs, numbers, ids and dates dropped, word forms
+folded.
+
+Returns are not delegations.  An instruction carries the output of the agent it came from
+(most of its words in that output, or that output's in it); when that agent got an
+instruction from this one before, the instruction is a return (a worker's report reaching
+the orchestrator that delegated to it) and is neither stored nor judged.
 
     progress     a result (a text answer without tool calls) whose novelty against the run's
                  instructions and results reaches `novelty` and that reports no failure

@@ -5,13 +5,23 @@
 
 An output's novelty is the rarity-weighted share of its content words (terms.py: URLs,
 numbers, ids and timestamps dropped, so a status line whose figures change is not news) that
-none of the run's last outputs held.  Outputs below `novelty` in a row within the rule's
-scope (an agent in its run, or the whole run) form a streak; the streak's (max_repeats+1)-th
-output gets the rule's action (a deny, reached once the output is delivered, flags it and refuses
-the scope's next request).  Short outputs ("TERMINATE", "Approved.") carry too few words
-to judge and neither count nor break a streak; the answer to a resent request is the retry
-rule's business and is skipped.  Without a run, both the memory and the streak are the
-conversation's own.
+none of the run's last outputs held, nor what the agent was just told (its newest user
+messages: in a group chat, the others' turns).  Three bands:
+
+    stale   below `novelty`, or below news while restating most (RESTATES) of the scope's
+            previous output in a few new words (a status line with another closing phrase)
+    news    at least NEWS x `novelty`: ends every streak of the run, whoever said it
+    between neither extends a streak nor ends it
+
+Stale outputs in a row within the rule's scope (an agent in its run, or the whole run), with
+no news in the run since, form a streak; the streak's (max_repeats+1)-th output gets the
+rule's action (a deny, reached once the output is delivered, flags it and refuses the scope's
+next request).  An output answering news (some came since the scope's previous output) is
+stale only when it nearly repeats that output (REPEATS): an orchestrator's next instruction
+after a worker's findings reuses the run's words without stalling.  Short outputs
+("TERMINATE", "Approved.") carry too few words to judge and neither count nor break a
+streak; the answer to a resent request is the retry rule's business and is skipped.  Without
+a run, both the memory and the streak are the conversation's own.
 """
 
 from __future__ import annotations
@@ -122,7 +132,7 @@ class Stall(LoopDetector):
         """The run's outputs since its latest one with news (any agent's): a streak does not
         reach past it.  An agent that restated a sub-goal once, then got its answer from
         another agent, is not stalling."""
-        newer = set()
+        newer: set[str] = set()
         for row in rows:
             if len(row) < 4:
                 continue  # an item stored before novelty was

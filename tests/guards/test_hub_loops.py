@@ -108,13 +108,11 @@ async def test_hub_run_with_varied_sub_goals_is_not_flagged(store: CounterStore)
 
 async def test_reports_returning_to_the_orchestrator_are_not_redelegations(store: CounterStore) -> None:
     hub = Hub(chain_of(store, REDELEGATION))
-    leads = []
-    for attribute in ("population", "founding year", "mayor"):
-        lead, _ = await hub.delegate(
-            "web_surfer" if attribute != "founding year" else "file_surfer",
-            f"Find the {attribute} of Quabelnix Harbor.",
-            f"I checked https://example.org/{attribute} but it does not state the {attribute} of Quabelnix Harbor.",
+    calls = []
+    for worker in ("web_surfer", "file_surfer", "data_analyst"):  # one sub-goal, a new worker each time
+        calls += await hub.delegate(
+            worker,
+            "Find the population of Quabelnix Harbor.",
+            f"{worker} checked https://example.org/{worker} but it does not state the population of Quabelnix Harbor.",
         )
-        leads.append(lead)
-    leads.append(await hub.finish("Quabelnix Harbor: no figures found, the web and file sources were silent."))
-    assert loop_rules(*leads) == []
+    assert loop_rules(*calls) == []
