@@ -36,6 +36,7 @@ from proxy.guards.terms import Terms, encode_terms
 if TYPE_CHECKING:
     from proxy.rules import LoopRule
 
+
 class _All:
     """Every call: the run's memory holds no output with news."""
 
@@ -149,7 +150,7 @@ class Stall(LoopDetector):
         shown = ", ".join(f"{v:.0%}" for _, v in streak)
         what = (
             f"The last {n} outputs of {self.describe(call)} added little that the run had not already "
-            f"seen (novelty {shown}, below {self.threshold:.0%}): a stall"
+            f"seen (novelty {shown}: below {self.threshold:.0%}, or restating its previous output): a stall"
         )
         advice = (
             "Stop restating what is known: change approach, or report back to your caller with what you "
