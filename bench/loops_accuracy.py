@@ -2,6 +2,7 @@
 
     python bench/loops_accuracy.py                  # 900 runs, seed 11, rules/default.yaml
     python bench/loops_accuracy.py --runs 3000 --seed 5 --rules DIR --json out.json
+    python bench/loops_accuracy.py --seeds 11,12,13,14,15   # each seed, then the worst per family
 
     generator ──▶ runs (ordered calls with their full message histories and outputs, and the
     index of the call where the loop begins, or none) ──▶ the guard chain built from the
@@ -609,25 +610,55 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summary(results: dict[int, dict[str, Any]]) -> str:
+    """Per family over the seeds: each figure's worst seed (and the mean)."""
+    seeds = sorted(results)
+    lines = [f"Seeds {', '.join(map(str, seeds))}: worst seed (mean).", "",
+             "| family | loop runs | precision | recall | flagged within 2 calls | lag median |",
+             "|---|---|---|---|---|---|"]
+    for family in FAMILIES:
+        fs = [results[s]["families"][family] for s in seeds]
+
+        def worst(k: str, fs: list[dict[str, Any]] = fs) -> str:
+            values = [f[k] for f in fs]
+            return f"{min(values):.3f} ({statistics.mean(values):.3f})"
+
+        lags = [f["lag_median"] for f in fs if f["lag_median"] is not None]
+        lines.append(f"| {family} | {sum(f['runs'] for f in fs)} | {worst('precision')} | {worst('recall')} | "
+                     f"{worst('within_2')} | {max(lags) if lags else None} |")
+    lines += ["", "| loop-free system | runs | flagged, worst seed | flagged, all seeds |", "|---|---|---|---|"]
+    for system in results[seeds[0]]["loop_free"]:
+        ss = [results[s]["loop_free"][system] for s in seeds]
+        runs, flagged = sum(x["runs"] for x in ss), sum(x["flagged"] for x in ss)
+        lines.append(f"| {system} | {runs} | {pct(max(x['rate'] for x in ss))} | {flagged} ({pct(flagged / max(1, runs))}) |")
+    return "\n".join(lines)
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=900)
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")],
+                    help="several seeds (e.g. 11,12,13,14,15): each seed's table, then the worst per family")
     ap.add_argument("--rules", type=pathlib.Path, default=RULES, help="rules directory (default: rules/)")
     ap.add_argument("--json", type=pathlib.Path, help="also write the figures here")
     args = ap.parse_args()
-    rng = random.Random(args.seed)
-    runs = generate(rng, args.runs)
-    t0 = time.perf_counter()
-    fed = await feed(runs, args.rules, rng)
-    elapsed = time.perf_counter() - t0
-    result = score(runs, fed)
-    calls = sum(len(r.steps) for r in runs)
-    print(f"{len(runs)} runs, {calls} calls, seed {args.seed}, rules {args.rules}: "
-          f"{elapsed:.1f} s ({1e3 * elapsed / calls:.3f} ms per call through the chain)\n")
-    print(table(result))
+    results = {}
+    for seed in args.seeds or [args.seed]:
+        rng = random.Random(seed)
+        runs = generate(rng, args.runs)
+        t0 = time.perf_counter()
+        fed = await feed(runs, args.rules, rng)
+        elapsed = time.perf_counter() - t0
+        results[seed] = score(runs, fed)
+        calls = sum(len(r.steps) for r in runs)
+        print(f"{len(runs)} runs, {calls} calls, seed {seed}, rules {args.rules}: "
+              f"{elapsed:.1f} s ({1e3 * elapsed / calls:.3f} ms per call through the chain)\n")
+        print(table(results[seed]) + "\n", flush=True)
+    if len(results) > 1:
+        print(summary(results))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps(results if len(results) > 1 else results[args.seeds[0] if args.seeds else args.seed], indent=2))
 
 
 if __name__ == "__main__":

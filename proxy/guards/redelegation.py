@@ -8,12 +8,21 @@ An instruction is what an agent was just asked: its newest user message(s), minu
 its conversation already carried verbatim (a framework's prompt template resent every turn).  Per run (the
 conversation when there is none) one stored list holds the instructions every agent got,
 newest first, each tagged with its sub-goal: the sub-goal of the earlier instruction to the
-same agent it restates, else its own.  X restates a sub-goal G when the rarity-weighted share
-of X's words found in G's earlier instructions (to this agent) reaches `restated`.  Rarity
-is counted over the run's sub-goals, not its messages: a word every sub-goal's instructions
-use (the task's subject) weighs little, a frequent English word ("find", "source") a third;
-a word of one sub-goal (its entity) weighs a lot, however often that sub-goal was restated.  Words are terms.py's: URLs,
-numbers, ids and dates dropped, word forms folded.
+same agent it restates, else its own; results are tagged with the sub-goal they answer.
+X restates a sub-goal G when the rarity-weighted share of X's words found in G's earlier
+instructions and results (of this agent) reaches `restated`, or half of it when this agent's
+last result failed G and X names a word only G used (after a failure the next instruction is
+most often G again).  Rarity is counted over the run's sub-goals, not its messages: a word
+every sub-goal uses (the task's subject) weighs little, a frequent English word ("find",
+"source") a third, a word the run never used half (restatements bring such words: a synonym,
+another kind of source); a word of one sub-goal (its entity) weighs a lot, however often that
+sub-goal was restated.  Words are terms.py's: URLs, numbers, ids and dates dropped, word forms
+folded.
+
+Returns are not delegations.  An instruction carries the output of the agent it came from
+(most of its words in that output, or that output's in it); when that agent got an
+instruction from this one before, the instruction is a return (a worker's report reaching
+the orchestrator that delegated to it) and is neither stored nor judged.
 
     progress     a result (a text answer without tool calls) whose novelty against the run's
                  instructions and results reaches `novelty` and that reports no failure
@@ -63,9 +72,49 @@ def reports_failure(text: str) -> bool:
 
 
 def _fields(item: str) -> list[str]:
-    """A stored item's fields: instructions `i, call, agent, sub-goal, n, request digest, terms`,
-    results `r, call, agent, novelty, progress (1|0), request digest, terms`."""
+    """A stored item's fields: instructions `i, call, agent, sub-goal, n, request digest, sender,
+    terms`; results `r, call, agent, novelty, progress (1|0), request digest, sub-goal, terms`."""
     return item.split("\x1f")
+
+
+# A word no earlier instruction or result of the run used: it cannot tell one sub-goal from
+# another, and restatements bring such words (a synonym, another kind of source), so it
+# weighs this share of a word only one sub-goal used.
+UNSEEN = 0.5
+# The next instruction to a worker whose last result failed is most often the same sub-goal
+# again: naming a word only that sub-goal used, it restates it at this share of `restated`.
+AFTER_FAILURE = 0.5
+SOURCES = 8  # the latest outputs of other agents an instruction may have come from
+CARRIED = 0.6  # share of the smaller side's words the two share: the instruction carries that output
+
+
+def sender(terms: Terms, who: str, rows: list[list[str]], docs: list[Terms]) -> str:
+    """The agent whose recent output this instruction carries (its words mostly in the output,
+    or the output's mostly in it), "" when none does: a delegation from outside."""
+    best, score, seen = "", 0.0, 0
+    for row, doc in zip(rows, docs, strict=True):
+        if row[0] != "r" or row[2] == who:
+            continue
+        share = len(terms & doc) / (min(len(terms), len(doc)) or 1)
+        if share > score:
+            best, score = row[2], share
+        seen += 1
+        if seen == SOURCES:
+            break
+    return best if score >= CARRIED else ""
+
+
+def _pending(who: str, rows: list[list[str]]) -> str:
+    """The sub-goal `who`'s latest result failed to reach ("" when that result was progress,
+    or was not a result)."""
+    last = next((r for r in rows if r[2] == who), None)
+    return last[6] if last is not None and last[0] == "r" and last[4] == "0" else ""
+
+
+def is_return(who: str, source: str, rows: list[list[str]]) -> bool:
+    """`who` delegated to `source` earlier: what comes back from it is a return (its result),
+    not a new delegation (delegate → return → delegate: only the delegations count)."""
+    return bool(source) and any(r[0] == "i" and r[2] == source and r[6] == who for r in rows)
 
 
 class Redelegation(LoopDetector):
@@ -101,9 +150,12 @@ class Redelegation(LoopDetector):
         if any(r[0] == "i" and r[2] == who and r[5] == request for r in rows[:8]):
             return ALLOW  # a resent request
         docs, _ = self.corpora.get(key, items)
+        source = sender(terms, who, rows, docs)
+        if is_return(who, source, rows):
+            return ALLOW  # a worker's result coming back to the agent that delegated to it
         goal, similarity, earlier = self._goal(terms, who, rows, docs)
         n = 1 + len(earlier)
-        item = "\x1f".join(("i", call.id, who, goal or call.id, str(n), request, encode_terms(terms)))
+        item = "\x1f".join(("i", call.id, who, goal or call.id, str(n), request, source, encode_terms(terms)))
         await self.store.push(key, item, keep=KEEP, ttl_s=self.window)
         if n <= self.max_repeats + 1:
             return ALLOW
@@ -117,11 +169,12 @@ class Redelegation(LoopDetector):
         groups: dict[str, set[int]] = {}
         mine: dict[str, set[int]] = {}
         for row, doc in zip(rows, docs, strict=True):
-            if row[0] != "i":
-                continue
-            groups.setdefault(row[3], set()).update(doc)
+            goal = row[3] if row[0] == "i" else row[6]
+            if not goal:
+                continue  # a result with no instruction before it
+            groups.setdefault(goal, set()).update(doc)
             if row[2] == who:
-                mine.setdefault(row[3], set()).update(doc)
+                mine.setdefault(goal, set()).update(doc)
         if not mine:
             return None, 0.0, []
         df: dict[int, int] = {}
@@ -131,15 +184,23 @@ class Redelegation(LoopDetector):
         # Frequencies over the other sub-goals: the one compared with must not dilute its own words.
         n1, common = len(groups) + 1, self.common
         scale = {t: COMMON_WEIGHT if t in common else 1.0 for t in terms}
+        for t in terms:
+            if t not in df:
+                scale[t] *= UNSEEN
+        pending = _pending(who, rows)
         best, score = None, 0.0
         for goal, union in mine.items():
             weights = {t: math.log(n1 / (df.get(t, 0) - (t in union) + 1)) * scale[t] for t in terms}
             total = sum(weights.values()) or 1.0
-            share = sum(weights[t] for t in terms & union) / total
-            if share > score:
+            shared = terms & union
+            share = sum(weights[t] for t in shared) / total
+            need = self.restated
+            if goal == pending and any(df[t] == 1 and t not in common for t in shared):
+                need *= AFTER_FAILURE  # delegate → failed return → delegate, naming the sub-goal's own words
+            if share >= need and share > score:
                 best, score = goal, share
-        if best is None or score < self.restated:
-            return None, score, []
+        if best is None:
+            return None, 0.0, []
         earlier = []
         for row in rows:
             if row[2] != who:
@@ -166,7 +227,10 @@ class Redelegation(LoopDetector):
         novelty = corpus.novelty(terms, self.common) if docs else 1.0
         failed = reports_failure(call.completion.text)
         progress = novelty >= self.progress and not failed
-        item = "\x1f".join(("r", call.id, who, f"{novelty:.3f}", str(int(progress)), request, encode_terms(terms)))
+        goal = last[3] if last is not None and last[0] == "i" else ""
+        item = "\x1f".join(
+            ("r", call.id, who, f"{novelty:.3f}", str(int(progress)), request, goal, encode_terms(terms))
+        )
         await self.store.push(key, item, keep=KEEP, ttl_s=self.window)
         if progress or last is None or last[0] != "i" or int(last[4]) != self.max_repeats + 1:
             return ALLOW  # only the first result after a first restatement decides here

@@ -190,13 +190,16 @@ class Corpus:
         """log((n + 2) / (df + 1)): a word few stored documents hold weighs more."""
         return math.log((self.n + 2) / (self.df.get(term, 0) + 1))
 
-    def novelty(self, terms: Terms, common: Terms = EMPTY, recent: Sequence[Terms] = ()) -> float:
+    def novelty(
+        self, terms: Terms, common: Terms = EMPTY, recent: Sequence[Terms] = (), told: Terms = EMPTY
+    ) -> float:
         """Rarity-weighted share of `terms` no stored document holds (1.0: all new).  A word
         of `common` (frequent English) weighs COMMON_WEIGHT of another.  Weights are squared
         here: the words an agent repeats in every output (its own template, a ledger's field
         names) must not outweigh the few words that carry news.  Documents in `recent` (some
         of the stored ones) count as seen but not towards a word's frequency: a loop's own
-        words must not become "frequent" because the loop keeps repeating them."""
+        words must not become "frequent" because the loop keeps repeating them.  Words of
+        `told` (what the agent was just told) count as seen too, as rare as a recent one's."""
         if not terms:
             return 0.0
         df, n2 = self.df, self.n + 2 - len(recent)
@@ -213,7 +216,7 @@ class Corpus:
             w = top if not older else math.log(n2 / (older + 1)) ** 2
             if t in common:
                 w *= low
-            if seen:
+            if seen or t in told:
                 total += w
             else:
                 new += w
