@@ -204,3 +204,14 @@ def wait_until(predicate: Any, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
         time.sleep(0.02)
+
+
+def main() -> None:
+    """`python -m tests.hostile_upstream`: serve until killed; prints the URL on the first line."""
+    with HostileUpstream() as up:
+        print(up.url, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -20,7 +20,6 @@ import orjson
 from proxy.call import Call, Chunk
 from proxy.sse import Event
 
-
 DEFAULT_TEXT_LIMIT = 1024 * 1024
 
 
