@@ -8,6 +8,12 @@
 
 Every request ends in exactly one `record(call)` (a non-blocking enqueue), whatever happens:
 refusal, upstream failure, upstream cut, client disconnect.
+
+Memory per exchange is bounded whatever the upstream sends: bytes are passed on as they arrive
+(a body that came in one read goes out in one send, with its length); what is kept is capped:
+content_max_bytes for the record, response_parse_max_bytes for a body to parse or one SSE event,
+stream_text_max_chars for a stream's completion.  Past a cap the call is flagged (`Call.flags`).
+A body cut after relaying began is not ended cleanly: the client sees the connection close.
 """
 
 from __future__ import annotations
@@ -277,7 +283,8 @@ class Relay:
     async def _stream_body(self, call: Call, provider: Provider, state: _Exchange, resp: UpstreamResponse,
                            pieces: AsyncIterator[bytes], head: tuple[bytes, bytes]) -> bool:
         copy = _BodyCopy(self.settings.response_parse_max_bytes)
-        await state.start(resp.status, _down_headers(resp, keep_length=True))
+        chunked = any(k.lower() == b"transfer-encoding" for k, _ in resp.headers)  # a length beside it lies
+        await state.start(resp.status, _down_headers(resp, keep_length=not chunked))
         cut: UpstreamError | None = None
         try:
             for piece in head:
