@@ -5,8 +5,8 @@ growth under big bodies and endless streams, and small calls' latency meanwhile.
     python bench/upstream_flood.py --before DIR          # also DIR's `proxy` package, side by side
 
 The upstream is `tests/hostile_upstream.py` in its own process; each proxy is `interlock serve`
-in a subprocess (SQLite in a temp dir, no rules).  Floods, one after the other, each after a
-16 MiB warm-up, each measured as the rise of the proxy's peak RSS (VmHWM, reset through
+in a subprocess (SQLite in a temp dir, no rules).  Floods, one after the other, each on a fresh
+proxy after a 16 MiB warm-up stream, each measured as the rise of the proxy's peak RSS (VmHWM, reset through
 /proc/PID/clear_refs before the flood) over its RSS before:
 
     big-body        GET /v1/files/big/content, 300 MiB, Content-Length
@@ -14,13 +14,14 @@ in a subprocess (SQLite in a temp dir, no rules).  Floods, one after the other, 
     big-json        POST /v1/embeddings, 200 MiB of chunked JSON with usage at the end
     endless-stream  a 200 MiB SSE chat stream (4 KiB events), then usage and [DONE]
 
-During `big-bodies-4`, another client sends small `GET /v1/models` calls one after another
-and reports their p50/p99 (the floods run on the same 2 cores as the proxy: a loose figure).
+During `big-bodies-4`, another client (its own process) sends small `GET /v1/models` calls one
+after another, 10 ms apart, and reports their p50/p99 (the floods run on the same 2 cores as the proxy: a loose figure).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -44,6 +45,11 @@ def proc_mb(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -107,34 +113,41 @@ def four_downloads(url: str) -> int:
     return sum(got)
 
 
-def small_calls(url: str, stop: threading.Event, out: list[float]) -> None:
+def probe(url: str) -> None:
+    """`--probe URL`: small calls one after another until stdin closes; prints their ms as JSON."""
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    out: list[float] = []
     with httpx.Client(headers=AUTH, timeout=30) as client:
         while not stop.is_set():
             t0 = time.perf_counter()
             client.get(url + "/v1/models")
             out.append((time.perf_counter() - t0) * 1000)
             time.sleep(0.01)
+    print(json.dumps(out))
+
+
+def small_calls(url: str) -> subprocess.Popen[str]:
+    """The small-call client in its own process (not behind this one's GIL and flood threads)."""
+    return subprocess.Popen([sys.executable, __file__, "--probe", url], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
 
 
 def flood(pid: int, url: str, fn: Callable[[str], int], with_small_calls: bool) -> str:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
     base = proc_mb(pid, "VmRSS")
-    stop, lat = threading.Event(), []
-    side = threading.Thread(target=small_calls, args=(url, stop, lat))
-    if with_small_calls:
-        side.start()
-    t0 = time.monotonic()
+    side = small_calls(url) if with_small_calls else None
+    t0, cpu0 = time.monotonic(), cpu_s(pid)
     try:
         relayed = fn(url)
     except httpx.HTTPError as exc:
         relayed = -1
         print(f"  ({type(exc).__name__}: {exc})", file=sys.stderr)
     took = time.monotonic() - t0
-    stop.set()
-    if with_small_calls:
-        side.join()
+    lat: list[float] = json.loads(side.communicate("")[0]) if side is not None else []
     peak = proc_mb(pid, "VmHWM")
-    text = f"+{peak - base:6.1f} MB peak ({base:5.1f} → {peak:6.1f}), {relayed / MIB:7.1f} MiB in {took:5.1f} s"
+    text = (f"+{peak - base:6.1f} MB peak ({base:5.1f} → {peak:6.1f}), {relayed / MIB:7.1f} MiB in {took:5.1f} s, "
+            f"proxy CPU {cpu_s(pid) - cpu0:4.1f} s")
     if lat:
         q = statistics.quantiles(lat, n=100)
         text += f", small calls p50 {q[49]:.1f} ms p99 {q[98]:.1f} ms (n={len(lat)})"
@@ -149,25 +162,31 @@ FLOODS: list[tuple[str, Callable[[str], int], bool]] = [
 ]
 
 
-def run(label: str, pythonpath: str | None, upstream: str) -> dict[str, str]:
-    results: dict[str, str] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_proxy(pythonpath, Path(tmp), upstream)
-        try:
-            endless_stream(url, "flood-16")  # warm-up
-            for name, fn, side in FLOODS:
-                results[name] = flood(proc.pid, url, fn, side)
-                print(f"{label:7} {name:15} {results[name]}", flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(20)
-    return results
+def run(label: str, pythonpath: str | None, upstream: str) -> None:
+    """Each flood against a fresh proxy (so one flood's freed memory cannot hide the next one's)."""
+    for name, fn, side in FLOODS:
+        with tempfile.TemporaryDirectory() as tmp:
+            proc, url = start_proxy(pythonpath, Path(tmp), upstream)
+            try:
+                endless_stream(url, "flood-16")  # warm-up: pools, first allocations
+                print(f"{label:7} {name:15} {flood(proc.pid, url, fn, side)}", flush=True)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--before", help="a directory holding another `proxy` package, measured first")
+    p.add_argument("--probe", metavar="URL", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.probe:
+        probe(args.probe)
+        return
     up, upstream = start_upstream()
     try:
         if args.before:
