@@ -264,11 +264,11 @@ class Relay:
         pieces = aiter(resp.aiter_raw())
         try:
             first = await anext(pieces, b"")
+            call.first_byte_at = call.first_byte_at or time.time()
             second = await anext(pieces, None) if first else None
         except UpstreamError as exc:
             await self._upstream_failed(call, provider, state, exc)
             return False
-        call.first_byte_at = call.first_byte_at or time.time()
         if second is None:
             state.upstream_end = time.perf_counter()
             call.response_size = len(first)

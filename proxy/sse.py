@@ -10,7 +10,7 @@ and would end an event is held until the next byte (or `close()`) tells whether 
 belongs to it.
 
 Memory is bounded: an event longer than `max_event_bytes` is not assembled.  Its bytes come
-out as `oversized` fragments (name None, empty data: parsers see nothing, the relay can still
+out as `Oversized` pieces (name None, empty data: parsers see nothing, the relay can still
 pass `raw` on) as they arrive, and `oversized` counts such events.  `feed` never raises.
 """
 
@@ -30,7 +30,15 @@ class Event:
     name: str | None
     data: bytes
     raw: bytes  # the exact bytes of this event, separator included
-    oversized: bool = False  # a fragment of an event too long to assemble (data is empty)
+
+
+class Oversized(Event):
+    """A piece of an event too long to assemble: `raw` only (name None, data empty)."""
+
+    __slots__ = ()
+
+    def __init__(self, raw: bytes) -> None:
+        Event.__init__(self, None, b"", raw)
 
 
 class SSESplitter:
@@ -82,12 +90,24 @@ class SSESplitter:
     # -------------------------------------------------- scanning
 
     def _scan_lf(self, events: list[Event], chunk: bytes, pos: int) -> int:
-        """LF-only chunk (the common case): blank lines are `\\n\\n`."""
+        """LF-only chunk (the common case): blank lines are `\\n\\n`; whole events are parsed
+        straight from the chunk."""
         if self._after and pos < len(chunk) and chunk[pos] == _LF:
             pos += 1
             self._emit(events, chunk[:pos])
+        elif self._parts or self._skipping:  # the end of an unfinished event first
+            end = chunk.find(b"\n\n", pos)
+            if end >= 0:
+                self._emit(events, chunk[pos : end + 2])
+                pos = end + 2
+        limit, append = self._limit, events.append
         while (end := chunk.find(b"\n\n", pos)) >= 0:
-            self._emit(events, chunk[pos : end + 2])
+            raw = chunk[pos : end + 2]
+            if end + 2 - pos <= limit:
+                append(_parse_lf(raw))
+            else:
+                self.oversized += 1
+                append(Oversized(raw))
             pos = end + 2
         self._after = pos < len(chunk) and chunk[-1] == _LF
         self._cr = False
@@ -119,24 +139,24 @@ class SSESplitter:
 
     def _keep(self, events: list[Event], piece: bytes) -> None:
         if self._skipping:
-            events.append(Event(None, b"", piece, True))
+            events.append(Oversized(piece))
             return
         self._parts.append(piece)
         self._size += len(piece)
         if self._size > self._limit:
             self._skipping = True
             self.oversized += 1
-            events.append(Event(None, b"", self._take(b""), True))
+            events.append(Oversized(self._take(b"")))
 
     def _emit(self, events: list[Event], last: bytes) -> None:
         if self._skipping:
             self._skipping = False
-            events.append(Event(None, b"", last, True))
+            events.append(Oversized(last))
             return
         raw = self._take(last)
         if len(raw) > self._limit:
             self.oversized += 1
-            events.append(Event(None, b"", raw, True))
+            events.append(Oversized(raw))
         else:
             events.append(_parse(raw))
 
@@ -152,15 +172,19 @@ class SSESplitter:
 
 
 def _parse(raw: bytes) -> Event:
-    # Fast paths for the two shapes providers send: `data: X` and `event: N` + `data: X`.
+    return _parse_general(raw) if b"\r" in raw else _parse_lf(raw)
+
+
+def _parse_lf(raw: bytes) -> Event:
+    """An event whose lines end in LF.  Fast paths for the two shapes providers send:
+    `data: X` and `event: N` + `data: X`."""
     end = len(raw) - 2
-    if b"\r" not in raw:
-        if raw.startswith(b"data: ") and raw.find(b"\n", 6) == end:
-            return Event(None, raw[6:end], raw)
-        if raw.startswith(b"event: "):
-            nl = raw.find(b"\n")
-            if raw.startswith(b"data: ", nl + 1) and raw.find(b"\n", nl + 7) == end:
-                return Event(raw[7:nl].decode("utf-8", "replace"), raw[nl + 7 : end], raw)
+    if raw.startswith(b"data: ") and raw.find(b"\n", 6) == end:
+        return Event(None, raw[6:end], raw)
+    if raw.startswith(b"event: "):
+        nl = raw.find(b"\n")
+        if raw.startswith(b"data: ", nl + 1) and raw.find(b"\n", nl + 7) == end:
+            return Event(raw[7:nl].decode("utf-8", "replace"), raw[nl + 7 : end], raw)
     return _parse_general(raw)
 
 

@@ -6,6 +6,8 @@ so it can send what no HTTP server library would): floods, lies, garbage and res
         POST /v1/embeddings          {"model": "big-N"}  N MiB of JSON, chunked, usage at the end
         POST /v1/chat/completions    {"model": "flood-N", "stream": true}  N MiB of SSE chat chunks,
                                      then finish + usage + [DONE]; "flood-forever": never ends
+        POST /v1/chat/completions    {"model": "huge-event-N", "stream": true}  one N MiB event, then
+                                     usage + [DONE]
         POST /v1/chat/completions    {"model": "cut-N", "stream": true}  N events, then the
                                      connection closes mid-stream (no terminating chunk)
         GET  /v1/hostile/bad-chunked        chunked body with a chunk size that is not hex
@@ -99,6 +101,8 @@ class HostileUpstream:
         elif path == "/v1/chat/completions" and model.startswith("flood-"):
             mb = model[6:]
             await self._flood(w, None if mb == "forever" else int(mb) * MIB)
+        elif path == "/v1/chat/completions" and model.startswith("huge-event-"):
+            await self._huge_event(w, int(model[11:]) * MIB)
         elif path == "/v1/chat/completions" and model.startswith("cut-"):
             await self._cut_stream(w, int(model[4:]))
             return False
@@ -150,6 +154,17 @@ class HostileUpstream:
         usage = _sse({"id": "c1", "object": "chat.completion.chunk", "model": "flood", "choices": [],
                       "usage": {"prompt_tokens": 11, "completion_tokens": 777, "total_tokens": 788}})
         self._write(w, _chunk(end + usage + b"data: [DONE]\n\n") + b"0\r\n\r\n")
+
+    async def _huge_event(self, w: asyncio.StreamWriter, size: int) -> None:
+        self._write(w, b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        event = _sse({"id": "c1", "object": "chat.completion.chunk", "model": "huge", "choices": [
+            {"index": 0, "delta": {"content": "z" * size}, "finish_reason": "stop"}], "usage": None})
+        for i in range(0, len(event), 64 * 1024):
+            self._write(w, _chunk(event[i : i + 64 * 1024]))
+            await w.drain()
+        usage = _sse({"id": "c1", "object": "chat.completion.chunk", "model": "huge", "choices": [],
+                      "usage": {"prompt_tokens": 3, "completion_tokens": 99, "total_tokens": 102}})
+        self._write(w, _chunk(usage + b"data: [DONE]\n\n") + b"0\r\n\r\n")
 
     async def _cut_stream(self, w: asyncio.StreamWriter, n: int) -> None:
         self._write(w, b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")

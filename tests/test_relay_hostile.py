@@ -45,9 +45,9 @@ def assert_pool_healthy(px: ProxyServer) -> None:
     assert r.status_code == 200 and r.json()["data"][0]["id"] == "gpt-4o-mini"
 
 
-def stream_chat(px: ProxyServer, model: str) -> bytes:
+def stream_chat(px: ProxyServer, model: str, usage: bool = True) -> bytes:
     body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "go"}],
-            "stream_options": {"include_usage": True}}
+            "stream_options": {"include_usage": usage}}
     with httpx.stream("POST", px.url + "/v1/chat/completions", json=body, headers=KEY, timeout=30) as r:
         assert r.status_code == 200
         return b"".join(r.iter_raw())
@@ -82,6 +82,15 @@ def test_long_stream_reaches_the_client_whole_and_keeps_capped_text_and_usage(px
     assert row["outcome"] == "ok" and row["output_tokens"] == 777 and row["finish_reason"] == "stop"
     assert "completion_capped" in row["flags"]
     assert 0 < len(response_text(px, row)) <= 64 * 1024
+
+
+def test_event_over_the_cap_is_relayed_unread_and_flagged(px: ProxyServer) -> None:
+    data = stream_chat(px, "huge-event-3", usage=False)  # filtered: events are relayed one by one
+    assert data.count(b"z") >= 3 * MIB and data.endswith(b"data: [DONE]\n\n")
+    assert b'"usage"' not in data  # the usage chunk the client did not ask for is still dropped
+    row = call_row(px, "/v1/chat/completions")
+    assert row["outcome"] == "ok" and row["output_tokens"] == 99
+    assert "sse_event_oversized" in row["flags"]
 
 
 # ---------------------------------------------------------------- malformed answers
