@@ -330,6 +330,7 @@ class Relay:
         parser.text_limit = self.settings.stream_text_max_chars
         splitter = SSESplitter(self.settings.response_parse_max_bytes)
         filtering = provider.needs_filter(call)
+        guards = state.guards
         call.outcome = "ok" if resp.status < 400 else "upstream_error"
         try:
             async for raw in resp.aiter_raw():
@@ -339,9 +340,22 @@ class Relay:
                 events = splitter.feed(raw)
                 if not filtering:
                     await state.body(raw)
-                if events and not await self._on_events(call, provider, state, events, filtering):
-                    return False
-            if not await self._on_events(call, provider, state, splitter.close(), filtering):
+                else:
+                    out = b"".join(b for b in (provider.filter_event(call, e) for e in events) if b)
+                    if out:
+                        await state.body(out)
+                for event in events:
+                    chunk = parser.on_event(event)
+                    if chunk is None or guards is None:
+                        continue
+                    chunk.output_tokens_so_far = call.usage.output_tokens or (parser.text_chars + 3) // 4
+                    verdict = guards.on_chunk(call, chunk)
+                    if verdict.action == "deny":
+                        parser.finish()
+                        await self._cut(call, provider, state, verdict)
+                        self._capture(call, _assembled(call))
+                        return False
+            if (held := splitter.close()) and not await self._on_events(call, provider, state, held, filtering):
                 return False
         except UpstreamError as exc:
             call.outcome = "upstream_cut"
@@ -360,7 +374,8 @@ class Relay:
 
     async def _on_events(self, call: Call, provider: Provider, state: _Exchange, events: list[Event],
                          filtering: bool) -> bool:
-        """Relay (when filtering), parse and guard one read's events; False once a guard cut the stream."""
+        """Relay (when filtering), parse and guard the events `SSESplitter.close` gave (the same as
+        the loop in `_relay_stream`, kept inline there: it runs per read); False once a guard cut the stream."""
         if filtering:
             out = b"".join(b for b in (provider.filter_event(call, e) for e in events) if b)
             if out:

@@ -140,7 +140,10 @@ class _MessagesStream(StreamParser):
         if isinstance(delta, dict):
             if delta.get("type") == "text_delta" and isinstance(target, list):
                 text = str(delta.get("text") or "")
-                self.keep(target, text)
+                if self.text_chars < self.text_limit:  # past it (by at most this delta): counted only
+                    target.append(text)
+                else:
+                    self.capped = True
                 self.text_chars += len(text)
             elif delta.get("type") == "input_json_delta" and isinstance(target, ToolCall):
                 text = str(delta.get("partial_json") or "")
@@ -156,7 +159,7 @@ class _MessagesStream(StreamParser):
 
     def finish(self) -> None:
         texts = ["".join(b) for _, b in sorted(self._blocks.items()) if isinstance(b, list)]
-        self.call.completion.text = "\n".join(t for t in texts if t)
+        self.call.completion.text = "\n".join(t for t in texts if t)[: self.text_limit]
         for idx, parts in self._args.items():
             block = self._blocks.get(idx)
             if isinstance(block, ToolCall):

@@ -26,9 +26,9 @@ DEFAULT_TEXT_LIMIT = 1024 * 1024
 class StreamParser(ABC):
     """Consumes one stream's events in order; fills the Call as they pass.
 
-    Keeps at most `text_limit` characters of completion text and tool-call arguments (the relay
-    sets it from INTERLOCK_STREAM_TEXT_MAX_CHARS); past it `capped` is set and the rest is only
-    counted (`text_chars`), so an endless stream costs no memory.
+    Keeps at most `text_limit` characters of completion text, and as many of tool-call arguments
+    (`keep`); the relay sets it from INTERLOCK_STREAM_TEXT_MAX_CHARS.  Past it `capped` is set and
+    the rest is only counted (`text_chars`), so an endless stream costs no memory.
     """
 
     def __init__(self, call: Call, text_limit: int = DEFAULT_TEXT_LIMIT) -> None:
@@ -39,7 +39,7 @@ class StreamParser(ABC):
         self.capped = False
 
     def keep(self, parts: list[str], text: str) -> None:
-        """Append `text` to `parts` (kept text or arguments) while under `text_limit`."""
+        """Append `text` to `parts` (tool-call arguments) while under `text_limit`."""
         room = self.text_limit - self.kept_chars
         if len(text) > room:
             self.capped = True

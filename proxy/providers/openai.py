@@ -175,7 +175,10 @@ class _ChatStream(StreamParser):
             if isinstance(tc, dict):
                 self._tool_delta(tc)
         if isinstance(text, str):
-            self.keep(self._text, text)
+            if self.text_chars < self.text_limit:  # past it (by at most this delta): counted only
+                self._text.append(text)
+            else:
+                self.capped = True
             return text
         return ""
 
@@ -190,7 +193,7 @@ class _ChatStream(StreamParser):
             self.keep(self._args.setdefault(idx, []), str(args))
 
     def finish(self) -> None:
-        self.call.completion.text = "".join(self._text)
+        self.call.completion.text = "".join(self._text)[: self.text_limit]
         for idx, parts in self._args.items():
             self._tools[idx].arguments = "".join(parts)
         self.call.completion.tool_calls = [self._tools[i] for i in sorted(self._tools)]
