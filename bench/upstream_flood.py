@@ -14,8 +14,9 @@ proxy after a 16 MiB warm-up stream, each measured as the rise of the proxy's pe
     big-json        POST /v1/embeddings, 200 MiB of chunked JSON with usage at the end
     endless-stream  a 200 MiB SSE chat stream (4 KiB events), then usage and [DONE]
 
-During `big-bodies-4`, another client (its own process) sends small `GET /v1/models` calls one
-after another, 10 ms apart, and reports their p50/p99 (the floods run on the same 2 cores as the proxy: a loose figure).
+During `big-bodies-4`, another client (its own process) sends small `GET /v1/models` calls, in
+turn through the proxy and direct to the (equally flooded) upstream, 10 ms apart, and reports
+both p50/p99 (the floods run on the same 2 cores as the proxy: a loose figure).
 """
 
 from __future__ import annotations
@@ -113,30 +114,36 @@ def four_downloads(url: str) -> int:
     return sum(got)
 
 
-def probe(url: str) -> None:
-    """`--probe URL`: small calls one after another until stdin closes; prints their ms as JSON."""
+def probe(urls: list[str]) -> None:
+    """`--probe URL...`: small calls to each URL in turn until stdin closes; prints their ms as JSON."""
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    out: list[float] = []
+    out: dict[str, list[float]] = {url: [] for url in urls}
     with httpx.Client(headers=AUTH, timeout=30) as client:
         while not stop.is_set():
-            t0 = time.perf_counter()
-            client.get(url + "/v1/models")
-            out.append((time.perf_counter() - t0) * 1000)
+            for url in urls:
+                t0 = time.perf_counter()
+                client.get(url + "/v1/models")
+                out[url].append((time.perf_counter() - t0) * 1000)
             time.sleep(0.01)
     print(json.dumps(out))
 
 
-def small_calls(url: str) -> subprocess.Popen[str]:
+def small_calls(urls: list[str]) -> subprocess.Popen[str]:
     """The small-call client in its own process (not behind this one's GIL and flood threads)."""
-    return subprocess.Popen([sys.executable, __file__, "--probe", url], stdin=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, __file__, "--probe", *urls], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
 
 
-def flood(pid: int, url: str, fn: Callable[[str], int], with_small_calls: bool) -> str:
+def quantiles(lat: list[float]) -> str:
+    q = statistics.quantiles(lat, n=100)
+    return f"p50 {q[49]:.1f} ms p99 {q[98]:.1f} ms"
+
+
+def flood(pid: int, url: str, fn: Callable[[str], int], with_small_calls: bool, upstream: str) -> str:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
     base = proc_mb(pid, "VmRSS")
-    side = small_calls(url) if with_small_calls else None
+    side = small_calls([url, upstream]) if with_small_calls else None
     t0, cpu0 = time.monotonic(), cpu_s(pid)
     try:
         relayed = fn(url)
@@ -144,13 +151,13 @@ def flood(pid: int, url: str, fn: Callable[[str], int], with_small_calls: bool) 
         relayed = -1
         print(f"  ({type(exc).__name__}: {exc})", file=sys.stderr)
     took = time.monotonic() - t0
-    lat: list[float] = json.loads(side.communicate("")[0]) if side is not None else []
+    lat: dict[str, list[float]] = json.loads(side.communicate("")[0]) if side is not None else {}
     peak = proc_mb(pid, "VmHWM")
     text = (f"+{peak - base:6.1f} MB peak ({base:5.1f} → {peak:6.1f}), {relayed / MIB:7.1f} MiB in {took:5.1f} s, "
             f"proxy CPU {cpu_s(pid) - cpu0:4.1f} s")
     if lat:
-        q = statistics.quantiles(lat, n=100)
-        text += f", small calls p50 {q[49]:.1f} ms p99 {q[98]:.1f} ms (n={len(lat)})"
+        text += (f", small calls through the proxy {quantiles(lat[url])} (n={len(lat[url])}),"
+                 f" direct to the upstream {quantiles(lat[upstream])}")
     return text
 
 
@@ -169,7 +176,7 @@ def run(label: str, pythonpath: str | None, upstream: str) -> None:
             proc, url = start_proxy(pythonpath, Path(tmp), upstream)
             try:
                 endless_stream(url, "flood-16")  # warm-up: pools, first allocations
-                print(f"{label:7} {name:15} {flood(proc.pid, url, fn, side)}", flush=True)
+                print(f"{label:7} {name:15} {flood(proc.pid, url, fn, side, upstream)}", flush=True)
             finally:
                 proc.terminate()
                 try:
@@ -182,7 +189,7 @@ def run(label: str, pythonpath: str | None, upstream: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--before", help="a directory holding another `proxy` package, measured first")
-    p.add_argument("--probe", metavar="URL", help=argparse.SUPPRESS)
+    p.add_argument("--probe", metavar="URL", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.probe:
         probe(args.probe)
