@@ -9,6 +9,9 @@
                               then amended (agent, run, flags), its edges and totals written.
                               Past the lane's bound a call stays unlinked, counted (`unlinked`).
 
+Before any of this, `answered(call)` hands the call to the write-ahead log (proxy/store/wal.py),
+which has it on disk within milliseconds; the rows derived here follow it there via the writer.
+
 Linking lags under saturation and catches up after it; nothing is shed silently: `linked_late`
 and `unlinked` are exported (interlock_pipeline_state) and reported by bench/run.py.
 
@@ -43,8 +46,11 @@ class Pipeline:
                  observers: list[Observer] | None = None, on_runs_closed: list[RunsClosed] | None = None,
                  prices: Callable[[], PriceTable] | None = None,
                  maxsize: int = 10_000, max_queued_bytes: int = 128 * 1024 * 1024,
-                 close_every_s: float = 5.0, max_lagging_chars: int = 64 * 1024 * 1024) -> None:
+                 close_every_s: float = 5.0, max_lagging_chars: int = 64 * 1024 * 1024,
+                 answered: Callable[[Record], None] | None = None) -> None:
         self.writer = writer
+        self.answered = answered  # the WAL's request-path hook (proxy/store/wal.py), O(1)
+        self._built: dict[str, Record] = {}  # rows built on the request path for the WAL, by call id
         self.policy = policy
         self.max_bytes = max_bytes
         self.linker = linker
@@ -73,7 +79,12 @@ class Pipeline:
 
     def submit(self, call: Call) -> None:
         """Request path: never blocks, never raises.  Bounded in calls and in body bytes (a
-        backlog of 100k-token requests would otherwise hold gigabytes)."""
+        backlog of 100k-token requests would otherwise hold gigabytes).  The WAL logs the call
+        first, so a crash while it waits here loses nothing."""
+        if self.answered is not None:
+            self._price(call)
+            record = self._built[call.id] = call_record(call, policy=self.policy, max_bytes=self.max_bytes)
+            self.answered(record)
         size = _body_bytes(call)
         try:
             if self.queued_bytes + size > self.max_queued_bytes and self.queued_bytes:
@@ -83,7 +94,7 @@ class Pipeline:
         except asyncio.QueueFull:
             self.overflowed += 1
             self._price(call)
-            self.writer.submit(call_record(call, policy=self.policy, max_bytes=self.max_bytes))
+            self.writer.submit(self._record(call))
             self._lag(call)
 
     def _lag(self, call: Call) -> None:
@@ -119,7 +130,7 @@ class Pipeline:
                 self._process(call)
             except Exception:
                 log.exception("recording failed for call %s", call.id)
-                self.writer.submit(call_record(call, policy=self.policy, max_bytes=self.max_bytes))
+                self.writer.submit(self._record(call))
             self.processed += 1
             if time.monotonic() >= self._next_close:
                 self._close_idle()
@@ -154,7 +165,7 @@ class Pipeline:
     def _process(self, call: Call) -> None:
         self._price(call)
         link = self._link(call)
-        record = call_record(call, policy=self.policy, max_bytes=self.max_bytes)
+        record = self._record(call)
         totals = Record()  # separate, so a refused aggregate row can never hold back the call's row
         if link is not None:
             self._apply_link(record, totals, link, call)
@@ -163,6 +174,11 @@ class Pipeline:
         self.writer.submit(record)
         self.writer.submit(totals)
         self._notify(call, link)
+
+    def _record(self, call: Call) -> Record:
+        """The call's record: the one built for the WAL when there is one (the same rows, so the
+        WAL's entry and the database's row agree), else built now."""
+        return self._built.pop(call.id, None) or call_record(call, policy=self.policy, max_bytes=self.max_bytes)
 
     def _notify(self, call: Call, link: LinkResult | None) -> None:
         for observe in self.observers:
@@ -252,7 +268,7 @@ class Pipeline:
                 if call is not None:
                     self.overflowed += 1
                     self._price(call)
-                    self.writer.submit(call_record(call, policy=self.policy, max_bytes=self.max_bytes))
+                    self.writer.submit(self._record(call))
 
 
 def _text_chars(call: Call) -> int:

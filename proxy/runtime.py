@@ -33,6 +33,7 @@ from proxy.rules import RulesManager
 from proxy.settings import Settings
 from proxy.store.db import SqlSink, make_engine, upgrade
 from proxy.store.spool import Spool
+from proxy.store.wal import WriteAheadLog
 from proxy.store.writer import BatchWriter
 from proxy.telemetry import Metrics
 from proxy.tokens import TokenCounter, load_counter
@@ -51,6 +52,7 @@ class Runtime:
         self.relay: Relay | None = None
         self.engine: Any = None
         self.writer: Any = None
+        self.wal: WriteAheadLog | None = None
         self.pipeline: Pipeline | None = None
         self.forwarder: Forwarder | None = None
         self.tokens: Any = None
@@ -73,14 +75,17 @@ class Runtime:
         if self.migrate and not await self._upgrade():
             self._retry = asyncio.create_task(self._upgrade_until_done(), name="interlock-db-upgrade")
         self.engine = make_engine(s.database_url)
+        spool = Spool(s.spool_dir)
+        self.wal = self._wal(spool)
         self.writer = BatchWriter(
             SqlSink(self.engine),
-            Spool(s.spool_dir),
+            spool,
             queue_size=s.writer_queue_size,
             queue_max_bytes=s.writer_queue_max_bytes,
             batch_size=s.writer_batch_size,
             flush_interval=s.writer_flush_interval_s,
             write_timeout=s.writer_timeout_s,
+            journal=self.wal,
         )
         self.writer.start()
         self.tokens = self._token_counter()
@@ -97,7 +102,8 @@ class Runtime:
             closers.append(self.tracer.on_runs_closed)
         self.pipeline = Pipeline(self.writer, policy=s.content_policy, max_bytes=s.content_max_bytes,
                                  linker=self.linker, observers=observers, on_runs_closed=closers,
-                                 prices=self.price_table, max_queued_bytes=s.pipeline_queue_max_bytes)
+                                 prices=self.price_table, max_queued_bytes=s.pipeline_queue_max_bytes,
+                                 answered=self.wal.answered if self.wal is not None else None)
         await self.pipeline.start()
         self.forwarder = make_forwarder(s, self.transport)
         self.relay = Relay(
@@ -110,6 +116,16 @@ class Runtime:
             runs=self.resolver,
             metrics=self.metrics,
         )
+
+    def _wal(self, spool: Spool) -> WriteAheadLog | None:
+        """The write-ahead log, its leftovers handed to the spool for replay, its thread started."""
+        s = self.settings
+        if not s.wal:
+            return None
+        wal = WriteAheadLog(s.wal_path, interval_s=s.wal_fsync_interval_ms / 1000.0)
+        wal.recover(spool)
+        wal.start()
+        return wal
 
     async def _upgrade(self) -> bool:
         """Apply migrations; False (logged once, then at a backoff) when the database cannot be reached."""
@@ -184,5 +200,7 @@ class Runtime:
             await self.counters.aclose()
         if self.writer is not None:
             await self.writer.aclose(timeout=10.0)
+        if self.wal is not None:  # after the writer: what it wrote or spooled is released
+            await asyncio.to_thread(self.wal.close)
         if self.engine is not None:
             await self.engine.dispose()

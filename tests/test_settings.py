@@ -1,10 +1,27 @@
-"""Settings are validated once, with errors that name the setting and the value."""
+"""Settings: validated once, errors name the setting and the value."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from proxy.settings import SettingsError, load_settings
+
+
+def test_the_wal_lives_in_the_spool_directory_unless_told_otherwise(tmp_path: Path) -> None:
+    assert load_settings(spool_dir=tmp_path).wal_path == tmp_path / "wal"
+    assert load_settings(spool_dir=tmp_path, wal_dir=tmp_path / "w").wal_path == tmp_path / "w"
+
+
+def test_a_wal_fsync_interval_out_of_range_is_refused_with_its_name() -> None:
+    with pytest.raises(SettingsError, match=r"wal_fsync_interval_ms \(INTERLOCK_WAL_FSYNC_INTERVAL_MS\) has value 500"):
+        load_settings(wal_fsync_interval_ms=500)
+
+
+def test_the_wal_can_be_turned_off_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERLOCK_WAL", "false")
+    assert load_settings().wal is False
 
 
 @pytest.mark.parametrize(("name", "value"), [("response_parse_max_bytes", 1000), ("stream_text_max_chars", 10)])

@@ -94,9 +94,10 @@ def build_api(runtime: Runtime, lifespan: Callable[[FastAPI], AbstractAsyncConte
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        writer = runtime.writer
+        writer, wal = runtime.writer, getattr(runtime, "wal", None)
         body = {"status": "ok", "relay": runtime.relay is not None,
-                "writer": _writer_stats(writer) if writer is not None else None}
+                "writer": _writer_stats(writer) if writer is not None else None,
+                "wal": wal.stats() if wal is not None else None}
         return JSONResponse(body)
 
     @app.get("/metrics", dependencies=[Depends(metrics_guard(runtime))])

@@ -16,7 +16,7 @@ binds them).  Tables are applied in `TABLE_ORDER`, so an update follows the inse
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -28,7 +28,7 @@ from proxy.store import models as m
 ContentPolicy = Literal["full", "redacted", "none"]
 Row = dict[str, Any]
 TABLE_ORDER = ("calls", "guard_events", "edges", "agents", "runs", "call_updates", "run_merges")
-CALL_UPDATE_COLUMNS = frozenset({"run_id", "agent", "agent_source", "flags", "tainted_by", "depth"})
+CALL_UPDATE_COLUMNS = frozenset({"run_id", "agent", "agent_source", "flags", "tainted_by", "depth", "cost_usd"})
 _REDACT_MARGIN = 512  # bytes past the cap that redaction still sees, so a key cut at the cap is masked
 
 
@@ -43,10 +43,12 @@ class Record:
     runs: list[Row] = field(default_factory=list)
     call_updates: list[Row] = field(default_factory=list)
     run_merges: list[Row] = field(default_factory=list)
+    # WAL entries this record makes redundant once written (proxy/store/wal.py); never stored
+    wal: list[int] = field(default_factory=list, compare=False, repr=False)
 
     def to_json(self) -> dict[str, list[Row]]:
         """The record as a dict of non-empty tables (the spool's line format)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+        return {name: getattr(self, name) for name in TABLE_ORDER if getattr(self, name)}
 
     @classmethod
     def from_json(cls, data: dict[str, list[Row]]) -> Record:
@@ -54,7 +56,7 @@ class Record:
         unknown = set(data) - set(TABLE_ORDER)
         if unknown:
             raise ValueError(f"unknown tables in record: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**data)  # type: ignore[arg-type]  # keys checked above: table lists only
 
     def size(self) -> int:
         """Number of rows across its tables."""

@@ -16,6 +16,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import BinaryIO
@@ -60,7 +61,7 @@ class Spool:
         self._unsynced: set[Path] = set()
         self._offsets: dict[int, int] = {}
         self._closed = False
-        self._lock: BinaryIO | None = _lock(self.directory)
+        self._lock: BinaryIO | None = lock_directory(self.directory)
         self.corrupt_lines = 0
 
     @property
@@ -78,6 +79,20 @@ class Spool:
             tail.flush()  # nobody will sync after close: leave it with the OS at least
         if self._tail_bytes >= self._segment_bytes:
             self._seal_tail()
+
+    def adopt(self, path: Path) -> None:
+        """Move the segment file `path` (same line format; e.g. a WAL segment a killed process
+        left) behind everything spooled, to be replayed in turn.  Blocking; call at start,
+        before the first `append`."""
+        if self._tail is not None:
+            self._seal_tail()
+        n, self._next = self._next, self._next + 1
+        target = self.directory / _name(n)
+        shutil.move(path, target)  # a rename on the same filesystem
+        _fsync_dir(self.directory)
+        if target.parent != path.parent:
+            _fsync_dir(path.parent)
+        self._segments.append(n)
 
     async def prepend(self, records: list[Record]) -> None:
         """Write `records` durably as a segment before all others (they are older).  Background."""
@@ -188,16 +203,16 @@ def _line(record: Record) -> bytes:
     return orjson.dumps(record.to_json(), default=str) + b"\n"
 
 
-def _lock(directory: Path) -> BinaryIO:
-    """Hold `directory/.lock` so two processes never share a spool (they would replay and
-    delete each other's segments).  Raises SpoolBusy when another process holds it."""
+def lock_directory(directory: Path, setting: str = "spool_dir") -> BinaryIO:
+    """Hold `directory/.lock` so two processes never share a spool or a WAL (they would replay
+    and delete each other's segments).  Raises SpoolBusy when another process holds it."""
     handle = (directory / ".lock").open("ab")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         raise SpoolBusy(
-            f"spool directory {directory} is in use by another writer; give each process its own spool_dir"
+            f"{directory} is in use by another writer; give each process its own {setting}"
         ) from None
     return handle
 

@@ -29,6 +29,7 @@ from typing import Protocol
 from proxy.failures import FailureLog
 from proxy.store.rows import TABLE_ORDER, Record, Row
 from proxy.store.spool import Spool
+from proxy.store.wal import Journal, NullJournal
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,11 @@ class BatchWriter:
         write_timeout: float = 10.0,
         backoff: tuple[float, float] = (0.5, 30.0),
         abandon_after: float = 120.0,
+        journal: Journal | None = None,
     ) -> None:
         self._sink, self._spool = sink, spool
+        self._journal: Journal = journal or NullJournal()
+        self._spilled: list[int] = []  # WAL entries of records appended to the spool, not fsynced yet
         self._queue: deque[Record] = deque()
         self._queue_size, self._batch_size = queue_size, batch_size
         self._queue_max_bytes = queue_max_bytes
@@ -125,7 +129,9 @@ class BatchWriter:
 
     def submit(self, record: Record) -> None:
         """Hand a record over.  Hot path: synchronous, never awaits, never raises; when the queue
-        is full (or the spool is in use) the record is appended to the spool file instead."""
+        is full (or the spool is in use) the record is appended to the spool file instead.
+        The journal (WAL) logs it first, from its own thread."""
+        record.wal = self._journal.covers(record)
         weight = _weight(record)
         if (self._diverting or self._spool.pending or len(self._queue) >= self._queue_size
                 or (self._queue_bytes + weight > self._queue_max_bytes and self._queue)):
@@ -163,6 +169,8 @@ class BatchWriter:
             self._spool.prepend_now(leftover)
             self._spool.close()
             self.spooled += len(leftover)
+            self._journal.release([*_seqs(leftover), *self._spilled])
+            self._spilled = []
         except OSError:
             self.dropped += len(leftover)
             log.exception("writer: could not spool %d record(s) at shutdown", len(leftover))
@@ -243,6 +251,7 @@ class BatchWriter:
         if exc is not None and not isinstance(exc, RecordRejected):
             return False if counted else self._failed(len(batch), exc)
         self.written += len(batch) - (await self._reject(exc) if exc else 0)
+        self._journal.release(_seqs(batch))
         self._backoff = 0.0
         self._sink_failures.succeeded()
         return True
@@ -305,6 +314,7 @@ class BatchWriter:
         self._queue.clear()
         self._queue_bytes = 0
         self.spooled += len(records)
+        self._journal.release(_seqs(records))
 
     def _requeue(self, records: list[Record]) -> None:
         self._queue.extendleft(reversed(records))
@@ -319,6 +329,7 @@ class BatchWriter:
             log.error("writer: record dropped, spool unavailable: %r", exc)
         else:
             self.spooled += 1
+            self._spilled.extend(record.wal)
 
     async def _sync_spool(self) -> None:
         """Fsync what was appended since the last tick; nothing to do (no thread, no fsync of
@@ -326,11 +337,15 @@ class BatchWriter:
         if not self._unsynced:
             return
         self._unsynced = False  # an append while the fsync runs sets it again
+        spilled, self._spilled = self._spilled, []
         try:
             await self._spool.sync()
         except OSError:
             self._unsynced = True
+            self._spilled[:0] = spilled
             log.exception("writer: fsync of the spool failed")
+        else:
+            self._journal.release(spilled)
 
     def _due(self) -> bool:
         return time.monotonic() >= self._retry_at
@@ -345,6 +360,10 @@ class BatchWriter:
         """Schedule the next attempt with jittered exponential backoff."""
         self._backoff = min(self._backoff_max, max(self._backoff_min, self._backoff * 2))
         self._retry_at = time.monotonic() + self._backoff * random.uniform(0.8, 1.2)
+
+
+def _seqs(records: Sequence[Record]) -> list[int]:
+    return [seq for record in records for seq in record.wal]
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:
