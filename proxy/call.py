@@ -122,8 +122,10 @@ class Call:
     finish_reason: str | None = None
     usage: Usage = field(default_factory=Usage)
     completion: Completion = field(default_factory=Completion)
-    response_bytes: bytes = b""
+    response_bytes: bytes = b""  # the first content_max_bytes of the answer (an assembled stream)
     response_truncated: bool = False
+    response_size: int = 0  # bytes of the answer's body as relayed
+    flags: list[str] = field(default_factory=list)  # what the relay could not do in full (stored with the call)
     error: str | None = None
     client_wants_usage: bool = True
     cost_usd: float | None = None

@@ -8,6 +8,12 @@
 
 Every request ends in exactly one `record(call)` (a non-blocking enqueue), whatever happens:
 refusal, upstream failure, upstream cut, client disconnect.
+
+Memory per exchange is bounded whatever the upstream sends: bytes are passed on as they arrive
+(a body that came in one read goes out in one send, with its length); what is kept is capped:
+content_max_bytes for the record, response_parse_max_bytes for a body to parse or one SSE event,
+stream_text_max_chars for a stream's completion.  Past a cap the call is flagged (`Call.flags`).
+A body cut after relaying began is not ended cleanly: the client sees the connection close.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from functools import partial
 from typing import Any, Protocol
 
@@ -26,11 +32,11 @@ from proxy.call import Call, Chunk, new_id
 from proxy.forward import Forwarder, UpstreamError, UpstreamResponse
 from proxy.guards.base import Verdict
 from proxy.providers import Route, Router
-from proxy.providers.base import Provider, StreamParser
+from proxy.providers.base import Provider, StreamParser, usage_in_tail
 from proxy.redact import api_key_hash, redact_text
 from proxy.server import DISCONNECT_HOOK
 from proxy.settings import Settings
-from proxy.sse import SSESplitter
+from proxy.sse import Event, SSESplitter
 
 log = logging.getLogger("interlock.relay")
 
@@ -253,30 +259,76 @@ class Relay:
             await resp.aclose(abort=not clean)
 
     async def _relay_body(self, call: Call, provider: Provider, state: _Exchange, resp: UpstreamResponse) -> bool:
+        """A body that arrived whole in one read goes out in one send with its length (the common
+        small answer); a longer one is passed on as it arrives, a bounded copy kept (`_BodyCopy`)."""
+        pieces = aiter(resp.aiter_raw())
         try:
-            chunks = [c async for c in resp.aiter_raw()]
+            first = await anext(pieces, b"")
+            call.first_byte_at = call.first_byte_at or time.time()
+            second = await anext(pieces, None) if first else None
         except UpstreamError as exc:
             await self._upstream_failed(call, provider, state, exc)
             return False
+        if second is None:
+            state.upstream_end = time.perf_counter()
+            call.response_size = len(first)
+            self._settle_body(call, provider, resp.status, first, first)
+            headers = _down_headers(resp)
+            headers.append((b"content-length", str(len(first)).encode()))
+            await state.start(resp.status, headers)
+            await state.body(first, more=False)
+            return True
+        return await self._stream_body(call, provider, state, resp, pieces, (first, second))
+
+    async def _stream_body(self, call: Call, provider: Provider, state: _Exchange, resp: UpstreamResponse,
+                           pieces: AsyncIterator[bytes], head: tuple[bytes, bytes]) -> bool:
+        copy = _BodyCopy(self.settings.response_parse_max_bytes)
+        chunked = any(k.lower() == b"transfer-encoding" for k, _ in resp.headers)  # a length beside it lies
+        await state.start(resp.status, _down_headers(resp, keep_length=not chunked))
+        cut: UpstreamError | None = None
+        try:
+            for piece in head:
+                copy.add(piece)
+                self._capture(call, piece)
+                await state.body(piece)
+            async for piece in pieces:
+                copy.add(piece)
+                self._capture(call, piece)
+                await state.body(piece)
+        except UpstreamError as exc:  # the client's body ends short: the server closes the connection
+            cut = exc
         state.upstream_end = time.perf_counter()
-        data = b"".join(chunks)
-        call.first_byte_at = call.first_byte_at or time.time()
-        call.outcome = "ok" if resp.status < 400 else "upstream_error"
-        self._capture(call, data)
-        if resp.status < 400 or data[:1] == b"{":
-            provider.parse_body(call, data)
-        if resp.status >= 400:
-            call.error = data[:2000].decode("utf-8", "replace")
-        headers = _down_headers(resp)
-        headers.append((b"content-length", str(len(data)).encode()))
-        await state.start(resp.status, headers)
-        await state.body(data, more=False)
+        call.response_size = copy.size
+        whole = copy.whole()
+        if whole is None:
+            call.flags.append("response_unparsed")
+            usage = usage_in_tail(copy.tail)
+            if usage is not None:
+                provider.parse_usage(call, usage)
+        self._settle_body(call, provider, resp.status, whole, copy.head)
+        if cut is not None:
+            call.outcome = "upstream_cut"
+            call.error = f"upstream {call.upstream} ended the body early: {cut}; the client got {copy.size} bytes"
+            return False
+        await state.body(b"", more=False)
         return True
+
+    def _settle_body(self, call: Call, provider: Provider, status: int, whole: bytes | None, head: bytes) -> None:
+        """Outcome, usage and completion of a non-streamed answer (`whole` None: too large to parse)."""
+        call.outcome = "ok" if status < 400 else "upstream_error"
+        if whole is not None:
+            if not call.response_bytes:
+                self._capture(call, whole)
+            if status < 400 or whole[:1] == b"{":
+                provider.parse_body(call, whole)
+        if status >= 400:
+            call.error = head[:2000].decode("utf-8", "replace")
 
     async def _relay_stream(self, call: Call, provider: Provider, state: _Exchange, resp: UpstreamResponse) -> bool:
         await state.start(resp.status, _down_headers(resp))
         parser = state.parser = provider.stream_parser(call)
-        splitter = SSESplitter()
+        parser.text_limit = self.settings.stream_text_max_chars
+        splitter = SSESplitter(self.settings.response_parse_max_bytes)
         filtering = provider.needs_filter(call)
         guards = state.guards
         call.outcome = "ok" if resp.status < 400 else "upstream_error"
@@ -284,6 +336,7 @@ class Relay:
             async for raw in resp.aiter_raw():
                 if call.first_byte_at is None:
                     call.first_byte_at = time.time()
+                call.response_size += len(raw)
                 events = splitter.feed(raw)
                 if not filtering:
                     await state.body(raw)
@@ -302,6 +355,8 @@ class Relay:
                         await self._cut(call, provider, state, verdict)
                         self._capture(call, _assembled(call))
                         return False
+            if (held := splitter.close()) and not await self._on_events(call, provider, state, held, filtering):
+                return False
         except UpstreamError as exc:
             call.outcome = "upstream_cut"
             call.error = f"upstream {call.upstream} ended the stream early: {exc}"
@@ -313,8 +368,39 @@ class Relay:
         state.upstream_end = time.perf_counter()
         parser.finish()
         await state.body(b"", more=False)
+        self._stream_flags(call, parser, splitter)
         self._capture(call, _assembled(call))
         return clean
+
+    async def _on_events(self, call: Call, provider: Provider, state: _Exchange, events: list[Event],
+                         filtering: bool) -> bool:
+        """Relay (when filtering), parse and guard the events `SSESplitter.close` gave (the same as
+        the loop in `_relay_stream`, kept inline there: it runs per read); False once a guard cut the stream."""
+        if filtering:
+            out = b"".join(b for b in (provider.filter_event(call, e) for e in events) if b)
+            if out:
+                await state.body(out)
+        parser, guards = state.parser, state.guards
+        assert parser is not None
+        for event in events:
+            chunk = parser.on_event(event)
+            if chunk is None or guards is None:
+                continue
+            chunk.output_tokens_so_far = call.usage.output_tokens or (parser.text_chars + 3) // 4
+            verdict = guards.on_chunk(call, chunk)
+            if verdict.action == "deny":
+                parser.finish()
+                await self._cut(call, provider, state, verdict)
+                self._capture(call, _assembled(call))
+                return False
+        return True
+
+    @staticmethod
+    def _stream_flags(call: Call, parser: StreamParser, splitter: SSESplitter) -> None:
+        if parser.capped:
+            call.flags.append("completion_capped")
+        if splitter.oversized:
+            call.flags.append("sse_event_oversized")
 
     # ---------------------------------------------------------------- endings
 
@@ -509,6 +595,39 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     return b"".join(parts)
 
 
+class _BodyCopy:
+    """What is kept of a body passed on as it arrives: all of it while under `limit` (to parse),
+    else its last `_TAIL` bytes (where the usage is); and its first 2,000 (an error's text)."""
+
+    __slots__ = ("limit", "parts", "size", "tail", "head")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[bytes] | None = []
+        self.size = 0
+        self.tail = b""
+        self.head = b""
+
+    def add(self, piece: bytes) -> None:
+        self.size += len(piece)
+        if len(self.head) < 2000:
+            self.head += piece[: 2000 - len(self.head)]
+        if self.parts is not None:
+            self.parts.append(piece)
+            if self.size <= self.limit:
+                return
+            self.tail = b"".join(self.parts)[-_TAIL:]
+            self.parts = None
+            return
+        self.tail = piece[-_TAIL:] if len(piece) >= _TAIL else (self.tail + piece)[-_TAIL:]
+
+    def whole(self) -> bytes | None:
+        return b"".join(self.parts) if self.parts is not None else None
+
+
+_TAIL = 64 * 1024
+
+
 def _assembled(call: Call) -> bytes:
     """What a stream produced, stored instead of its raw events (smaller, and readable)."""
     c = call.completion
@@ -520,12 +639,14 @@ def _assembled(call: Call) -> bytes:
     return orjson.dumps(out)
 
 
-def _down_headers(resp: UpstreamResponse) -> list[tuple[bytes, bytes]]:
+def _down_headers(resp: UpstreamResponse, keep_length: bool = False) -> list[tuple[bytes, bytes]]:
+    """Headers to relay; `keep_length`: the upstream's Content-Length too (a body passed on as it
+    arrives: the relayed bytes are exactly the upstream's, never decoded)."""
     out: list[tuple[bytes, bytes]] = []
     named = b""
     for k, v in resp.headers:
         low = k.lower()
-        if low in _DROP_DOWN:
+        if low in _DROP_DOWN and not (keep_length and low == b"content-length"):
             if low == b"connection":
                 named += b"," + v
             continue

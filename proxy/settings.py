@@ -79,6 +79,13 @@ class Settings(BaseSettings):
 
     content_policy: ContentPolicy = "redacted"
     content_max_bytes: int = Field(256 * 1024, ge=0)
+    # What is kept of an upstream answer (the client always gets every byte, as it arrives): a
+    # non-streamed body is parsed (usage, completion: what guards read) only up to this size,
+    # above it only the usage in its last bytes is read and the call is flagged
+    # `response_unparsed`; one SSE event is assembled only up to this size (`sse_event_oversized`).
+    response_parse_max_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
+    # Completion text and tool-call arguments kept from one stream (`completion_capped` past it).
+    stream_text_max_chars: int = Field(1024 * 1024, ge=1024)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     # What one client may send and how slowly (proxy/server.py Limits): 431, 414, 408, 408.
     max_header_bytes: int = Field(64 * 1024, ge=1024)

@@ -1,4 +1,4 @@
-from proxy.sse import SSESplitter
+from proxy.sse import Oversized, SSESplitter
 
 
 def test_events_split_across_arbitrary_chunk_boundaries() -> None:
@@ -22,3 +22,30 @@ def test_unfinished_event_stays_in_tail() -> None:
     splitter = SSESplitter()
     assert splitter.feed(b'data: {"partial"') == []
     assert splitter.tail() == b'data: {"partial"'
+
+
+def test_lone_cr_ends_lines_and_events() -> None:
+    events = SSESplitter().feed(b"event: a\rdata: x\r\rdata: y\r\r\n")
+    assert [(e.name, e.data) for e in events] == [("a", b"x"), (None, b"y")]
+
+
+def test_crlf_split_between_cr_and_lf_stays_one_line_end() -> None:
+    splitter = SSESplitter()
+    assert splitter.feed(b"data: x\r\n\r") == []
+    [event] = splitter.feed(b"\ndata: y")
+    assert event.raw == b"data: x\r\n\r\n" and event.data == b"x"
+
+
+def test_event_held_on_a_trailing_cr_comes_out_on_close() -> None:
+    splitter = SSESplitter()
+    assert splitter.feed(b"data: x\r\r") == []
+    assert [e.data for e in splitter.close()] == [b"x"]
+
+
+def test_event_over_the_limit_passes_as_fragments_and_is_counted() -> None:
+    splitter = SSESplitter(max_event_bytes=16)
+    events = splitter.feed(b"data: " + b"x" * 40) + splitter.feed(b"y" * 40 + b"\n\ndata: ok\n\n")
+    assert [e.data for e in events if not isinstance(e, Oversized)] == [b"ok"]
+    assert splitter.oversized == 1
+    assert b"".join(e.raw for e in events) == b"data: " + b"x" * 40 + b"y" * 40 + b"\n\ndata: ok\n\n"
+    assert splitter.tail() == b""

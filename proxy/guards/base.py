@@ -129,6 +129,12 @@ class Guard:
         Settles reservations to the provider's usage (or what was consumed), records outputs.
         Must be idempotent and safe when `on_request` never ran or denied.  May await the
         counter store.  A deny returned here stops nothing; it is recorded as an event.
+
+        The answer is read within bounds (INTERLOCK_RESPONSE_PARSE_MAX_BYTES,
+        INTERLOCK_STREAM_TEXT_MAX_CHARS); `call.flags` says where it was not read whole:
+        `response_unparsed` (a body over the cap: no completion, usage only when found in its
+        last bytes), `completion_capped` (text and tool arguments are a prefix),
+        `sse_event_oversized` (an event over the cap was passed on unread).
         """
         return ALLOW
 

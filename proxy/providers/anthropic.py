@@ -83,6 +83,9 @@ class AnthropicMessages(Provider):
         call.completion.text = "\n".join(m.text for m in msgs if m.role == "assistant")
         call.completion.tool_calls = [tc for m in msgs for tc in m.tool_calls]
 
+    def parse_usage(self, call: Call, usage: dict[str, Any]) -> None:
+        _usage(call, usage)
+
     def stream_parser(self, call: Call) -> StreamParser:
         return _MessagesStream(call)
 
@@ -98,6 +101,7 @@ class _MessagesStream(StreamParser):
     def __init__(self, call: Call) -> None:
         super().__init__(call)
         self._blocks: dict[int, ToolCall | list[str]] = {}
+        self._args: dict[int, list[str]] = {}
 
     def on_event(self, event: Event) -> Chunk | None:
         data = loads(event.data)
@@ -136,11 +140,14 @@ class _MessagesStream(StreamParser):
         if isinstance(delta, dict):
             if delta.get("type") == "text_delta" and isinstance(target, list):
                 text = str(delta.get("text") or "")
-                target.append(text)
+                if self.text_chars < self.text_limit:  # past it (by at most this delta): counted only
+                    target.append(text)
+                else:
+                    self.capped = True
                 self.text_chars += len(text)
             elif delta.get("type") == "input_json_delta" and isinstance(target, ToolCall):
                 text = str(delta.get("partial_json") or "")
-                target.arguments += text
+                self.keep(self._args.setdefault(idx, []), text)
         return Chunk(event.raw, text)
 
     def _message_delta(self, data: dict[str, Any]) -> None:
@@ -152,7 +159,11 @@ class _MessagesStream(StreamParser):
 
     def finish(self) -> None:
         texts = ["".join(b) for _, b in sorted(self._blocks.items()) if isinstance(b, list)]
-        self.call.completion.text = "\n".join(t for t in texts if t)
+        self.call.completion.text = "\n".join(t for t in texts if t)[: self.text_limit]
+        for idx, parts in self._args.items():
+            block = self._blocks.get(idx)
+            if isinstance(block, ToolCall):
+                block.arguments = "".join(parts)
         self.call.completion.tool_calls = [b for _, b in sorted(self._blocks.items()) if isinstance(b, ToolCall)]
 
 

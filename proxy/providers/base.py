@@ -2,6 +2,7 @@
 
     request bytes ──parse_request──▶ Call (model, messages, tools, max_tokens, stream)
     upstream body ──parse_body─────▶ Call (usage, finish_reason, completion, served model)
+    body too large to parse ─parse_usage(usage object found in its last bytes)─▶ Call.usage
     SSE events ─────StreamParser───▶ Call, incrementally; returns Chunk for guards
     Verdict / failure ─render_error─▶ native error body (and stream error event)
 
@@ -19,13 +20,34 @@ import orjson
 from proxy.call import Call, Chunk
 from proxy.sse import Event
 
+DEFAULT_TEXT_LIMIT = 1024 * 1024
+
 
 class StreamParser(ABC):
-    """Consumes one stream's events in order; fills the Call as they pass."""
+    """Consumes one stream's events in order; fills the Call as they pass.
 
-    def __init__(self, call: Call) -> None:
+    Keeps at most `text_limit` characters of completion text, and as many of tool-call arguments
+    (`keep`); the relay sets it from INTERLOCK_STREAM_TEXT_MAX_CHARS.  Past it `capped` is set and
+    the rest is only counted (`text_chars`), so an endless stream costs no memory.
+    """
+
+    def __init__(self, call: Call, text_limit: int = DEFAULT_TEXT_LIMIT) -> None:
         self.call = call
         self.text_chars = 0
+        self.text_limit = text_limit
+        self.kept_chars = 0
+        self.capped = False
+
+    def keep(self, parts: list[str], text: str) -> None:
+        """Append `text` to `parts` (tool-call arguments) while under `text_limit`."""
+        room = self.text_limit - self.kept_chars
+        if len(text) > room:
+            self.capped = True
+            if room <= 0:
+                return
+            text = text[:room]
+        parts.append(text)
+        self.kept_chars += len(text)
 
     @abstractmethod
     def on_event(self, event: Event) -> Chunk | None:
@@ -50,6 +72,10 @@ class Provider(ABC):
     @abstractmethod
     def parse_body(self, call: Call, body: bytes) -> None:
         """Fill the response side of `call` from a complete JSON response body."""
+
+    def parse_usage(self, call: Call, usage: dict[str, Any]) -> None:
+        """Fill `call.usage` from the `usage` object of a body too large to parse whole."""
+        return None
 
     @abstractmethod
     def stream_parser(self, call: Call) -> StreamParser:
@@ -100,3 +126,32 @@ def text_of(content: Any) -> str:
         elif isinstance(part, str):
             parts.append(part)
     return "\n".join(parts)
+
+
+def usage_in_tail(tail: bytes) -> dict[str, Any] | None:
+    """The last `"usage": {...}` object in the final bytes of a JSON body (None if not there
+    whole): how the usage of a body too large to parse is still read.  Providers put it last."""
+    at = tail.rfind(b'"usage"')
+    start = tail.find(b"{", at) if at >= 0 else -1
+    if start < 0 or tail[at + 7 : start].strip(b" \t\r\n:"):
+        return None
+    depth, quoted, escaped = 0, False, False
+    for i in range(start, len(tail)):
+        c = tail[i]
+        if quoted:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:  # backslash
+                escaped = True
+            elif c == 0x22:
+                quoted = False
+        elif c == 0x22:
+            quoted = True
+        elif c == 0x7B:
+            depth += 1
+        elif c == 0x7D:
+            depth -= 1
+            if depth == 0:
+                found = loads(tail[start : i + 1])
+                return found if isinstance(found, dict) else None
+    return None

@@ -131,6 +131,9 @@ class OpenAIChat(_OpenAIErrors, Provider):
                 call.completion.text = text_of(msg.get("content"))
                 call.completion.tool_calls = _chat_messages({"messages": [msg]})[1][0].tool_calls
 
+    def parse_usage(self, call: Call, usage: dict[str, Any]) -> None:
+        _chat_usage(call, usage)
+
     def stream_parser(self, call: Call) -> StreamParser:
         return _ChatStream(call)
 
@@ -139,6 +142,7 @@ class _ChatStream(StreamParser):
     def __init__(self, call: Call) -> None:
         super().__init__(call)
         self._tools: dict[int, ToolCall] = {}
+        self._args: dict[int, list[str]] = {}
         self._text: list[str] = []
 
     def on_event(self, event: Event) -> Chunk | None:
@@ -171,7 +175,10 @@ class _ChatStream(StreamParser):
             if isinstance(tc, dict):
                 self._tool_delta(tc)
         if isinstance(text, str):
-            self._text.append(text)
+            if self.text_chars < self.text_limit:  # past it (by at most this delta): counted only
+                self._text.append(text)
+            else:
+                self.capped = True
             return text
         return ""
 
@@ -181,10 +188,14 @@ class _ChatStream(StreamParser):
         cur = self._tools.setdefault(idx, ToolCall("", "", ""))
         cur.id = cur.id or str(tc.get("id") or "")
         cur.name = cur.name or str(fn.get("name") or "")
-        cur.arguments += str(fn.get("arguments") or "")
+        args = fn.get("arguments")
+        if args:
+            self.keep(self._args.setdefault(idx, []), str(args))
 
     def finish(self) -> None:
-        self.call.completion.text = "".join(self._text)
+        self.call.completion.text = "".join(self._text)[: self.text_limit]
+        for idx, parts in self._args.items():
+            self._tools[idx].arguments = "".join(parts)
         self.call.completion.tool_calls = [self._tools[i] for i in sorted(self._tools)]
 
 
@@ -260,6 +271,9 @@ class OpenAIResponses(_OpenAIErrors, Provider):
     def parse_body(self, call: Call, body: bytes) -> None:
         _responses_object(call, loads(body))
 
+    def parse_usage(self, call: Call, usage: dict[str, Any]) -> None:
+        _responses_usage(call, usage)
+
     def stream_parser(self, call: Call) -> StreamParser:
         return _ResponsesStream(call)
 
@@ -285,6 +299,9 @@ class _ResponsesStream(StreamParser):
             return Chunk(event.raw, delta if isinstance(delta, str) else "")
         if kind in ("response.completed", "response.incomplete", "response.failed", "response.created"):
             _responses_object(self.call, data.get("response"))
+            text = self.call.completion.text
+            if len(text) > self.text_limit:
+                self.call.completion.text, self.capped = text[: self.text_limit], True
         return None
 
 
@@ -308,7 +325,10 @@ class OpenAIGeneric(_OpenAIErrors, Provider):
             call.model_served = _str(data.get("model"))
             usage = data.get("usage")
             if isinstance(usage, dict):
-                call.usage.input_tokens = as_int(usage.get("prompt_tokens")) or as_int(usage.get("input_tokens"))
+                self.parse_usage(call, usage)
+
+    def parse_usage(self, call: Call, usage: dict[str, Any]) -> None:
+        call.usage.input_tokens = as_int(usage.get("prompt_tokens")) or as_int(usage.get("input_tokens"))
 
     def stream_parser(self, call: Call) -> StreamParser:
         return _ChatStream(call)
