@@ -54,6 +54,8 @@ _REASONS = {
 }
 _STATUS_LINES: dict[int, bytes] = {}
 _BODY_HIGH_WATER = 256 * 1024  # request-body bytes buffered before reading pauses
+_PIPELINE_DEPTH = 32  # parsed requests waiting behind the one being answered before parsing stops
+_FEED_SLICE = 4096  # bytes parsed at a time while requests queue up (bounds one read's requests)
 _DISCONNECT: Message = {"type": "http.disconnect"}
 # Scope extension: `scope["extensions"][DISCONNECT_HOOK](callback)` asks for `callback()` when the
 # client leaves before the response is complete (None withdraws it); no task has to sit in receive().
@@ -246,6 +248,7 @@ class _Connection(asyncio.Protocol):
         self.read_deadline: float | None = None  # when the request being read times out; None: not reading
         self.read_timer: asyncio.TimerHandle | None = None
         self.reading_paused = False  # by the server (backpressure, pipelining): the client is not late
+        self.unparsed = b""  # read but not yet parsed: the pipeline was full (_PIPELINE_DEPTH)
 
     # ------------------------------------------------------------ transport events
 
@@ -275,13 +278,39 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._disarm_idle()
-        if self.upgrade_left is not None:
-            self._take_upgrade_body(data)
+        if self.unparsed:
+            self.unparsed += data
+            self.pause_reading()
             return
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        """Parse what was read, in slices while requests queue up: once `_PIPELINE_DEPTH` wait,
+        the rest stays unparsed (and reading paused) until the queue moves (`_parse_unparsed`)."""
+        while data:
+            if len(self.queue) >= _PIPELINE_DEPTH:
+                self.unparsed = data
+                self.pause_reading()
+                return
+            piece, data = (data, b"") if not self.queue and len(data) <= _FEED_SLICE else \
+                (data[:_FEED_SLICE], data[_FEED_SLICE:])
+            if not self._parse_piece(piece, data):
+                return
+
+    def _parse_unparsed(self) -> None:
+        data, self.unparsed = self.unparsed, b""
+        self._parse(data)
+
+    def _parse_piece(self, piece: bytes, rest: bytes) -> bool:
+        """Feed one piece; False when the rest of the stream is not parsed as requests."""
+        if self.upgrade_left is not None:
+            self._take_upgrade_body(piece + rest)
+            return False
         try:
-            self._feed(data)
+            self._feed(piece)
+            return not self.closed and not (self.transport is not None and self.transport.is_closing())
         except httptools.HttpParserUpgrade as exc:
-            self._take_upgrade_body(data[exc.args[0]:] if exc.args else b"")
+            self._take_upgrade_body((piece[exc.args[0]:] if exc.args else b"") + rest)
         except _Refused as exc:
             self._refuse(exc.status, exc.text)
         except httptools.HttpParserError as exc:
@@ -289,6 +318,7 @@ class _Connection(asyncio.Protocol):
                 self._refuse(exc.__context__.status, exc.__context__.text)
             else:
                 self._refuse(400, b"Invalid HTTP request: " + str(exc).encode("utf-8", "replace"))
+        return False
 
     def _feed(self, data: bytes) -> None:
         """Feed the parser, a head never past `max_header_bytes`: a chunk that starts inside a
@@ -312,12 +342,16 @@ class _Connection(asyncio.Protocol):
         return None  # close our side too; a client that half-closes is gone
 
     def pause_writing(self) -> None:
+        """The transport's write buffer passed its high-water mark: the client reads slower than
+        we answer, so read no more requests from it (and every `send` waits in `drain`)."""
         self.write_paused = True
+        self.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
+        self.resume_reading()
 
     # ------------------------------------------------------------ parser callbacks
 
@@ -427,6 +461,8 @@ class _Connection(asyncio.Protocol):
             return
         if self.queue:
             self._start(self.queue.popleft())
+            if self.unparsed:
+                self._parse_unparsed()
             self.resume_reading()
         else:
             self._arm_idle()
@@ -446,7 +482,8 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed and not self.queue:
+        if self.transport is not None and not self.closed and not self.queue and not self.unparsed \
+                and not self.write_paused:
             self.reading_paused = False
             if self.read_deadline is not None:  # the client was not late while we did not read
                 self.read_deadline = self.loop.time() + self.limits.body_timeout_s
@@ -694,6 +731,11 @@ class _Exchange:
         self.pending_head = b"".join(out)
 
     async def _body(self, data: bytes, more: bool) -> None:
+        # Wait before writing, the last piece too: a pipelining client that never reads would
+        # otherwise collect every queued answer in the transport's buffer (issue 13 #2).
+        await self.conn.drain()
+        if self.gone:
+            return
         head, self.pending_head = self.pending_head, None
         if self.head:
             data = b""
@@ -710,8 +752,6 @@ class _Exchange:
         if not more:
             self.response_complete = True
             self._wake()
-            return
-        await self.conn.drain()
 
 
 def _upgrade_body_length(method: bytes, headers: list[tuple[bytes, bytes]]) -> int:
