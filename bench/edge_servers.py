@@ -2,9 +2,13 @@
 """The whole proxy app (create_app: recording, graph, rules from INTERLOCK_RULES_DIR) served by one
 of three HTTP servers, for `bench/run.py --proxy NAME='...'` to compare them in one run:
 
-    interlock   proxy/server.py (asyncio Protocol + httptools on uvloop), retired: from git history
-    uvicorn     uvicorn, http=httptools, loop=uvloop, lifespan on, access log off
-    granian     granian's ASGI interface, embedded (one process, one Rust runtime thread), uvloop
+    interlock   what `interlock serve` runs: proxy/server.py (asyncio Protocol + httptools, uvloop)
+    uvicorn     plain uvicorn, http=httptools, loop=uvloop, lifespan on, access log off
+    edge        uvicorn + the limits the proxy needs (431/414/408, h2c, disconnect hook): proxy/edge.py
+                on branch `server-uvicorn` (the measured alternative, not merged); to measure it
+                here: git show server-uvicorn:proxy/edge.py > proxy/edge.py  (then delete it again)
+    granian     granian's ASGI interface, embedded (one process, one Rust runtime thread), uvloop;
+                not a dependency: .venv/bin/pip install 'granian>=2.5,<3' first
 
     .venv/bin/python bench/edge_servers.py uvicorn --port 8080
 """
@@ -23,7 +27,7 @@ from proxy.settings import load_settings
 
 
 def serve_interlock(app: object, host: str, port: int) -> None:
-    from proxy.server import run  # type: ignore[import-not-found]  # exists only before the switch
+    from proxy.server import run
 
     uvloop.run(run(app, host=host, port=port))
 
@@ -33,7 +37,7 @@ def serve_uvicorn(app: object, host: str, port: int) -> None:
 
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
                             access_log=False, log_level="warning", server_header=False, date_header=False)
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run()  # uvicorn: a test extra (the fake upstream's server)
 
 
 def serve_granian(app: object, host: str, port: int) -> None:
@@ -44,7 +48,13 @@ def serve_granian(app: object, host: str, port: int) -> None:
     uvloop.run(server.serve())
 
 
-SERVERS = {"interlock": serve_interlock, "uvicorn": serve_uvicorn, "granian": serve_granian}
+def serve_edge(app: object, host: str, port: int) -> None:
+    from proxy.edge import listen, serve  # type: ignore[import-not-found]  # see the docstring
+
+    serve(app, listen(host, port))
+
+
+SERVERS = {"interlock": serve_interlock, "uvicorn": serve_uvicorn, "granian": serve_granian, "edge": serve_edge}
 
 
 def main(argv: list[str] | None = None) -> int:
