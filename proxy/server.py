@@ -1,16 +1,22 @@
 """Interlock's HTTP/1.1 server: asyncio.Protocol + httptools, speaking ASGI 3 to the app.
 
     socket ─▶ _Connection (httptools parser) ─▶ one task per request: app(scope, receive, send)
-                 │ pipelined requests wait in a queue; reading pauses while the app is slow
-                 └─ send() frames the response: Content-Length when the app gave one, else chunked
+                 │ pipelined requests wait in a queue (at most _PIPELINE_DEPTH parsed, the rest
+                 │ of what was read kept unparsed); reading pauses while the app is slow, while
+                 │ requests queue, and while the client does not read its answers
+                 └─ send() frames the response: Content-Length when the app gave one, else chunked;
+                    every body write first waits for the transport's buffer to drain
 
-Why not uvicorn: the proxy answers a few thousand requests per second per core and every
-request crosses the server twice (request in, response out).  uvicorn's per-request machinery
-(header validation by regular expression on every response header, a cycle object with its own
-events and flow-control waiters, keep-alive timers re-armed per request) measured 12 % of the
-proxy's CPU; this server keeps only what an HTTP/1.1 reverse proxy needs: keep-alive, pipelining,
-chunked and Content-Length bodies both ways, `Expect: 100-continue`, HEAD, backpressure in both
-directions, client-disconnect events, an idle timeout, ASGI lifespan and graceful shutdown.
+Why not a maintained server (uvicorn, granian): measured in the whole-proxy bench (bench/README.md,
+"Which HTTP server"), three interleaved runs on this 2-core machine, small non-streamed calls at
+C=16 with recording, graph and default rules: this server 0.54-0.61 ms CPU per request, uvicorn
+(httptools, uvloop) 0.62-0.68, uvicorn with the limits below added (branch `server-uvicorn`,
+proxy/edge.py) 0.65-0.69, granian (ASGI) 0.86-0.99; the goal is <= 0.6.  uvicorn's httptools
+protocol also has no header/URL size limit and no header or body read timeout, so those would be
+hand-written on its internals anyway.  This server keeps only what an HTTP/1.1 reverse proxy
+needs: keep-alive, pipelining, chunked and Content-Length bodies both ways, `Expect: 100-continue`,
+HEAD, backpressure in both directions, client-disconnect events, an idle timeout, ASGI lifespan and
+graceful shutdown.
 Anything the app sends is trusted (it is our own app); what clients send is parsed by httptools
 and refused with 400 when malformed, and bounded by `Limits`:
 
