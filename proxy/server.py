@@ -61,7 +61,7 @@ _REASONS = {
 _STATUS_LINES: dict[int, bytes] = {}
 _BODY_HIGH_WATER = 256 * 1024  # request-body bytes buffered before reading pauses
 _PIPELINE_DEPTH = 32  # parsed requests waiting behind the one being answered before parsing stops
-_FEED_SLICE = 4096  # bytes parsed at a time while requests queue up (bounds one read's requests)
+_FEED_SLICE = 4096  # bytes of request heads parsed at a time (bounds the requests one read can queue)
 _DISCONNECT: Message = {"type": "http.disconnect"}
 # Scope extension: `scope["extensions"][DISCONNECT_HOOK](callback)` asks for `callback()` when the
 # client leaves before the response is complete (None withdraws it); no task has to sit in receive().
@@ -255,6 +255,8 @@ class _Connection(asyncio.Protocol):
         self.read_timer: asyncio.TimerHandle | None = None
         self.reading_paused = False  # by the server (backpressure, pipelining): the client is not late
         self.unparsed = b""  # read but not yet parsed: the pipeline was full (_PIPELINE_DEPTH)
+        self.declared: bytes | None = None  # the Content-Length of the head being parsed
+        self.body_left: int | None = None  # bytes of the Content-Length body being read not yet parsed
 
     # ------------------------------------------------------------ transport events
 
@@ -291,32 +293,39 @@ class _Connection(asyncio.Protocol):
         self._parse(data)
 
     def _parse(self, data: bytes) -> None:
-        """Parse what was read, in slices while requests queue up: once `_PIPELINE_DEPTH` wait,
-        the rest stays unparsed (and reading paused) until the queue moves (`_parse_unparsed`)."""
-        while data:
+        """Parse what was read: heads `_FEED_SLICE` bytes at a time, a Content-Length body in one
+        piece.  Once `_PIPELINE_DEPTH` requests wait, the rest stays unparsed (and reading paused)
+        until the queue moves (`_parse_unparsed`): one read cannot queue thousands of requests."""
+        if not self.queue and len(data) <= _FEED_SLICE:  # nearly every read: one request, or its body
+            self._parse_piece(data, 0)
+            return
+        view, pos = memoryview(data), 0
+        while pos < len(data):
             if len(self.queue) >= _PIPELINE_DEPTH:
-                self.unparsed = data
+                self.unparsed = bytes(view[pos:])
                 self.pause_reading()
                 return
-            piece, data = (data, b"") if not self.queue and len(data) <= _FEED_SLICE else \
-                (data[:_FEED_SLICE], data[_FEED_SLICE:])
-            if not self._parse_piece(piece, data):
+            end = pos + (self.body_left or _FEED_SLICE)
+            if not self._parse_piece(view[pos:end], pos, data):
                 return
+            pos = end
 
     def _parse_unparsed(self) -> None:
         data, self.unparsed = self.unparsed, b""
         self._parse(data)
 
-    def _parse_piece(self, piece: bytes, rest: bytes) -> bool:
-        """Feed one piece; False when the rest of the stream is not parsed as requests."""
+    def _parse_piece(self, piece: bytes | memoryview, pos: int, data: bytes | None = None) -> bool:
+        """Feed `piece` (at `pos` in `data`, the read it comes from); False when the rest of the
+        stream is not to be parsed as requests."""
+        whole = piece if data is None else data
         if self.upgrade_left is not None:
-            self._take_upgrade_body(piece + rest)
+            self._take_upgrade_body(bytes(whole[pos:]))
             return False
         try:
             self._feed(piece)
             return not self.closed and not (self.transport is not None and self.transport.is_closing())
         except httptools.HttpParserUpgrade as exc:
-            self._take_upgrade_body((piece[exc.args[0]:] if exc.args else b"") + rest)
+            self._take_upgrade_body(bytes(whole[pos + exc.args[0]:]) if exc.args else b"")
         except _Refused as exc:
             self._refuse(exc.status, exc.text)
         except httptools.HttpParserError as exc:
@@ -326,7 +335,7 @@ class _Connection(asyncio.Protocol):
                 self._refuse(400, b"Invalid HTTP request: " + str(exc).encode("utf-8", "replace"))
         return False
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         """Feed the parser, a head never past `max_header_bytes`: a chunk that starts inside a
         head is fed up to the room left, and the rest only if that head ended.  (The part of a
         chunk after a head began is not counted: at most one read, so a head cannot grow
@@ -364,6 +373,7 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
+        self.declared = None
         self.head_bytes = self.head_size = 0
         self._read_by(self.limits.header_timeout_s)
 
@@ -378,13 +388,18 @@ class _Connection(asyncio.Protocol):
         self.head_size += len(name) + len(value) + 4
         if self.head_size > self.limits.max_header_bytes:
             raise _Refused(431, b"Request header fields too large (INTERLOCK_MAX_HEADER_BYTES)")
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        if name == b"content-length":
+            self.declared = value
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         self.head_bytes = None
         self.heads_done += 1
         self._read_by(self.limits.body_timeout_s)
+        declared = self.declared  # llhttp refuses a malformed, repeated or chunked Content-Length
+        self.body_left = int(declared) if declared is not None and declared.isdigit() else None
         if parser.should_upgrade():
             self.upgrade_left = _upgrade_body_length(parser.get_method(), self.headers)
             if self.upgrade_left < 0:
@@ -415,6 +430,8 @@ class _Connection(asyncio.Protocol):
             self.pause_reading()  # pipelined: one at a time
 
     def on_body(self, body: bytes) -> None:
+        if self.body_left is not None:
+            self.body_left -= len(body)
         self.read_deadline = self.loop.time() + self.limits.body_timeout_s
         ex = self.current
         if ex is not None and not ex.discard_body:
@@ -424,6 +441,7 @@ class _Connection(asyncio.Protocol):
         if self.upgrade_left is not None:
             return  # llhttp ends an upgrade request at its headers; its body is taken by _take_upgrade_body
         self.read_deadline = None
+        self.body_left = None
         ex = self.current
         if ex is not None:
             ex.body_complete()
@@ -489,7 +507,7 @@ class _Connection(asyncio.Protocol):
 
     def resume_reading(self) -> None:
         if self.transport is not None and not self.closed and not self.queue and not self.unparsed \
-                and not self.write_paused:
+                and not self.write_paused and not self.transport.is_closing():
             self.reading_paused = False
             if self.read_deadline is not None:  # the client was not late while we did not read
                 self.read_deadline = self.loop.time() + self.limits.body_timeout_s

@@ -278,6 +278,15 @@ def test_pipelining_depth_is_bounded_and_every_request_is_answered_in_order(
     assert out.index(b"slow done") < out.index(b"0:", out.index(b"slow done"))
 
 
+def test_a_large_body_then_pipelined_requests_in_one_write_are_all_answered(served: ThreadedServer) -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB: parsed in one piece, the heads after it in slices
+    req = b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+    out = raw(served, req + b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc" * 100
+              + b"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", timeout=10)
+    assert out.count(b"HTTP/1.1 200 OK") == 102
+    assert out.count(b"3:abc") == 100 and b"1048576:" in out
+
+
 def test_graceful_stop_finishes_the_request_in_flight(app: EchoApp) -> None:
     s = ThreadedServer(app, graceful_timeout_s=5).__enter__()
     result: dict[str, Any] = {}
