@@ -8,10 +8,11 @@
                     every body write first waits for the transport's buffer to drain
 
 Why not a maintained server (uvicorn, granian): measured in the whole-proxy bench (bench/README.md,
-"Which HTTP server"), three interleaved runs on this 2-core machine, small non-streamed calls at
-C=16 with recording, graph and default rules: this server 0.54-0.61 ms CPU per request, uvicorn
-(httptools, uvloop) 0.62-0.68, uvicorn with the limits below added (branch `server-uvicorn`,
-proxy/edge.py) 0.65-0.69, granian (ASGI) 0.86-0.99; the goal is <= 0.6.  uvicorn's httptools
+"Which HTTP server"), four interleaved runs on this shared 2-core machine, small non-streamed
+calls at C=16 with recording, graph and default rules: this server 0.54-0.69 ms CPU per request,
+uvicorn (httptools, uvloop) 0.62-0.84 (1.06-1.2x this server in the same round), uvicorn with the
+limits below added (branch `server-uvicorn`, proxy/edge.py) 0.65-0.69, granian (ASGI) 0.86-0.99;
+the goal is <= 0.6, met only by this server (in the quieter runs).  uvicorn's httptools
 protocol also has no header/URL size limit and no header or body read timeout, so those would be
 hand-written on its internals anyway.  This server keeps only what an HTTP/1.1 reverse proxy
 needs: keep-alive, pipelining, chunked and Content-Length bodies both ways, `Expect: 100-continue`,
