@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# Multi-stage: build a venv with Interlock and its offline tokenizer data, then copy it into a
-# slim non-root runtime image.  The tiktoken encodings are baked in (no download at run time).
+# Multi-stage: build a venv with Interlock, then copy it into a slim non-root runtime image.  The
+# tiktoken encodings ship inside the package (no download at run time); `encodings install` verifies them.
 FROM python:3.11-slim AS build
 WORKDIR /src
 RUN python -m venv /opt/interlock

@@ -15,7 +15,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[test]'
   touch "$stamp"
 fi
-.venv/bin/interlock encodings install >/dev/null
+.venv/bin/interlock encodings install >/dev/null  # verifies the encodings shipped in proxy/data/
 .venv/bin/ruff check proxy tests bench
 .venv/bin/mypy
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

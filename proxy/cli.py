@@ -45,18 +45,40 @@ def serving_line(settings: Settings) -> str:
     return f"interlock: serving on http://{settings.host}:{settings.port}  (database {mask_url(settings.database_url)})"
 
 
+def banner(settings: Settings) -> str:
+    """What a newcomer needs once the proxy listens: where calls go, where they are stored,
+    which rules apply, and what to try next."""
+    from proxy.doctor import rules_check
+
+    base = f"http://{settings.host}:{settings.port}"
+    upstreams = ", ".join(f"{name} → {spec.url}" for name, spec in settings.all_upstreams().items())
+    rules = rules_check(settings)
+    return "\n".join([
+        serving_line(settings),
+        f"  upstreams  {upstreams}",
+        f"  database   {mask_url(settings.database_url)}",
+        f"  rules      {rules.detail}",
+        f"  next       export OPENAI_BASE_URL={base}/v1 ANTHROPIC_BASE_URL={base}; run your agents, then "
+        "`interlock runs`",
+    ])
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
 
     from proxy.app import create_app
+    from proxy.doctor import encodings_error
     from proxy.server import run
     from proxy.serving import limits_from
 
     settings = _settings(args)
+    refused = encodings_error(settings)
+    if refused is not None:
+        raise SettingsError(refused)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     tune_gc()
-    print(serving_line(settings), file=sys.stderr)
+    print(banner(settings), file=sys.stderr)
     try:
         uvloop.run(run(app, host=settings.host, port=settings.port, graceful_timeout_s=10,
                        limits=limits_from(settings)))
@@ -64,6 +86,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"interlock: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from proxy.doctor import main as doctor
+
+    return doctor(_settings(args))
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -94,7 +122,13 @@ def cmd_calls(args: argparse.Namespace) -> int:
             await engine.dispose()
 
     items = asyncio.run(fetch())
-    table = Table(title=f"last {len(items)} calls")
+    if not items:
+        filters = any(getattr(args, k) for k in ("agent", "model", "status"))
+        print("interlock: no calls match these filters." if filters else
+              "interlock: no calls recorded yet. Point an SDK at the proxy (OPENAI_BASE_URL="
+              "http://127.0.0.1:8080/v1) and make a call, or try `interlock demo`.")
+        return 0
+    table = Table(title=f"last {len(items)} call{'' if len(items) == 1 else 's'}")
     for col in ("time", "agent", "model", "op", "status", "in", "out", "ms", "outcome"):
         table.add_column(col, justify="right" if col in ("in", "out", "ms", "status") else "left")
     for c in items:
@@ -169,10 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(calls)
     calls.set_defaults(func=cmd_calls)
 
+    doctor = sub.add_parser("doctor", help="check what a start would use and what is missing",
+                            description="Check the tokenizer data, the database, the rules directory and the "
+                            "upstreams; exit 1 when something is missing.")
+    doctor.add_argument("--rules-dir", dest="rules_dir")
+    _common(doctor)
+    doctor.set_defaults(func=cmd_doctor)
+
     enc = sub.add_parser("encodings", help="tokenizer data", description="Tokenizer data commands.")
     encsub = enc.add_subparsers(dest="enc_command", required=True)
-    inst = encsub.add_parser("install", help="install tiktoken encodings offline",
-                             description="Fetch o200k_base and cl100k_base from the litellm wheel, verify checksums.")
+    inst = encsub.add_parser("install", help="check the shipped tiktoken encodings, or fill another directory",
+                             description="The encodings ship with Interlock: without --dest, verify them; with --dest, "
+                             "fetch o200k_base and cl100k_base from the litellm wheel into DEST (for "
+                             "INTERLOCK_ENCODINGS_DIR), verifying checksums.")
     inst.add_argument("--dest")
     inst.set_defaults(func=cmd_encodings)
 
@@ -206,6 +249,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"interlock: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        line = database_failure(args, exc)
+        if line is None:
+            raise
+        print(f"interlock: {line}", file=sys.stderr)
+        return 2
+
+
+def database_failure(args: argparse.Namespace, exc: BaseException) -> str | None:
+    """One line naming the database setting, its value and why it is unusable, when `exc` is a
+    failure to reach or read the database (else None: a bug, shown with its traceback)."""
+    from proxy.store.db import database_failure as reason_of
+
+    reason = reason_of(exc)
+    if reason is None:
+        return None
+    url = _settings(args).database_url if "database_url" in vars(args) else "?"
+    return f"setting database_url (INTERLOCK_DATABASE_URL) has value {mask_url(url)!r}: {reason}"
+
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import orjson
 from rich.console import Console
 
 from proxy.app import create_app
-from proxy.graph.cli import load_graph, render_graph
+from proxy.graph.cli import load_graph, plural, render_graph
 from proxy.graph.examples import agent_as_tool_script, fan_out_script, pipeline_script
 from proxy.graph.script import Exchange, merge, render
 from proxy.serving import ThreadedServer
@@ -67,7 +67,7 @@ def _drive(proxy_url: str, model: _FakeModel, exchanges: list[Exchange]) -> None
             client.post(ex.path, json=body, headers={**ex.headers, **auth}).raise_for_status()
 
 
-def run_demo(db: Path, keep_serving: bool, console: Console) -> int:
+def run_demo(db: Path, keep_serving: bool, console: Console, *, kept: bool = True) -> int:
     model = _FakeModel()
     with ThreadedServer(model) as upstream:
         settings = load_settings(database_url=f"sqlite+aiosqlite:///{db}", upstream_openai=upstream.url,
@@ -77,13 +77,13 @@ def run_demo(db: Path, keep_serving: bool, console: Console) -> int:
         with ThreadedServer(app) as px:
             console.print(f"[bold]Interlock demo[/]: fake model at {upstream.url}, proxy at {px.url}, database {db}\n")
             for title, exchanges in _systems():
-                console.print(f"• {title}: {len(exchanges)} calls")
+                console.print(f"• {title}: {plural(len(exchanges), 'call')}")
                 _drive(px.url, model, exchanges)
             graphs = _wait_for_graphs(px.url, sum(len(e) for _, e in _systems()), settings.database_url)
             for graph in graphs:
                 console.print()
                 console.print(render_graph(graph))
-            _next_steps(console, px.url, db, graphs)
+            _next_steps(console, px.url, db if kept else None, graphs)
             if keep_serving:
                 console.print(f"\nServing on {px.url} until Ctrl-C.")
                 _wait_forever()
@@ -102,14 +102,14 @@ def _wait_for_graphs(url: str, calls: int, database_url: str) -> list[dict[str, 
     return [httpx.get(f"{url}/api/runs/{r['id']}/graph").json() for r in reversed(runs)]
 
 
-def _next_steps(console: Console, url: str, db: Path, graphs: list[dict[str, Any]]) -> None:
-    first = graphs[0]["run"]["id"] if graphs else "RUN_ID"
+def _next_steps(console: Console, url: str, db: Path | None, graphs: list[dict[str, Any]]) -> None:
+    first = graphs[0]["run"]["id"][:12] if graphs else "RUN_ID"
+    keep = (f"  interlock runs --database-url {db}\n  interlock graph {first} --database-url {db}\n" if db is not None
+            else "  interlock demo --db demo.db      (keeps the database; this one is deleted on exit)\n")
     console.print(f"""
-[bold]{len(graphs)} runs recovered from traffic alone[/] (no headers, no SDK changes).
+[bold]{plural(len(graphs), 'run')} recovered from traffic alone[/] (no headers, no SDK changes).
 Where to look next:
-  interlock runs --database-url sqlite+aiosqlite:///{db}
-  interlock graph {first} --database-url sqlite+aiosqlite:///{db}
-  curl {url}/api/runs/{first}/graph      (with --serve; JSON per design: nodes, edges, agent_edges)
+{keep}  curl {url}/api/runs/{first}/graph      (with --serve; JSON: run, agents, nodes, edges, agent_edges)
   ./run.sh, then point your own agents at http://127.0.0.1:8080/v1 (OpenAI) or http://127.0.0.1:8080 (Anthropic)""")
 
 
@@ -122,9 +122,12 @@ def _wait_forever() -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    db = Path(args.db) if args.db else Path(tempfile.mkdtemp(prefix="interlock-demo-")) / "demo.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return run_demo(db.resolve(), args.serve, Console())
+    if args.db:
+        db = Path(args.db)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return run_demo(db.resolve(), args.serve, Console())
+    with tempfile.TemporaryDirectory(prefix="interlock-demo-") as tmp:  # nothing left in /tmp
+        return run_demo(Path(tmp) / "demo.db", args.serve, Console(), kept=False)
 
 
 def add_commands(sub: Any) -> None:

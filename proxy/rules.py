@@ -670,9 +670,12 @@ class RulesManager:
         self.rules, self.chain = ruleset, chain
         self.errors = []
         self.loaded_at = self._clock()
-        log.info(
-            "rules loaded from %s: %d rule(s), %d guard(s)", self.rules_dir, len(ruleset.rules), len(chain)
-        )
+        if self.rules_dir.is_dir():
+            log.info("rules loaded from %s: %d rule(s), %d guard(s)", self.rules_dir.resolve(),
+                     len(ruleset.rules), len(chain))
+        else:
+            log.warning("no rules loaded: %s does not exist (set INTERLOCK_RULES_DIR or --rules-dir; "
+                        "it is read again when it appears)", self.rules_dir.resolve())
         return True
 
     def _failed(self, errors: list[str]) -> bool:

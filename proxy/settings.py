@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from proxy.redact import mask_url
 
@@ -121,13 +123,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _db(cls, v: str) -> str:
-        if "://" not in v:
-            raise ValueError(f"not a database URL: {v!r}")
-        if v.startswith("sqlite:///"):
-            return "sqlite+aiosqlite:///" + v[len("sqlite:///") :]
-        if v.startswith(("postgresql://", "postgres://")):
-            return "postgresql+asyncpg://" + v.split("://", 1)[1]
-        return v
+        return database_url(v)
 
     @classmethod
     def settings_customise_sources(
@@ -151,6 +147,24 @@ class Settings(BaseSettings):
         return base
 
 
+def database_url(value: str) -> str:
+    """A database URL with an async driver; a plain file path means SQLite (`interlock.db`,
+    `/tmp/demo.db`).  A scheme SQLAlchemy has no dialect for is refused here, at start."""
+    if "://" not in value:
+        if not value.strip():
+            raise ValueError("empty; give a URL such as sqlite+aiosqlite:///./interlock.db or a file path")
+        return "sqlite+aiosqlite:///" + value
+    scheme, rest = value.split("://", 1)
+    url = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg",
+           "postgres": "postgresql+asyncpg"}.get(scheme, scheme) + "://" + rest
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError):
+        raise ValueError(f"unknown database scheme {scheme!r}; use sqlite:///FILE, "
+                         "postgresql://user@host/db or a file path") from None
+    return url
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build Settings, turning pydantic's report into one line per bad setting."""
     try:
@@ -161,7 +175,8 @@ def load_settings(**overrides: Any) -> Settings:
             name = ".".join(str(p) for p in err["loc"]) or "?"
             env = "INTERLOCK_" + str(err["loc"][0]).upper() if err["loc"] else ""
             value, shown = err.get("input"), _shown(name, err.get("input"))
-            msg = err["msg"].replace(value, str(shown)) if isinstance(value, str) and value else err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
+            msg = msg.replace(value, str(shown)) if isinstance(value, str) and value else msg
             lines.append(f"setting {name} ({env}) has value {shown!r}: {msg}")
         raise SettingsError("; ".join(lines)) from None
 

@@ -15,7 +15,7 @@
          text cache:   hash(text) ─▶ count, bounded, per encoding; a miss is encoded
          so an agent resending its whole history every turn pays only for what is new.
 
-Encodings load from files only (installed by `interlock encodings install`, see
+Encodings load from files only (shipped with the package, or INTERLOCK_ENCODINGS_DIR, see
 proxy/encodings.py); tiktoken is never asked to download.  When they are missing the
 constructor raises EncodingsUnavailable; `TokenCounter.approximate()` (or `load_counter`)
 gives a counter that still works, at about 4 characters per token.
@@ -167,8 +167,8 @@ def route(model: str | None, provider: str | None = None) -> Route:
 
 def _missing(path: Path, why: str) -> EncodingsUnavailable:
     return EncodingsUnavailable(
-        f"tiktoken encoding file {path} {why}; run `interlock encodings install` "
-        f"(or `python -m proxy.encodings --dest {path.parent}`) to install it offline-ready"
+        f"tiktoken encoding file {path} {why}; reinstall Interlock (the files ship with it) or, for "
+        f"another directory, run `interlock encodings install --dest {path.parent}`; `interlock doctor` checks it"
     )
 
 

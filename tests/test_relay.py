@@ -582,3 +582,13 @@ async def test_a_settle_that_suspends_hands_back_its_result_and_its_error() -> N
     assert await _shielded(answer()) == 42
     with pytest.raises(KeyError):
         await _shielded(fail())
+
+
+def test_an_unreachable_upstream_is_logged_with_the_502(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with caplog.at_level("WARNING", logger="interlock.relay"), ProxyServer(tmp_path, closed) as px:
+        r = httpx.post(px.url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": []})
+    assert r.status_code == 502
+    assert f"could not reach upstream 'openai' ({closed})" in caplog.text and "answered 502" in caplog.text

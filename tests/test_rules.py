@@ -236,3 +236,12 @@ def test_schema_rejects_what_the_loader_rejects() -> None:
     schema = json.loads((ROOT / "schema.json").read_text())
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"rules": [{"name": "x", "kind": "budget", "limit_tokens": 0}]}, schema)
+
+
+def test_a_missing_rules_directory_is_named_in_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)  # `serve` started from another directory: ./rules is not there
+    with caplog.at_level("WARNING", logger="interlock.rules"):
+        manager(Path("rules")).reload()
+    assert f"no rules loaded: {tmp_path / 'rules'} does not exist" in caplog.text

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, HTTPException, Query
 
 import proxy.store.queries as queries
+from proxy.api.ids import filter_id, full_id
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
@@ -27,7 +28,8 @@ def register(api: APIRouter, runtime: Runtime) -> None:
     ) -> dict[str, object]:
         try:
             items, nxt = await queries.list_calls(
-                runtime.engine, agent=agent, model=model, status=status, run_id=run_id,
+                runtime.engine, agent=agent, model=model, status=status,
+                run_id=await filter_id(runtime.engine, "run", run_id),
                 since=since, until=until, cursor=cursor, limit=limit,
             )
         except ValueError as exc:
@@ -36,7 +38,7 @@ def register(api: APIRouter, runtime: Runtime) -> None:
 
     @api.get("/calls/{call_id}")
     async def get_call(call_id: str) -> dict[str, object]:
-        row = await queries.get_call(runtime.engine, call_id)
+        row = await queries.get_call(runtime.engine, await full_id(runtime.engine, "call", call_id))
         if row is None:
             raise HTTPException(404, f"no call with id {call_id!r}")
         return row

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from proxy.api.ids import filter_id
+
 if TYPE_CHECKING:
     from proxy.escalation.service import Escalations
     from proxy.runtime import Runtime
@@ -54,6 +56,7 @@ def register(api: APIRouter, runtime: Runtime) -> None:
         limit: int = Query(100, ge=1, le=1000),
     ) -> dict[str, Any]:
         svc = service()
+        run_id = await filter_id(runtime.engine, "run", run_id)
         found = await svc.store.search(status=status, run_id=run_id, rule=rule, dead=dead, limit=limit)
         return {"items": await svc.describe(found), "summary": svc.summary()}
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
 import proxy.store.queries as queries
+from proxy.api.ids import full_id
 from proxy.graph.view import build_graph
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def register(api: APIRouter, runtime: Runtime) -> None:
     @api.get("/runs/{run_id}/graph")
     async def graph(run_id: str) -> dict[str, Any]:
         row, calls = await _run_and_calls(runtime, run_id)
-        edges = await queries.run_edges(runtime.engine, run_id)
+        edges = await queries.run_edges(runtime.engine, row["id"])
         return build_graph(row, calls, edges)
 
 
@@ -80,7 +81,8 @@ async def _rename(runtime: Runtime, old: str, new: str, *, merge: bool) -> dict[
     return {"agent": old, "now": directory.resolve(old), "calls_rewritten": moved}
 
 
-async def _run_and_calls(runtime: Runtime, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+async def _run_and_calls(runtime: Runtime, given: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    run_id = await full_id(runtime.engine, "run", given)
     calls = await queries.run_calls(runtime.engine, run_id)
     row = await queries.get_run(runtime.engine, run_id)
     if row is None and not calls:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, HTTPException, Query
 
 import proxy.store.queries as queries
+from proxy.api.ids import filter_id
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
@@ -34,7 +35,9 @@ def register(api: APIRouter, runtime: Runtime) -> None:
     ) -> dict[str, Any]:
         try:
             items, nxt = await queries.list_guard_events(
-                runtime.engine, rule=rule, action=action, agent=agent, run_id=run_id, call_id=call_id,
+                runtime.engine, rule=rule, action=action, agent=agent,
+                run_id=await filter_id(runtime.engine, "run", run_id),
+                call_id=await filter_id(runtime.engine, "call", call_id),
                 since=since, until=until, cursor=cursor, limit=limit,
             )
         except ValueError as exc:

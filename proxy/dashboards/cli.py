@@ -42,6 +42,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         old = stale(args.out)
         for name in old:
             print(f"{args.out / name} is stale: run `interlock dashboards build`", file=sys.stderr)
+        if not old:
+            print(f"{args.out}/*.json are up to date")
         return 1 if old else 0
     for path in write(args.out):
         print(path)

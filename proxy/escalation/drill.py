@@ -173,7 +173,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
 async def _drill(database_url: str, ruleset: RuleSet, args: argparse.Namespace) -> DrillReport:
     from proxy.escalation.store import SqlEscalationStore
-    from proxy.store.db import make_engine
+    from proxy.store.db import database_failure, make_engine
 
     rule = next((r for r in ruleset.rules if r.name == args.rule), None)
     wait = None if args.no_wait else args.wait if args.wait is not None else getattr(rule, "ack_within_s", None)
@@ -181,7 +181,8 @@ async def _drill(database_url: str, ruleset: RuleSet, args: argparse.Namespace) 
     try:
         return await run_drill(ruleset, args.rule, SqlEscalationStore(engine), wait_s=wait, environ=os.environ)
     except Exception as exc:  # database unavailable or not migrated: the drill could not run
-        return DrillReport(args.rule, problem=f"{type(exc).__name__}: {exc} (database {mask_url(database_url)})")
+        why = database_failure(exc) or f"{type(exc).__name__}: {exc}"
+        return DrillReport(args.rule, problem=f"{why} (database {mask_url(database_url)})")
     finally:
         await engine.dispose()
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
@@ -28,7 +30,7 @@ _PARENT_KINDS = ("handoff", "continuation", "tool")
 
 def render_graph(graph: dict[str, Any]) -> Tree:
     run = graph["run"]
-    agents = ", ".join(f"{a['name']} ({a['calls']} calls, {a['tokens']} tok)" for a in graph["agents"])
+    agents = ", ".join(f"{a['name']} ({plural(a['calls'], 'call')}, {a['tokens']} tok)" for a in graph["agents"])
     root = Tree(f"[bold]run {run.get('id')}[/]  {run.get('status', '')}  agents: {agents}")
     nodes = {n["id"]: n for n in graph["nodes"]}
     parent: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -88,18 +90,34 @@ def _with_engine(args: argparse.Namespace, work: Callable[[Any], Awaitable[Any]]
 
 def cmd_runs(args: argparse.Namespace) -> int:
     items, _ = _with_engine(args, lambda e: queries.list_runs(e, status=args.status, limit=args.limit))
-    table = Table(title=f"last {len(items)} runs")
-    for col in ("run", "status", "started", "last", "calls", "agents", "tokens", "cost $", "flags"):
-        table.add_column(col)
+    if not items:
+        print("interlock: no runs recorded yet. Point an SDK at the proxy (OPENAI_BASE_URL="
+              "http://127.0.0.1:8080/v1) and make a call, or try `interlock demo`.")
+        return 0
+    table = Table(title=f"last {plural(len(items), 'run')}; any unique id prefix works, "
+                        f"e.g. interlock graph {items[0]['id'][:12]}",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)  # 80 columns show whole ids
+    table.add_column("run", no_wrap=True, min_width=26)  # whole, so it can be copied
+    for col in ("status", "started", "calls", "tokens", "cost $"):
+        table.add_column(col, no_wrap=True, justify="right" if col in ("calls", "tokens", "cost $") else "left")
+    table.add_column("agents", overflow="fold", min_width=8)
+    table.add_column("flags", overflow="fold", min_width=8)
     for r in items:
-        table.add_row(r["id"], r["status"], str(r["started_at"])[11:19], str(r["last_at"])[11:19], str(r["calls"]),
-                      ", ".join(r.get("agents") or []), str(r["tokens"]), f"{r.get('cost_usd') or 0:.4f}",
+        table.add_row(r["id"], r["status"], str(r["started_at"])[11:19], str(r["calls"]),
+                      str(r["tokens"]), f"{r.get('cost_usd') or 0:.4f}", ", ".join(r.get("agents") or []),
                       ", ".join(r.get("flags") or []))
     Console().print(table)
     return 0
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 async def load_graph(engine: Any, run_id: str) -> dict[str, Any] | None:
+    """The graph of the run `run_id` names (a full id or a unique prefix); None when none does.
+    Raises queries.AmbiguousId for a prefix of several runs."""
+    run_id = await queries.resolve_id(engine, "run", run_id) or run_id
     calls = await queries.run_calls(engine, run_id)
     if not calls:
         return None
@@ -108,9 +126,14 @@ async def load_graph(engine: Any, run_id: str) -> dict[str, Any] | None:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    graph = _with_engine(args, lambda e: load_graph(e, args.run_id))
+    try:
+        graph = _with_engine(args, lambda e: load_graph(e, args.run_id))
+    except queries.AmbiguousId as exc:
+        print(f"interlock: {exc}", file=sys.stderr)
+        return 2
     if graph is None:
-        print(f"interlock: no calls recorded for run {args.run_id!r} (see `interlock runs`)")
+        print(f"interlock: no run with id {args.run_id!r} or starting with it (see `interlock runs`)",
+              file=sys.stderr)
         return 1
     Console().print(render_graph(graph))
     return 0
@@ -124,6 +147,6 @@ def add_commands(sub: Any) -> None:
     runs.set_defaults(func=cmd_runs)
     graph = sub.add_parser("graph", help="draw one run's orchestration graph",
                            description="Draw a run as a tree of calls with handoffs, returns, tools and human input.")
-    graph.add_argument("run_id")
+    graph.add_argument("run_id", help="a run id or any unique prefix of one")
     graph.add_argument("--database-url", dest="database_url")
     graph.set_defaults(func=cmd_graph)

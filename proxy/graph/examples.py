@@ -97,9 +97,10 @@ def agent_as_tool_script() -> Script:
             "You are the concierge. Use the research tool for facts you do not know.",
             ("research",),
             api="messages",
+            model="claude-haiku-4-5",
         ),
         "research-assistant": AgentSpec(
-            "You are a helpful research assistant. Answer precisely.", api="messages"
+            "You are a helpful research assistant. Answer precisely.", api="messages", model="claude-haiku-4-5"
         ),
     }
     query = "opening hours and ticket price of the Rijksmuseum in Amsterdam for adults"

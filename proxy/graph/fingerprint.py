@@ -57,6 +57,7 @@ class SourcePrint:
     part_ends: tuple[int, ...]
     tails: tuple[bytes, ...]  # per part: its tail signature (see tail_signature)
     chars: int
+    handed: int = 0  # bit i: part i is an argument string handed to a call
 
 
 class Shingler:
@@ -123,15 +124,17 @@ class Shingler:
         fps: list[int] = []
         ends: list[int] = []
         tails: list[bytes] = []
-        chars = 0
-        for part in output_parts(completion):
+        chars = handed = 0
+        for part, argument in output_parts(completion):
             kept, tail = self.part(part)
             if kept:
                 fps.extend(kept)
+                if argument:
+                    handed |= 1 << len(ends)
                 ends.append(len(fps))
                 tails.append(tail)
                 chars += len(part)
-        return SourcePrint(tuple(fps), tuple(ends), tuple(tails), chars)
+        return SourcePrint(tuple(fps), tuple(ends), tuple(tails), chars, handed)
 
 
 def tail_signature(ids: list[int], n: int = 8) -> bytes:
@@ -149,12 +152,38 @@ def unpack_tail(signature: bytes) -> list[int]:
     return array("I", signature).tolist()
 
 
-def output_parts(completion: Completion) -> list[str]:
-    """An output cut where an orchestrator would cut it to hand out pieces."""
-    parts = text_parts(completion.text)
+def output_parts(completion: Completion) -> list[tuple[str, bool]]:
+    """An output cut where an orchestrator would cut it to hand out pieces; True marks a
+    string handed to a call (a tool call's argument, or a call's in code)."""
+    parts = [(part, False) for part in text_parts(completion.text)]
+    if "(" in completion.text:
+        parts = [piece for part, _ in parts for piece in call_arguments(part)]
     for tc in completion.tool_calls:
-        parts.extend(argument_strings(tc.arguments))
+        parts.extend((arg, True) for arg in argument_strings(tc.arguments))
     return parts
+
+
+_CALL_ARG = re.compile(r"""\b\w+\s*\(\s*(?:\w+\s*=\s*)?[rfbu]?(\"\"\"|\'\'\'|"|')(.+?)\1""", re.S)
+
+
+def call_arguments(part: str) -> list[tuple[str, bool]]:
+    """A part with string arguments of a call in code (`analyst(task='...')`, a code agent
+    handing work to another): each such string of SHORT_MIN words or more is a part of its
+    own (marked True), the code around it another, as a tool call's argument strings are."""
+    if "(" not in part:
+        return [(part, False)]
+    out: list[tuple[str, bool]] = []
+    last = 0
+    for m in _CALL_ARG.finditer(part):
+        literal = m.group(2)
+        if len(literal.split()) < SHORT_MIN:
+            continue
+        out += [(part[last : m.start(2)], False), (literal, True)]
+        last = m.end(2)
+    if not out:
+        return [(part, False)]
+    out.append((part[last:], False))
+    return [p for p in out if p[0].strip()]
 
 
 def text_parts(text: str) -> list[str]:

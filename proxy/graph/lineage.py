@@ -50,7 +50,12 @@ class LineageConfig:
     place_part: float = 0.5  # ... or this share of one part of at least place_part_fps fingerprints ...
     place_part_fps: int = 4  # ... when the matched passage is this share of the input holding it
     place_input_share: float = 0.1
-    place_hits: int = 12  # ... or this many specific fingerprints
+    place_hits: int = 12  # ... or this many specific fingerprints ...
+    place_run: int = 5  # ... or a verbatim passage: this many consecutive specific fingerprints of the output ...
+    place_run_share: float = 0.05  # ... that are this share of the input holding them (also for a retold part:)
+    retold_cover: float = 0.25  # a paraphrase: at least this share of a part's fingerprints present ...
+    retold_words: int = 6  # ... and of its tail signature (at least this many words) ...
+    retold_kept: float = 0.8  # ... this share of the words in the target
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,20 +88,29 @@ class Lineage:
     part_cover: float = 0.0  # the largest share of one (substantial) part of the output present
     input_share: float = 1.0  # hits / shingles of the input messages holding them
     short_part: bool = False  # all of one part of fewer than place_part_fps fingerprints is present
+    passage: int = 0  # the longest run of consecutive output fingerprints present, none shared across runs
+    # (passage and retold are worked out only when nothing else places: see score)
+    handed_whole: bool = False  # all of a substantial argument string of the output, explained by it alone
+    echoed: bool = False  # every hit is text the source restated from a person's input (CallRecord.echo)
+    retold: bool = False  # min_hits specific, and a part of the output restated in other words (_retold)
 
     def places(self, cfg: LineageConfig) -> bool:
         """Strong enough to put the target in the source's run: boilerplate a few runs share
         (3-4 stock phrases at low coverage) never is."""
-        if self.coverage >= cfg.place_whole:
+        if self.coverage >= cfg.place_whole and not self.echoed:
             return True  # the whole output (one other runs repeat too: the newest, see attribute)
         if self.specific == self.hits >= cfg.part_hits and self.short_part:
             return True  # all of a short part no other run holds (a query handed to a worker)
+        if self.handed_whole and self.specific:
+            return True  # the whole task it handed to a call, worded as only its run words it
         if self.specific < cfg.min_hits:
             return False
         if self.coverage >= cfg.place_coverage and 2 * self.specific >= self.hits:
             return True  # most of the output, and mostly what only its run holds
         part = self.part_cover >= cfg.place_part and self.input_share >= cfg.place_input_share
-        return part or self.specific >= cfg.place_hits
+        substantial = self.input_share >= cfg.place_run_share
+        passage = self.passage >= cfg.place_run and substantial
+        return part or passage or (self.retold and substantial) or self.specific >= cfg.place_hits
 
     def evidence(self) -> dict[str, object]:
         ev: dict[str, object] = {
@@ -144,21 +158,75 @@ def score(
 ) -> Lineage | None:
     """A Lineage when the target holds enough of `record`'s output, else None.
     `target_words` (word ids of the new input) is only called to confirm a cut; `shared`
-    (hashes several runs' outputs hold) makes `Lineage.specific`."""
+    (hashes several runs' outputs hold) and the text the source restated from its own input
+    (CallRecord.echo) are not `Lineage.specific`."""
     if not record.fps or not _enough(record, owned, cfg):
         return None
+    if record.echo:
+        shared = set(record.echo) if shared is None else shared | record.echo
     flags = list(map(present.__contains__, record.fps))
     coverage = sum(flags) / len(flags)
     reason = "source_length" if record.finish_reason == "length" else None
     if reason is None and _cut(record, flags, cfg, target_words):
         reason = "cut"
     via, segs = _via(owned, segments)
-    return Lineage(
+    specific = len(owned) if shared is None else len(owned - shared)
+    lin = Lineage(
         record, len(owned), coverage, reason is not None, reason, via, segs,
-        len(owned) if shared is None else len(owned - shared), _part_cover(record, flags, cfg),
+        specific, _part_cover(record, flags, cfg),
         len(owned) / max(1, sum(len(seg.hashes) for seg in segments if seg.index in segs)),
-        _short_part_whole(record, flags, cfg),
+        _short_part_whole(record, flags, cfg), 0,
+        _handed_whole(record, owned, cfg), bool(record.echo) and owned <= record.echo,
     )  # fmt: skip
+    if specific >= cfg.min_hits and not lin.places(cfg):  # the costlier signs, only when they decide
+        lin.passage = _passage(record, owned, shared)
+        lin.retold = not lin.places(cfg) and _retold(record, flags, cfg, target_words)
+    return lin
+
+
+def _retold(record: CallRecord, flags: list[bool], cfg: LineageConfig, target_words: Callable[[], set[int]]) -> bool:
+    """The best-covered part is partly present and the words peculiar to its end nearly all
+    are: a paraphrase (restating loses five-word shingles, not words), where a stock phrase
+    two runs share is present whole or not at all and a coincidence keeps few of the words."""
+    best, start, at = 0.0, 0, -1
+    for i, end in enumerate(record.part_ends):
+        if end - start >= cfg.place_part_fps and (cover := sum(flags[start:end]) / (end - start)) > best:
+            best, at = cover, i
+        start = end
+    if best < cfg.retold_cover or at >= len(record.tails):
+        return False
+    words = unpack_tail(record.tails[at])
+    if len(words) < cfg.retold_words:
+        return False
+    have = target_words()
+    return sum(w in have for w in words) >= cfg.retold_kept * len(words)
+
+
+def _handed_whole(record: CallRecord, owned: set[int], cfg: LineageConfig) -> bool:
+    """Every fingerprint of one argument string the output handed to a call (of at least
+    place_part_fps) is in the target and attributed to this output, none to a look-alike."""
+    if not record.handed:
+        return False
+    start = 0
+    for i, end in enumerate(record.part_ends):
+        whole = record.handed >> i & 1 and end - start >= cfg.place_part_fps
+        if whole and all(fp in owned for fp in record.fps[start:end]):
+            return True
+        start = end
+    return False
+
+
+def _passage(record: CallRecord, owned: set[int], shared: set[int] | None) -> int:
+    """The longest run of consecutive output fingerprints the target holds, none of them
+    shared across runs: a quoted passage, where stock phrases are scattered and short."""
+    best = run = 0
+    for fp in record.fps:
+        if fp in owned and (shared is None or fp not in shared):
+            run += 1
+            best = max(best, run)
+        else:
+            run = 0
+    return best
 
 
 def _short_part_whole(record: CallRecord, flags: list[bool], cfg: LineageConfig) -> bool:

@@ -65,6 +65,19 @@ class _Source:
     tool_ids: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Selection:
+    """A selector's pick, and the conversation it read."""
+
+    ref: Ref
+    said: frozenset[int]  # what the selector read (_heard)
+
+    def read(self, heard: frozenset[int]) -> bool:
+        """The selector read (nearly) all of what this request hears: the selected speaker is
+        handed the conversation the selector chose it from."""
+        return bool(heard) and len(heard - self.said) <= 0.1 * len(heard)
+
+
 @dataclass(slots=True)
 class _Ctx:
     call: Call
@@ -121,7 +134,7 @@ class Linker:
         self._renamed: dict[str, str] = {}  # call id → the agent a later call named it
         self._prints: dict[str, SourcePrint] = {}  # noted outputs not linked yet
         self._openings: dict[str, tuple[str, int]] = {}  # thread id → its first request's opening
-        self._selections: dict[str, list[Ref]] = {}  # speaker name → selector calls that picked it
+        self._selections: dict[str, list[_Selection]] = {}  # speaker name → selector calls that picked it
         self._placed: dict[bytes, tuple[str | None, float]] = {}  # request chain head → (run, until)
 
     @property
@@ -218,7 +231,7 @@ class Linker:
             ident, run = self.identifier.identify(call), call.run_id or call.id  # unplaced: a run of its own
             record = CallRecord(
                 call.id, ident.key, call.id, run, call.started_at, _end(call), call.finish_reason,
-                printed.chars, printed.fps, printed.part_ends, printed.tails,
+                printed.chars, printed.fps, printed.part_ends, printed.tails, printed.handed,
             )  # fmt: skip
             self.index.add_call(record)
 
@@ -276,7 +289,7 @@ class Linker:
             atom = ctx.atoms[i]
             if atom.role != "c" and atom.text:
                 text = atom.text if cap is None or len(atom.text) <= cap else _ends(atom.text, cap)
-                ctx.segments.append(self._piece(i, _VIA[atom.role], text))
+                ctx.segments.append(self._piece(i, _VIA[atom.role], text, cap is None))
         system = ctx.call.system
         if ctx.pred is not None or not system:
             return
@@ -290,9 +303,10 @@ class Linker:
         if unseen:  # a prompt is scanned for handoffs once (the request path only peeks)
             ctx.segments.append(self._piece(-1, "instructions", system))
 
-    def _piece(self, index: int, via: str, text: str) -> Segment:
+    def _piece(self, index: int, via: str, text: str, seen: bool = True) -> Segment:
+        """`seen`: keep what a run remembers of a user message (the linker; not the request path)."""
         if len(text) < _BIG_SEGMENT:
-            return self._shingled(index, via, text)
+            return self._shingled(index, via, text, seen)
         # The same large document sent again (RAG context, retries, fan-out, a benchmark) is
         # shingled once.  Keyed without hashing it (~0.1 ms per 500 kB): a hit must be equal.
         key = (via, len(text), text[:64])
@@ -306,9 +320,9 @@ class Linker:
         self._big_pieces[key] = (text, seg)
         return seg
 
-    def _shingled(self, index: int, via: str, text: str) -> Segment:
+    def _shingled(self, index: int, via: str, text: str, seen: bool = True) -> Segment:
         exact, hashes = self.shingler.target(text)
-        return Segment(index, via, hashes, seen_keys(exact, hashes) if via == "user" else ())
+        return Segment(index, via, hashes, seen_keys(exact, hashes) if seen and via == "user" else ())
 
     def _first_sight(self, fingerprint: str) -> bool:
         seen = self._scanned_prompts
@@ -323,24 +337,46 @@ class Linker:
         """A speaker selector answered this agent's name a moment ago: it picked this call's
         speaker (the selector → speaker step of a group chat).  Each selection is used once.
         Among concurrent group chats a name alone is ambiguous: the selection must come from
-        the run the call's other evidence points to, or be the only one pending."""
+        the run the call's other evidence points to, or be the only one pending.  A speaker
+        whose request does not name it yet (its first turn, on a prompt it shares) takes the
+        one pending selection whose transcript holds every message of its own: the selected
+        speaker is handed the conversation the selector read.  It is named as selected."""
         names = {slug_name(ctx.ident.name), stated_name(ctx.call)}
         names.discard(None)
         at = ctx.call.started_at + self.config.slack_s
         pending = [
-            (name, ref) for name in names if name for ref in self._selections.get(name, ())
-            if ref.agent != ctx.ident.key and 0.0 <= at - ref.ended_at <= _SELECTION_S
+            (name, sel) for name in names if name for sel in self._selections.get(name, ())
+            if sel.ref.agent != ctx.ident.key and 0.0 <= at - sel.ref.ended_at <= _SELECTION_S
         ]  # fmt: skip
+        if not pending and self._selections and not ctx.ident.hinted and not ctx.ident.key.startswith("name:"):
+            pending = self._covering(ctx, at)
+            if len(pending) == 1:
+                ctx.ident = self.identifier.stated(ctx.ident.fingerprint, pending[0][0])
         if not pending:
             return
         runs = self._evidence_runs(ctx)
         if runs:  # the latest selection in this call's run (an older one went to a turn we could not name)
-            pending = [(n, r) for n, r in pending if self._root(r.run_id) in runs][-1:]
+            pending = [(n, s) for n, s in pending if self._root(s.ref.run_id) in runs][-1:]
+        else:  # nothing else ties it to a chat: the one whose transcript it was handed
+            heard = _heard(ctx.segments)
+            pending = [(n, s) for n, s in pending if s.read(heard)]
         if len(pending) != 1:
             return
-        name, ref = pending[0]
-        ctx.sources.setdefault(ref.call_id, _Source(ref, "selection"))
-        self._selections[name].remove(ref)
+        name, sel = pending[0]
+        ctx.sources.setdefault(sel.ref.call_id, _Source(sel.ref, "selection"))
+        self._selections[name].remove(sel)
+
+    def _covering(self, ctx: _Ctx, at: float) -> list[tuple[str, _Selection]]:
+        """Pending selections whose transcript holds every message of this call (expired ones
+        are dropped on the way)."""
+        mine, out = _heard(ctx.segments), []
+        for name, queue in list(self._selections.items()):
+            queue[:] = [sel for sel in queue if at - sel.ref.ended_at <= _SELECTION_S]
+            if not queue:
+                del self._selections[name]
+                continue
+            out += [(name, sel) for sel in queue if sel.ref.agent != ctx.ident.key and sel.read(mine)]
+        return out
 
     def _evidence_runs(self, ctx: _Ctx) -> set[str]:
         refs = [ctx.pred] if ctx.pred is not None else []
@@ -527,10 +563,14 @@ class Linker:
         ctx.run_id = ctx.run.run_id
 
     def _parents(self, ctx: _Ctx) -> list[Ref]:
-        """Predecessor first, then sources by strength (structural evidence beats content)."""
+        """Predecessor first, then sources by strength: structural evidence beats content, and
+        the caller's own earlier turn (a history resent as text) is its conversation going on."""
+        me = ctx.ident.key
 
-        def strength(src: _Source) -> tuple[int, float]:
-            return (src.lineage.hits if src.lineage else 1_000_000, src.ref.ended_at)
+        def strength(src: _Source) -> tuple[bool, int, float]:
+            lin = src.lineage
+            own = lin is not None and lin.via == "assistant" and src.ref.agent == me
+            return (own, lin.hits if lin else 1_000_000, src.ref.ended_at)
 
         ranked = sorted(ctx.sources.values(), key=strength, reverse=True)
         refs = [src.ref for src in ranked]
@@ -689,7 +729,7 @@ class Linker:
         short = len(call.completion.text.split()) <= 4
         if short and call.system and is_selector(call.system) and (picked := slug_name(call.completion.text[:80])):
             queue = self._selections.setdefault(picked, [])
-            queue.append(ref)
+            queue.append(_Selection(ref, _heard(ctx.segments, instructions=True)))
             del queue[:-64]
             if len(self._selections) >= 4096:
                 drop_oldest(self._selections)
@@ -702,9 +742,27 @@ class Linker:
             return
         record = CallRecord(
             call.id, ctx.ident.key, ctx.thread_id, ctx.run_id, call.started_at, ended,
-            call.finish_reason, printed.chars, printed.fps, printed.part_ends, printed.tails,
+            call.finish_reason, printed.chars, printed.fps, printed.part_ends, printed.tails, printed.handed,
+            self._echo(ctx, printed.fps),
         )  # fmt: skip
         self.index.add_call(record)
+
+    @staticmethod
+    def _echo(ctx: _Ctx, fps: tuple[int, ...]) -> frozenset[int]:
+        """The output's fingerprints its own new input held where no earlier output said them
+        first: text it restated (the task a person gave it), which proves nothing about who
+        reads it next, since the task's author may have handed the same text to others.  A
+        passage relayed from another agent's output is no echo (a manager quoting its analyst
+        to a checker); an earlier output's own echo stays one (a manager restating its task
+        again on its next turn)."""
+        if not fps or not ctx.segments:
+            return frozenset()
+        relayed = {
+            fp for src in ctx.sources.values() if src.lineage is not None
+            for fp in src.lineage.record.fps if fp not in src.lineage.record.echo
+        }  # fmt: skip
+        held = [seg.hashes for seg in ctx.segments]
+        return frozenset(fp for fp in fps if fp not in relayed and any(fp in hs for hs in held))
 
     def _remember_run(self, ctx: _Ctx, edges: list[Edge], ended: float) -> None:
         me = ctx.ident.name
@@ -739,6 +797,15 @@ class _Lazy:
         if self._value is None:
             self._value = self._make()
         return self._value
+
+
+def _heard(segments: list[Segment], *, instructions: bool = False) -> frozenset[int]:
+    """A sample (1 in 4) of the shingles of a request's new input: the conversation it was
+    handed.  A selector's instructions count (some carry the transcript there); a speaker's
+    own prompt does not."""
+    return frozenset(
+        h for seg in segments if instructions or seg.via != "instructions" for h in seg.hashes if not h & 3
+    )
 
 
 def _opening(call: Call) -> tuple[str, int]:

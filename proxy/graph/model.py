@@ -95,6 +95,8 @@ class CallRecord:
     fps: tuple[int, ...]
     part_ends: tuple[int, ...]
     tails: tuple[bytes, ...] = ()  # per part: words of its end (fingerprint.tail_signature)
+    handed: int = 0  # bit i: part i is a string handed to a call (a tool call's or code's argument)
+    echo: frozenset[int] = frozenset()  # fps the call's own new input already held (it restated them)
 
 
 @dataclass(frozen=True, slots=True)

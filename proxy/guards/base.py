@@ -15,6 +15,7 @@ reason sentence is built only for a verdict that is not allow.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -55,10 +56,22 @@ class Verdict:
     data: dict[str, Any] = field(default_factory=dict)
     status: int = 429
     code: str = ""
+    # Seconds after which the same request may pass (a rolling window frees room); None when
+    # waiting cannot help.  A deny always tells SDKs not to retry on their own (their few quick
+    # retries would only be refused again); this is the hint for a caller that schedules one.
+    retry_after: float | None = None
 
     @property
     def denied(self) -> bool:
         return self.action == "deny"
+
+    def refusal_headers(self) -> list[tuple[bytes, bytes]]:
+        """Headers of the refusal: `x-should-retry: false` (OpenAI's and Anthropic's SDKs obey
+        it before their status-based retries), and `retry-after` when waiting frees room."""
+        headers = [(b"x-should-retry", b"false")]
+        if self.retry_after is not None:
+            headers.append((b"retry-after", str(max(1, math.ceil(self.retry_after))).encode()))
+        return headers
 
     def event(self, hook: str, at: float) -> dict[str, Any]:
         """The guard-event dict appended to `call.guard_events`."""
@@ -212,8 +225,9 @@ class RuleGuard(Guard, Generic[R]):
         *,
         code: str,
         status: int = 429,
+        retry_after: float | None = None,
     ) -> Verdict:
-        return Verdict(action, self.name, self.kind, reason, data, status, code)
+        return Verdict(action, self.name, self.kind, reason, data, status, code, retry_after)
 
 
 @dataclass(slots=True)

@@ -35,7 +35,7 @@ from proxy.guards.base import (
     RuleGuard,
     Verdict,
 )
-from proxy.guards.counters import Adjustment, Ask, CounterStore
+from proxy.guards.counters import BUCKETS, Adjustment, Ask, CounterStore
 from proxy.guards.scopes import describe_scope, scope_getter, scope_value
 from proxy.lru import drop_oldest
 
@@ -198,8 +198,10 @@ class TokenBudget(RuleGuard["BudgetRule"]):
 
     def _refusal(self, call: Call, spent: int, need: int, max_out: int) -> Verdict:
         inp = call.input_tokens_counted or 0
+        left = max(0, self._limit - spent)
+        state = "is used up" if left <= 0 else f"has {self._units(left)} left, too few for this request"
         reason = (
-            f"{self._label(call)} is used up ({self._window_text()}): "
+            f"{self._label(call)} {state} ({self._window_text()}): "
             f"{self._of(spent, self._limit)} are spent or reserved, and this "
             f"request needs up to {self._units(need)} ({inp:,} input + {max_out:,} output tokens). "
             f"Interlock refused it. Stop retrying and report back to your caller; {self._reset_hint()}."
@@ -211,7 +213,9 @@ class TokenBudget(RuleGuard["BudgetRule"]):
             input_tokens=inp,
             max_output_tokens=max_out,
         )
-        return self.verdict("deny", reason, data, code=CODE)
+        # the earliest any spend can leave a rolling window: one of its buckets
+        wait = None if self._window is None else self._window / BUCKETS
+        return self.verdict("deny", reason, data, code=CODE, retry_after=wait)
 
     def _cutoff(self, call: Call, output_tokens: int) -> Verdict:
         reason = (

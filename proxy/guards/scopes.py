@@ -65,8 +65,12 @@ def describe_scope(scope: str, call: Call) -> str:
     """`run 'r1'`, `agent 'writer' in run 'r1'`, `all traffic`... for reason sentences."""
     if scope == "global":
         return "all traffic"
+    if scope in ("run", "agent_run") and call.run_id is None:
+        # counted under the run this call starts (`_run_of`), never in a shared '?' bucket
+        run = f"the new run this call starts ('{call.id}')"
+        return run if scope == "run" else f"agent '{call.agent or '?'}' in {run}"
     if scope == "agent_run":
-        return f"agent '{call.agent or '?'}' in run '{call.run_id or '?'}'"
+        return f"agent '{call.agent or '?'}' in run '{call.run_id}'"
     if scope == "thread":
         return f"this conversation of agent '{call.agent or '?'}'"
     labels = {"run": "run", "agent": "agent", "api_key": "API key", "model": "model"}

@@ -53,6 +53,18 @@ _CONFLICT_KEYS: dict[str, tuple[str, ...]] = {name: u.conflict for name, u in UP
 _TABLES_OF = operator.attrgetter(*TABLE_ORDER)  # record ─▶ its row lists, in TABLE_ORDER
 
 
+def database_failure(exc: BaseException) -> str | None:
+    """Why the database could not be used, in one line, when `exc` is such a failure (cannot
+    connect, cannot open the file, not migrated); None for anything else."""
+    inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    text = (str(inner).strip().splitlines() or [type(inner).__name__])[0]
+    if "no such table" in text or ("relation" in text and "does not exist" in text):
+        return "the database has no Interlock tables yet; run `interlock db upgrade` first"
+    if isinstance(exc, sa.exc.SQLAlchemyError | OSError | TimeoutError) or type(exc).__module__.startswith("asyncpg"):
+        return f"cannot use the database ({type(inner).__name__}: {text})"
+    return None
+
+
 def async_url(url: str) -> str:
     """`url` with an async driver: sqlite → sqlite+aiosqlite, postgresql → postgresql+asyncpg."""
     scheme, sep, rest = url.partition("://")

@@ -243,3 +243,31 @@ async def rename_agent(engine: AsyncEngine, old: str, new: str) -> int:
         elif old in rows:
             await conn.execute(sa.update(agents).where(agents.c.name == old).values(name=new))
     return int(moved or 0)
+
+
+class AmbiguousId(ValueError):
+    """An id prefix matches several ids; the message lists some of them."""
+
+
+async def resolve_id(engine: AsyncEngine, kind: str, given: str) -> str | None:
+    """The full run or call id (`kind`) that `given` names: itself when it exists, else the
+    one id starting with it (ids are hex, so a prefix copied from a table works).  None when
+    nothing matches; AmbiguousId when several do."""
+    columns = _ID_COLUMNS[kind]
+    exact = sa.union(*[sa.select(c).where(c == given) for c in columns])
+    like = given.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    prefixed = sa.union(*[sa.select(c).where(c.like(like, escape="\\")) for c in columns]).limit(6)
+    async with engine.connect() as conn:
+        if (await conn.execute(exact)).first() is not None:
+            return given
+        found = sorted({r[0] for r in (await conn.execute(prefixed)).all()})
+    if len(found) > 1:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise AmbiguousId(f"{kind} id prefix {given!r} matches several {kind}s ({shown}); give more characters")
+    return found[0] if found else None
+
+
+_ID_COLUMNS = {
+    "run": (TABLES["runs"].c.id, TABLES["calls"].c.run_id),
+    "call": (TABLES["calls"].c.id,),
+}

@@ -38,7 +38,23 @@ def test_argument_strings_are_the_json_string_values() -> None:
 
 def test_output_parts_cover_text_and_tool_arguments() -> None:
     comp = Completion("Intro.\n\n- part a", [ToolCall("t1", "delegate", '{"task": "do b"}')])
-    assert output_parts(comp) == ["Intro.", "- part a", "do b"]
+    assert output_parts(comp) == [("Intro.", False), ("- part a", False), ("do b", True)]
+
+
+def test_a_code_agents_call_argument_is_a_part_handed_on() -> None:
+    """smolagents' CodeAgent delegates in code: the task string is what the managed agent gets."""
+    code = "Thought: ask the analyst.\n<code>\nreport = analyst(task='Gather the 2025 figures on heat pumps')\nprint(report)"
+    parts = output_parts(Completion(code))
+    assert ("Gather the 2025 figures on heat pumps", True) in parts
+    assert [p for p, handed in parts if handed] == ["Gather the 2025 figures on heat pumps"]
+    prose = "You're right (it's 'fine' as is), we're done."
+    assert output_parts(Completion(prose)) == [(prose, False)]  # quotes in prose are not a call's argument
+
+
+def test_source_print_marks_the_parts_handed_to_a_call() -> None:
+    sh = Shingler()
+    printed = sh.source(Completion(PARA, [ToolCall("t1", "delegate", '{"task": "' + PARA + '"}')]))
+    assert len(printed.part_ends) == 2 and printed.handed == 0b10
 
 
 def test_winnow_is_content_defined() -> None:

@@ -151,3 +151,68 @@ def test_a_stock_phrase_other_runs_share_does_not_join_their_run() -> None:
         )
     )
     assert res.run_id == "new" and res.edges == []
+
+
+ROSTER = (
+    "You are in a role play game. The following roles are available:\nplanner: plans\nwriter: writes\n"
+    "Read the following conversation. Then select the next role from ['planner', 'writer'] to play. "
+    "Only return the role."
+)
+TASK = "Write a short product announcement for a budgeting app that adds shared family wallets."
+
+
+def select(call_id: str, task: str, start: float) -> Call:
+    return make_call(call_id, system=ROSTER, user=task, output="planner", started_at=start, ended_at=start + 0.5)
+
+
+def test_a_speakers_first_turn_takes_the_selection_whose_transcript_it_was_handed() -> None:
+    """AG2 with its default prompt: nothing in the planner's first request names it, but the selector
+    that answered 'planner' a moment ago read exactly the conversation the planner is handed."""
+    lk = linker()
+    lk.observe(select("sel-b", "Draft a blog post introduction about online pre-ordering for bakeries.", 0.0))
+    sel = lk.observe(select("sel-a", TASK, 0.5))
+    first = lk.observe(chat("p1", [Message("user", TASK)], PLAN, 1.6))
+    assert sel.agent == "speaker-selector"
+    assert [(e.source, e.kind) for e in first.edges] == [("sel-a", "handoff")]
+    assert first.agent == "planner" and first.run_id == sel.run_id
+
+
+def test_a_name_alone_does_not_take_another_chats_selection() -> None:
+    """A 'planner' of another system, on another task, is not the speaker a selector just picked."""
+    lk = linker()
+    lk.observe(select("sel", TASK, 0.0))
+    p = lk.observe(make_call("p", system="You are the planner.", user="Plan the bakery launch.", output=DRAFT,
+                             started_at=1.0, ended_at=2.0))  # fmt: skip
+    assert p.agent == "planner" and p.edges == [] and p.run_id == "p"
+
+
+def test_a_task_restated_by_one_system_does_not_pull_another_system_given_it() -> None:
+    """Two systems handed the same task at once: the first one's manager restates it to its worker;
+    the second system's first call holds the same words, from the person who gave both the task."""
+    lk = linker()
+    handed = f"{PLAN}\n\n{EDIT}"  # the task, and the manager's own words on it
+    manager = lk.observe(make_call("m", system="You are the manager.", user=f"Current Task: {PLAN}",
+                                   output=f"Delegating now.\n\n{handed}", ended_at=0.5))  # fmt: skip
+    worker = lk.observe(make_call("w", system="You are the worker.", user=f"Task from your manager:\n{handed}",
+                                  output=DRAFT, started_at=0.6, ended_at=1.0))  # fmt: skip
+    stranger = lk.observe(make_call("s", system="You are a planner of another crew.", user=f"New task:\n{PLAN}",
+                                    output=EDIT, started_at=0.7, ended_at=1.5))  # fmt: skip
+    assert stranger.run_id == "s" and stranger.edges == []
+    assert worker.run_id == manager.run_id  # placed by the delegation, not by the task's words alone
+
+
+def test_a_manager_relaying_its_analysts_words_still_hands_them_on() -> None:
+    """Text a manager quotes from its analyst's report is not an echo of a person's task."""
+    lk = linker()
+    lk.observe(make_call("m1", system="You are the manager.", user="Study heat pumps.", output=PLAN, ended_at=0.5))
+    lk.observe(make_call("a", system="You are the analyst.", user=f"Do this:\n{PLAN}", output=DRAFT,
+                         started_at=0.6, ended_at=1.0))  # fmt: skip
+    m2 = make_call("m2", system="You are the manager.", user="Study heat pumps.", output=f"Check this figure: {DRAFT}",
+                   started_at=1.1, ended_at=1.5)  # fmt: skip
+    m2.messages = [Message("system", "You are the manager."), Message("user", "Study heat pumps."),
+                   Message("assistant", PLAN), Message("user", f"Report: {DRAFT}")]  # fmt: skip
+    lk.observe(m2)
+    check = lk.observe(make_call("c", system="You are the checker.", user=f"Double-check: {DRAFT}", output=EDIT,
+                                 started_at=1.6, ended_at=2.0))  # fmt: skip
+    assert ("m2", "handoff") in [(e.source, e.kind) for e in check.edges]
+    assert check.run_id == "m1"

@@ -50,29 +50,23 @@ FLOW = {
 }
 
 
-# (agents ARI, runs ARI, flow F1) the recovered graph must reach; exact unless listed.  The gaps are
-# known (README, "How the graph is recovered"): AG2's default prompt shared by every assistant (a
-# speaker's first turn is named only when a later turn quotes it), twin runs on one task text whose
-# deterministic fake outputs are identical (smolagents), CrewAI's manager on its next task vs the next
-# agent of a shared-prompt pipeline, and, live, concurrent group chats whose first selection is ambiguous.
+# (agents ARI, runs ARI, flow F1) the recovered graph must reach: exact in process.  Live, the request
+# path places calls before the linker has seen their sources and replayed runs overlap; what stays open
+# (README, "How the graph is recovered"): twin runs on one task text whose first selection is ambiguous
+# (AG2), and a speaker's first turn when two chats with identical transcripts are pending at once.
 EXACT = (1.0, 1.0, 1.0)
-FLOOR = {
-    "ag2_groupchat_default": (0.95, 0.85, 0.94),
-    "crewai_hierarchical": (1.0, 1.0, 1.0),
-    "smolagents_code": (1.0, 0.95, 0.97),
-    "smolagents_toolcalling": (1.0, 0.8, 0.97),
-}
-LIVE_FLOOR = {  # concurrent replay: the request path places calls before the linker saw their source
-    "autogen_roundrobin": (1.0, 1.0, 0.9),
-    "ag2_groupchat": (1.0, 0.8, 0.85),
-    "ag2_groupchat_default": (0.9, 0.8, 0.75),
-    "autogen_selector": (1.0, 0.8, 0.85),
+FLOOR: dict[str, tuple[float, float, float]] = {}
+LIVE_FLOOR = {
+    "ag2_groupchat": (1.0, 0.85, 0.9),
+    "ag2_groupchat_default": (1.0, 0.85, 0.9),
+    "autogen_roundrobin": (1.0, 1.0, 0.95),
+    "autogen_selector": (1.0, 0.85, 0.9),
     "crewai_hierarchical": (0.95, 0.95, 0.95),
-    "crewai_sequential": (1.0, 1.0, 0.9),
+    "crewai_sequential": (1.0, 1.0, 0.95),
     "pydantic_ai_delegation": (1.0, 0.95, 0.95),
     "pydantic_ai_delegation_bare": (1.0, 0.95, 0.95),
-    "smolagents_code": (1.0, 0.8, 0.9),
-    "smolagents_toolcalling": (1.0, 0.75, 0.9),
+    "smolagents_code": (1.0, 0.9, 0.95),
+    "smolagents_toolcalling": (1.0, 0.9, 0.95),
 }
 
 

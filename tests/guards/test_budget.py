@@ -44,6 +44,29 @@ async def test_refusal_tells_the_numbers_and_what_to_do(store: CounterStore) -> 
     assert verdict.data["limit"] == 1500 and verdict.data["requested"] == 2000
 
 
+async def test_a_refusal_with_tokens_left_does_not_call_the_budget_used_up(store: CounterStore) -> None:
+    guard = budget(store, "{name: small, kind: budget, scope: run, limit_tokens: 3000, action: deny}")
+    assert (await guard.on_request(make_call())).action == "allow"
+    verdict = await guard.on_request(make_call())
+    assert "has 1,000 tokens left, too few for this request" in verdict.reason
+    assert "used up" not in verdict.reason and verdict.retry_after is None
+    assert verdict.refusal_headers() == [(b"x-should-retry", b"false")]
+
+
+async def test_a_rolling_window_refusal_says_when_room_can_free_up(store: CounterStore) -> None:
+    guard = budget(store, "{name: minute, kind: budget, scope: agent, limit_tokens: 1000, window: 2m, action: deny}")
+    verdict = await guard.on_request(make_call())
+    assert verdict.retry_after == 2.0  # one of the window's 60 buckets
+    assert (b"retry-after", b"2") in verdict.refusal_headers()
+
+
+async def test_a_call_in_no_run_names_the_run_it_starts_not_a_shared_one(store: CounterStore) -> None:
+    guard = budget(store, "{name: tiny, kind: budget, scope: agent_run, limit_tokens: 1, action: deny}")
+    call = make_call(run_id=None)
+    verdict = await guard.on_request(call)
+    assert f"in the new run this call starts ('{call.id}')" in verdict.reason and "'?'" not in verdict.reason
+
+
 async def test_fifty_concurrent_requests_overshoot_by_at_most_one_reservation(store: CounterStore) -> None:
     guard = budget(store)
     calls = [make_call() for _ in range(50)]
