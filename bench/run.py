@@ -16,6 +16,11 @@ utime+stime of the proxy's process tree over each measured phase (/proc/PID/stat
     bench/run.sh                                  # = .venv/bin/python bench/run.py, defaults below
     bench/run.sh --rounds 1 --scale 0.2 --soak 5000   # ~1-minute smoke run
     bench/run.sh --proxy-cmd '{python} {shared}/passthrough_proxy.py --port {port} --upstream {upstream}'
+    bench/run.sh --rules-dir rules --soak 0 \
+      --proxy 'uvicorn={python} {repo}/bench/edge_servers.py uvicorn --port {port}' \
+      --proxy 'granian={python} {repo}/bench/edge_servers.py granian --port {port}' \
+      --proxy 'thin={python} {shared}/passthrough_proxy.py --port {port} --upstream {upstream}'
+                                                  # several proxies, interleaved per scenario and round
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "bench"
 INTERLOCK_CMD = "{interlock} serve --host 127.0.0.1 --port {port}"
-TARGETS = ("direct", "interlock")
+DIRECT = "direct"
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,16 @@ class Bench:
     sent_to_proxy: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def proxies(self) -> dict[str, str]:
+        """Proxy name → command: every --proxy, else `interlock` = --proxy-cmd."""
+        named = dict(item.partition("=")[::2] for item in self.args.proxy)
+        return named or {"interlock": self.args.proxy_cmd}
+
+    @property
+    def targets(self) -> list[str]:
+        return [DIRECT, *self.proxies]
+
     # ---------------------------------------------------------------- processes
     def start_upstream(self) -> None:
         script = self.args.shared / "fake_upstream.py"
@@ -187,25 +202,32 @@ class Bench:
         self.meta["upstream_script"] = str(script)
         wait_ready(proc, self.urls["direct"], 30)
 
-    def start_proxy(self) -> None:
-        port, upstream = free_port(), self.urls["direct"]
-        env = {**os.environ, **self._proxy_env(upstream)}
-        if self.args.proxy_cmd == INTERLOCK_CMD:
-            self._db_upgrade(env)
-        cmd = self.args.proxy_cmd.format(interlock=self.args.interlock, port=port, upstream=upstream,
-                                         python=self.args.python, shared=self.args.shared, repo=REPO)
-        proc = self._spawn("proxy", shlex.split(cmd), self.proxy_cpus, env=env)
-        self.urls["interlock"] = f"http://127.0.0.1:{port}"
-        self.pids["interlock"] = proc.pid
-        ready = wait_ready(proc, self.urls["interlock"], self.args.ready_timeout)
-        self.meta["proxy"] = {"cmd": cmd, "ready_s": ready, "rss_mib_at_ready": self.rss()}
-        log(f"proxy ready in {ready:.1f}s pid={proc.pid} rss={self.rss():.0f}MiB: {cmd}")
+    def start_proxies(self) -> None:
+        self.meta["proxies"] = {}
+        for name, template in self.proxies.items():
+            self.start_proxy(name, template)
+        self.meta["proxy"] = self.meta["proxies"][next(iter(self.proxies))]
 
-    def _proxy_env(self, upstream: str) -> dict[str, str]:
+    def start_proxy(self, name: str, template: str) -> None:
+        port, upstream = free_port(), self.urls["direct"]
+        env = {**os.environ, **self._proxy_env(name, upstream)}
+        cmd = template.format(interlock=self.args.interlock, port=port, upstream=upstream,
+                              python=self.args.python, shared=self.args.shared, repo=REPO)
+        if "{interlock}" in template or "edge_servers.py" in template:
+            self._db_upgrade(env)
+        proc = self._spawn(f"proxy-{name}" if self.args.proxy else "proxy", shlex.split(cmd), self.proxy_cpus,
+                           env=env)
+        self.urls[name] = f"http://127.0.0.1:{port}"
+        self.pids[name] = proc.pid
+        ready = wait_ready(proc, self.urls[name], self.args.ready_timeout)
+        self.meta["proxies"][name] = {"cmd": cmd, "ready_s": ready, "rss_mib_at_ready": self.rss(name)}
+        log(f"proxy {name} ready in {ready:.1f}s pid={proc.pid} rss={self.rss(name):.0f}MiB: {cmd}")
+
+    def _proxy_env(self, name: str, upstream: str) -> dict[str, str]:
         env = {
             "INTERLOCK_UPSTREAM_OPENAI": upstream, "INTERLOCK_UPSTREAM_ANTHROPIC": upstream,
-            "INTERLOCK_DATABASE_URL": f"sqlite+aiosqlite:///{self.db_path}",
-            "INTERLOCK_SPOOL_DIR": str(self.out / "spool"), "INTERLOCK_LOG_LEVEL": "warning",
+            "INTERLOCK_DATABASE_URL": f"sqlite+aiosqlite:///{self.db_path(name)}",
+            "INTERLOCK_SPOOL_DIR": str(self.out / f"spool-{name}"), "INTERLOCK_LOG_LEVEL": "warning",
             "INTERLOCK_RULES_DIR": str(self.args.rules_dir or self.out / "rules-empty"),
         }
         (self.out / "rules-empty").mkdir(exist_ok=True)
@@ -228,10 +250,10 @@ class Bench:
         self.procs.append(proc)
         return proc
 
-    def drain(self, timeout: float = 120.0) -> dict[str, Any]:
+    def drain(self, name: str, timeout: float = 120.0) -> dict[str, Any]:
         """Wait until the proxy's pipeline has nothing queued and nothing lagging (graph linking
         catches up after saturation); report how long it took and the lane's counters."""
-        url, t0, state = self.urls.get("interlock"), time.monotonic(), {}
+        url, t0, state = self.urls.get(name), time.monotonic(), {}
         while url and time.monotonic() - t0 < timeout:
             try:
                 with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
@@ -251,12 +273,11 @@ class Bench:
             proc.stop()
         self.procs.clear()
 
-    @property
-    def db_path(self) -> Path:
-        return self.out / "bench.db"
+    def db_path(self, name: str) -> Path:
+        return self.out / ("bench.db" if name == "interlock" else f"bench-{name}.db")
 
-    def rss(self) -> float:
-        return float(self.loadgen.tree_rss_mib(self.pids["interlock"]))
+    def rss(self, name: str | None = None) -> float:
+        return float(self.loadgen.tree_rss_mib(self.pids[name or next(iter(self.proxies))]))
 
     # ---------------------------------------------------------------- load
     def run_load(self, target: str, name: str, n: int, min_s: float, dest: str,
@@ -270,7 +291,7 @@ class Bench:
         argv += ["--stream"] if sc.stream else []
         argv += [] if sc.include_usage else ["--no-include-usage"]
         argv += ["--warmup", str(warmup)] if warmup is not None else []
-        argv += ["--cpu-pid", f"proxy={self.pids['interlock']}"] if target == "interlock" else []
+        argv += ["--cpu-pid", f"proxy={self.pids[target]}"] if target != DIRECT else []
         if self.client_cpus is not None:
             argv = ["taskset", "-c", self.client_cpus, *argv]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
@@ -278,23 +299,24 @@ class Bench:
             log(f"  loadgen failed ({target}/{name}) rc={done.returncode}: {done.stderr.strip()[-400:]}")
             return None
         result: dict[str, Any] = json.loads((self.out / "raw" / dest).read_text())
-        if target == "interlock":
+        if target != DIRECT:
             self.sent_to_proxy += result["n"] + (warmup if warmup is not None else max(2 * sc.c, 10))
         return result
 
     def warm_up(self, names: list[str]) -> None:
         for name in names:
             count = max(10, int(self.args.warmup_n * (0.3 if SCENARIOS[name].prompt else 1)))
-            for target in TARGETS:
+            for target in self.targets:
                 self.run_load(target, name, count, 0, f"warmup_{name}_{target}.json")
-        self.meta["proxy"]["rss_mib_after_warmup"] = self.rss()
+        for proxy in self.proxies:
+            self.meta["proxies"][proxy]["rss_mib_after_warmup"] = self.rss(proxy)
 
     def rounds(self, names: list[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
-        results: dict[str, dict[str, list[dict[str, Any]]]] = {n: {t: [] for t in TARGETS} for n in names}
+        results: dict[str, dict[str, list[dict[str, Any]]]] = {n: {t: [] for t in self.targets} for n in names}
         for rnd in range(1, self.args.rounds + 1):
             for name in names:
                 sc = SCENARIOS[name]
-                for target in TARGETS:
+                for target in self.targets:
                     n, min_s = max(1, int(sc.n * self.args.scale)), 2.0 * self.args.scale
                     res = self.run_load(target, name, n, min_s, f"r{rnd}_{name}_{target}.json")
                     if res:
@@ -310,7 +332,7 @@ class Bench:
         rss = [self.rss()]
         runs = []
         for i in range(steps):
-            res = self.run_load("interlock", "ns_c16", total // steps, 0, f"soak_{i}.json", warmup=0)
+            res = self.run_load(next(iter(self.proxies)), "ns_c16", total // steps, 0, f"soak_{i}.json", warmup=0)
             rss.append(self.rss())
             if res:
                 runs.append(res)
@@ -350,15 +372,20 @@ def row(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def summarize(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for name, by_target in results.items():
-        direct, proxy = row(by_target["direct"]), row(by_target["interlock"])
+        direct = row(by_target[DIRECT])
+        summary[name] = {DIRECT: direct}
+        for target, runs in by_target.items():
+            if target == DIRECT:
+                continue
+            proxy = row(runs)
 
-        def added(key: str, p: dict[str, Any] = proxy, d: dict[str, Any] = direct) -> float | None:
-            return p[key] - d[key] if p[key] is not None and d[key] is not None else None
+            def added(key: str, p: dict[str, Any] = proxy, d: dict[str, Any] = direct) -> float | None:
+                return p[key] - d[key] if p[key] is not None and d[key] is not None else None
 
-        proxy.update(added_p50=added("p50"), added_p99=added("p99"), added_ttfb_p50=added("ttfb_p50"),
-                     added_ttfb_p99=added("ttfb_p99"),
-                     rps_ratio=proxy["rps"] / direct["rps"] if proxy["rps"] and direct["rps"] else None)
-        summary[name] = {"direct": direct, "interlock": proxy}
+            proxy.update(added_p50=added("p50"), added_p99=added("p99"), added_ttfb_p50=added("ttfb_p50"),
+                         added_ttfb_p99=added("ttfb_p99"),
+                         rps_ratio=proxy["rps"] / direct["rps"] if proxy["rps"] and direct["rps"] else None)
+            summary[name][target] = proxy
     return summary
 
 
@@ -370,11 +397,12 @@ def checks(summary: dict[str, Any], soak: dict[str, Any]) -> list[tuple[str, flo
         measured = abs(value) if absolute and value is not None else value
         out.append((what, value, limit, measured is not None and measured <= limit))
 
+    first = next((t for pair in summary.values() for t in pair if t != DIRECT), "interlock")
     if "ns_c16" in summary:
-        add("ns_c16 added p50 ms", summary["ns_c16"]["interlock"]["added_p50"], 1.0)
-        add("ns_c16 added p99 ms", summary["ns_c16"]["interlock"]["added_p99"], 5.0)
+        add(f"{first} ns_c16 added p50 ms", summary["ns_c16"][first]["added_p50"], 1.0)
+        add(f"{first} ns_c16 added p99 ms", summary["ns_c16"][first]["added_p99"], 5.0)
     if "stream_c16" in summary:
-        add("stream_c16 added TTFB p50 ms", summary["stream_c16"]["interlock"]["added_ttfb_p50"], 2.0)
+        add(f"{first} stream_c16 added TTFB p50 ms", summary["stream_c16"][first]["added_ttfb_p50"], 2.0)
     if soak:
         add("RSS change over soak %", soak["rss_change_pct"], 5.0, absolute=True)
     return out
@@ -398,24 +426,26 @@ def render(meta: dict[str, Any], summary: dict[str, Any], soak: dict[str, Any],
                                             f"{meta['proxy_cpus']}." if meta["client_cpus"] else "Not pinned."),
         f"Rounds {meta['rounds']} (direct and interlock alternate per scenario; medians over rounds), "
         f"scale {meta['scale']}, upstream latency {meta['latency_ms']} ms, chunk delay {meta['chunk_delay_ms']} ms.",
-        f"Proxy: `{meta['proxy']['cmd']}` ready in {meta['proxy']['ready_s']:.1f} s, RSS "
-        f"{meta['proxy']['rss_mib_at_ready']:.0f} MiB at ready, {meta['proxy'].get('rss_mib_after_warmup', 0):.0f} "
-        "MiB after warm-up.",
+        *(f"Proxy {name}: `{p['cmd']}` ready in {p['ready_s']:.1f} s, RSS {p['rss_mib_at_ready']:.0f} MiB at "
+          f"ready, {p.get('rss_mib_after_warmup', 0):.0f} MiB after warm-up." for name, p in meta["proxies"].items()),
         f"Recording: {meta.get('recorded_rows', '?')} rows in `calls` for ~{meta['sent_to_proxy']} requests sent "
         f"through the proxy; {fmt(meta.get('linked_share'))} % of conversation calls linked into a run after the "
         f"drain (linking: {meta.get('linking', {})}).", "",
-        "| scenario | direct p50 / p99 ms | interlock p50 / p99 ms | **added p50 / p99 ms** | added TTFB p50 / p99 "
-        "| req/s direct → interlock (ratio) | **proxy CPU ms/req** | errors d/i |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | proxy | direct p50 / p99 ms | proxied p50 / p99 ms | **added p50 / p99 ms** | added TTFB "
+        "p50 / p99 | req/s direct → proxied (ratio) | **proxy CPU ms/req** | errors d/p |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, pair in summary.items():
-        d, p = pair["direct"], pair["interlock"]
-        ttfb = f"{delta(p['added_ttfb_p50'])} / {delta(p['added_ttfb_p99'])}" if p["ttfb_p50"] is not None else ""
-        lines.append(
-            f"| {name} | {fmt(d['p50'])} / {fmt(d['p99'])} | {fmt(p['p50'])} / {fmt(p['p99'])} | "
-            f"**{delta(p['added_p50'])} / {delta(p['added_p99'])}** | {ttfb} | {fmt(d['rps'], 1)} → "
-            f"{fmt(p['rps'], 1)} ({fmt(p['rps_ratio'], 3)}) | **{fmt(p['proxy_cpu_ms_per_req'], 3)}** | "
-            f"{d['errors']}/{p['errors']} |")
+        d = pair[DIRECT]
+        for target, p in pair.items():
+            if target == DIRECT:
+                continue
+            ttfb = f"{delta(p['added_ttfb_p50'])} / {delta(p['added_ttfb_p99'])}" if p["ttfb_p50"] is not None else ""
+            lines.append(
+                f"| {name} | {target} | {fmt(d['p50'])} / {fmt(d['p99'])} | {fmt(p['p50'])} / {fmt(p['p99'])} | "
+                f"**{delta(p['added_p50'])} / {delta(p['added_p99'])}** | {ttfb} | {fmt(d['rps'], 1)} → "
+                f"{fmt(p['rps'], 1)} ({fmt(p['rps_ratio'], 3)}) | **{fmt(p['proxy_cpu_ms_per_req'], 3)}** | "
+                f"{d['errors']}/{p['errors']} |")
     if soak:
         rss = " → ".join(f"{v:.1f}" for v in soak["rss_mib"])
         lines += ["", f"Soak: {soak['requests']} requests (ns_c16) through the proxy, {soak['errors']} errors, "
@@ -423,7 +453,7 @@ def render(meta: dict[str, Any], summary: dict[str, Any], soak: dict[str, Any],
                       f"RSS MiB {rss} ({fmt(soak['rss_change_pct'])} %)."]
     lines += ["", "| target | measured | limit | ok |", "|---|---:|---:|---|"]
     lines += [f"| {what} | {fmt(value)} | {limit:g} | {'yes' if ok else 'NO'} |" for what, value, limit, ok in verdicts]
-    streams = [f"{n}/{t}={pair[t]['events_per_stream']:.1f}" for n, pair in summary.items() for t in TARGETS
+    streams = [f"{n}/{t}={pair[t]['events_per_stream']:.1f}" for n, pair in summary.items() for t in pair
                if pair[t]["events_per_stream"]]
     if streams:
         lines += ["", "Stream sanity (mean SSE data events per stream): " + ", ".join(streams)]
@@ -478,6 +508,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--proxy-cmd", default=INTERLOCK_CMD,
                    help="command starting the proxy; placeholders {interlock} {port} {upstream} {python} "
                         "{shared} {repo}; INTERLOCK_* env is set either way")
+    p.add_argument("--proxy", action="append", default=[], metavar="NAME=CMD",
+                   help="a proxy to measure (repeatable: all interleaved in one run); replaces --proxy-cmd")
     p.add_argument("--proxy-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the proxy, e.g. INTERLOCK_CONTENT_POLICY=full")
     p.add_argument("--rules-dir", type=Path, help="rules for the proxy (default: none, an empty folder)")
@@ -517,16 +549,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminate)
     try:
         bench.start_upstream()
-        bench.start_proxy()
+        bench.start_proxies()
         bench.warm_up(names)
         log("warm-up done")
         results = bench.rounds(names)
         soak = bench.soak() if args.soak else {}
-        bench.meta["linking"] = bench.drain()
+        bench.meta["linking"] = {name: bench.drain(name) for name in bench.proxies}
     finally:
         bench.stop()
-    bench.meta.update(sent_to_proxy=bench.sent_to_proxy, recorded_rows=recorded_rows(bench.db_path),
-                      linked_share=linked_share(bench.db_path))
+    first = next(iter(bench.proxies))
+    bench.meta.update(sent_to_proxy=bench.sent_to_proxy, recorded_rows=recorded_rows(bench.db_path(first)),
+                      linked_share=linked_share(bench.db_path(first)))
     summary = summarize(results)
     verdicts = checks(summary, soak)
     (out / "summary.json").write_text(json.dumps({

@@ -1,16 +1,23 @@
 """Interlock's HTTP/1.1 server: asyncio.Protocol + httptools, speaking ASGI 3 to the app.
 
     socket ─▶ _Connection (httptools parser) ─▶ one task per request: app(scope, receive, send)
-                 │ pipelined requests wait in a queue; reading pauses while the app is slow
-                 └─ send() frames the response: Content-Length when the app gave one, else chunked
+                 │ pipelined requests wait in a queue (at most _PIPELINE_DEPTH parsed, the rest
+                 │ of what was read kept unparsed); reading pauses while the app is slow, while
+                 │ requests queue, and while the client does not read its answers
+                 └─ send() frames the response: Content-Length when the app gave one, else chunked;
+                    every body write first waits for the transport's buffer to drain
 
-Why not uvicorn: the proxy answers a few thousand requests per second per core and every
-request crosses the server twice (request in, response out).  uvicorn's per-request machinery
-(header validation by regular expression on every response header, a cycle object with its own
-events and flow-control waiters, keep-alive timers re-armed per request) measured 12 % of the
-proxy's CPU; this server keeps only what an HTTP/1.1 reverse proxy needs: keep-alive, pipelining,
-chunked and Content-Length bodies both ways, `Expect: 100-continue`, HEAD, backpressure in both
-directions, client-disconnect events, an idle timeout, ASGI lifespan and graceful shutdown.
+Why not a maintained server (uvicorn, granian): measured in the whole-proxy bench (bench/README.md,
+"Which HTTP server"), four interleaved runs on this shared 2-core machine, small non-streamed
+calls at C=16 with recording, graph and default rules: this server 0.54-0.69 ms CPU per request,
+uvicorn (httptools, uvloop) 0.62-0.84 (1.06-1.2x this server in the same round), uvicorn with the
+limits below added (branch `server-uvicorn`, proxy/edge.py) 0.65-0.69, granian (ASGI) 0.86-0.99;
+the goal is <= 0.6, met only by this server (in the quieter runs).  uvicorn's httptools
+protocol also has no header/URL size limit and no header or body read timeout, so those would be
+hand-written on its internals anyway.  This server keeps only what an HTTP/1.1 reverse proxy
+needs: keep-alive, pipelining, chunked and Content-Length bodies both ways, `Expect: 100-continue`,
+HEAD, backpressure in both directions, client-disconnect events, an idle timeout, ASGI lifespan and
+graceful shutdown.
 Anything the app sends is trusted (it is our own app); what clients send is parsed by httptools
 and refused with 400 when malformed, and bounded by `Limits`:
 
@@ -54,6 +61,8 @@ _REASONS = {
 }
 _STATUS_LINES: dict[int, bytes] = {}
 _BODY_HIGH_WATER = 256 * 1024  # request-body bytes buffered before reading pauses
+_PIPELINE_DEPTH = 32  # parsed requests waiting behind the one being answered before parsing stops
+_FEED_SLICE = 4096  # bytes of request heads parsed at a time (bounds the requests one read can queue)
 _DISCONNECT: Message = {"type": "http.disconnect"}
 # Scope extension: `scope["extensions"][DISCONNECT_HOOK](callback)` asks for `callback()` when the
 # client leaves before the response is complete (None withdraws it); no task has to sit in receive().
@@ -246,6 +255,9 @@ class _Connection(asyncio.Protocol):
         self.read_deadline: float | None = None  # when the request being read times out; None: not reading
         self.read_timer: asyncio.TimerHandle | None = None
         self.reading_paused = False  # by the server (backpressure, pipelining): the client is not late
+        self.unparsed = b""  # read but not yet parsed: the pipeline was full (_PIPELINE_DEPTH)
+        self.declared: bytes | None = None  # the Content-Length of the head being parsed
+        self.body_left: int | None = None  # bytes of the Content-Length body being read not yet parsed
 
     # ------------------------------------------------------------ transport events
 
@@ -275,13 +287,46 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._disarm_idle()
-        if self.upgrade_left is not None:
-            self._take_upgrade_body(data)
+        if self.unparsed:
+            self.unparsed += data
+            self.pause_reading()
             return
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        """Parse what was read: heads `_FEED_SLICE` bytes at a time, a Content-Length body in one
+        piece.  Once `_PIPELINE_DEPTH` requests wait, the rest stays unparsed (and reading paused)
+        until the queue moves (`_parse_unparsed`): one read cannot queue thousands of requests."""
+        if not self.queue and len(data) <= _FEED_SLICE:  # nearly every read: one request, or its body
+            self._parse_piece(data, 0)
+            return
+        view, pos = memoryview(data), 0
+        while pos < len(data):
+            if len(self.queue) >= _PIPELINE_DEPTH:
+                self.unparsed = bytes(view[pos:])
+                self.pause_reading()
+                return
+            end = pos + (self.body_left or _FEED_SLICE)
+            if not self._parse_piece(view[pos:end], pos, data):
+                return
+            pos = end
+
+    def _parse_unparsed(self) -> None:
+        data, self.unparsed = self.unparsed, b""
+        self._parse(data)
+
+    def _parse_piece(self, piece: bytes | memoryview, pos: int, data: bytes | None = None) -> bool:
+        """Feed `piece` (at `pos` in `data`, the read it comes from); False when the rest of the
+        stream is not to be parsed as requests."""
+        whole = piece if data is None else data
+        if self.upgrade_left is not None:
+            self._take_upgrade_body(bytes(whole[pos:]))
+            return False
         try:
-            self._feed(data)
+            self._feed(piece)
+            return not self.closed and not (self.transport is not None and self.transport.is_closing())
         except httptools.HttpParserUpgrade as exc:
-            self._take_upgrade_body(data[exc.args[0]:] if exc.args else b"")
+            self._take_upgrade_body(bytes(whole[pos + exc.args[0]:]) if exc.args else b"")
         except _Refused as exc:
             self._refuse(exc.status, exc.text)
         except httptools.HttpParserError as exc:
@@ -289,8 +334,9 @@ class _Connection(asyncio.Protocol):
                 self._refuse(exc.__context__.status, exc.__context__.text)
             else:
                 self._refuse(400, b"Invalid HTTP request: " + str(exc).encode("utf-8", "replace"))
+        return False
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         """Feed the parser, a head never past `max_header_bytes`: a chunk that starts inside a
         head is fed up to the room left, and the rest only if that head ended.  (The part of a
         chunk after a head began is not counted: at most one read, so a head cannot grow
@@ -312,18 +358,23 @@ class _Connection(asyncio.Protocol):
         return None  # close our side too; a client that half-closes is gone
 
     def pause_writing(self) -> None:
+        """The transport's write buffer passed its high-water mark: the client reads slower than
+        we answer, so read no more requests from it (and every `send` waits in `drain`)."""
         self.write_paused = True
+        self.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
+        self.resume_reading()
 
     # ------------------------------------------------------------ parser callbacks
 
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
+        self.declared = None
         self.head_bytes = self.head_size = 0
         self._read_by(self.limits.header_timeout_s)
 
@@ -338,13 +389,18 @@ class _Connection(asyncio.Protocol):
         self.head_size += len(name) + len(value) + 4
         if self.head_size > self.limits.max_header_bytes:
             raise _Refused(431, b"Request header fields too large (INTERLOCK_MAX_HEADER_BYTES)")
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        if name == b"content-length":
+            self.declared = value
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         self.head_bytes = None
         self.heads_done += 1
         self._read_by(self.limits.body_timeout_s)
+        declared = self.declared  # llhttp refuses a malformed, repeated or chunked Content-Length
+        self.body_left = int(declared) if declared is not None and declared.isdigit() else None
         if parser.should_upgrade():
             self.upgrade_left = _upgrade_body_length(parser.get_method(), self.headers)
             if self.upgrade_left < 0:
@@ -375,6 +431,8 @@ class _Connection(asyncio.Protocol):
             self.pause_reading()  # pipelined: one at a time
 
     def on_body(self, body: bytes) -> None:
+        if self.body_left is not None:
+            self.body_left -= len(body)
         self.read_deadline = self.loop.time() + self.limits.body_timeout_s
         ex = self.current
         if ex is not None and not ex.discard_body:
@@ -384,6 +442,7 @@ class _Connection(asyncio.Protocol):
         if self.upgrade_left is not None:
             return  # llhttp ends an upgrade request at its headers; its body is taken by _take_upgrade_body
         self.read_deadline = None
+        self.body_left = None
         ex = self.current
         if ex is not None:
             ex.body_complete()
@@ -427,6 +486,8 @@ class _Connection(asyncio.Protocol):
             return
         if self.queue:
             self._start(self.queue.popleft())
+            if self.unparsed:
+                self._parse_unparsed()
             self.resume_reading()
         else:
             self._arm_idle()
@@ -446,7 +507,8 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed and not self.queue:
+        if self.transport is not None and not self.closed and not self.queue and not self.unparsed \
+                and not self.write_paused and not self.transport.is_closing():
             self.reading_paused = False
             if self.read_deadline is not None:  # the client was not late while we did not read
                 self.read_deadline = self.loop.time() + self.limits.body_timeout_s
@@ -694,6 +756,11 @@ class _Exchange:
         self.pending_head = b"".join(out)
 
     async def _body(self, data: bytes, more: bool) -> None:
+        # Wait before writing, the last piece too: a pipelining client that never reads would
+        # otherwise collect every queued answer in the transport's buffer (issue 13 #2).
+        await self.conn.drain()
+        if self.gone:
+            return
         head, self.pending_head = self.pending_head, None
         if self.head:
             data = b""
@@ -710,8 +777,6 @@ class _Exchange:
         if not more:
             self.response_complete = True
             self._wake()
-            return
-        await self.conn.drain()
 
 
 def _upgrade_body_length(method: bytes, headers: list[tuple[bytes, bytes]]) -> int:

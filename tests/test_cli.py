@@ -166,3 +166,14 @@ def test_doctor_reports_each_check(migrated: str, tmp_path: Path, capsys: pytest
 def test_doctor_fails_on_an_unmigrated_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["doctor", "--database-url", str(tmp_path / "new.db")]) == 1
     assert "run `interlock db upgrade`" in capsys.readouterr().out
+
+
+def test_serve_on_a_port_in_use_says_so_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", "--host", "127.0.0.1", "--port", str(port),
+                     "--database-url", f"sqlite+aiosqlite:///{tmp_path}/i.db"])
+    assert code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -62,6 +62,8 @@ class EchoApp:
             if msg["type"] == "http.disconnect":
                 self.disconnects += 1
                 self.gone.set()
+        elif path == "/blob":  # 1 MiB in one message
+            await self._reply(send, b"y" * (1 << 20))
         elif path == "/big":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             for _ in range(200):
@@ -245,6 +247,44 @@ def test_slow_reader_gets_everything_in_order(served: ThreadedServer) -> None:
     decoded = b"".join(pieces)
     total = len(decoded)
     assert total == 200 * 65536 and set(decoded) == {ord("x")}
+
+
+def test_pipelined_answers_wait_for_a_client_that_does_not_read(served: ThreadedServer, app: EchoApp) -> None:
+    """Backpressure (issue 13 #2): 400 pipelined 1 MiB answers, never read, are produced one at a
+    time as the client drains, not all at once into the transport's buffer."""
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+        sock.sendall(b"GET /blob HTTP/1.1\r\nhost: x\r\n\r\n" * 400)
+        time.sleep(1.0)
+        produced = sum(1 for sc in app.seen if sc["path"] == "/blob")
+    assert produced <= 12, f"{produced} answers produced for a client that read nothing"  # kernel buffers: a few MiB
+
+
+def test_pipelining_depth_is_bounded_and_every_request_is_answered_in_order(
+    served: ThreadedServer, app: EchoApp
+) -> None:
+    """3,000 requests in one write behind a slow answer: at most a pipeline's depth (plus one
+    parsed slice) wait parsed; the rest stays unparsed bytes until the queue moves."""
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n" + b"GET /n HTTP/1.1\r\n\r\n" * 2999
+                     + b"GET /last HTTP/1.1\r\nconnection: close\r\n\r\n")
+        time.sleep(0.5)
+        waiting = max(len(c.queue) for c in list(served.server.connections))
+        app.release.set()
+        out = b""
+        while part := sock.recv(1 << 20):
+            out += part
+    assert waiting <= 32 + 4096 // 19, f"{waiting} parsed requests queued"
+    assert out.count(b"HTTP/1.1 200 OK") == 3001
+    assert out.index(b"slow done") < out.index(b"0:", out.index(b"slow done"))
+
+
+def test_a_large_body_then_pipelined_requests_in_one_write_are_all_answered(served: ThreadedServer) -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB: parsed in one piece, the heads after it in slices
+    req = b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+    out = raw(served, req + b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc" * 100
+              + b"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", timeout=10)
+    assert out.count(b"HTTP/1.1 200 OK") == 102
+    assert out.count(b"3:abc") == 100 and b"1048576:" in out
 
 
 def test_graceful_stop_finishes_the_request_in_flight(app: EchoApp) -> None:
