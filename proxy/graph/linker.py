@@ -395,7 +395,8 @@ class Linker:
         ]
         if not new:
             return
-        refs = self.index.get_refs([threads.tool_key(a.tool_id or "") for _, a in new])
+        called = {a.tool_id: a.text for a in ctx.atoms if a.role == "c" and a.tool_id}  # a result's call, when sent
+        refs = self.index.get_refs([threads.tool_key(a.tool_id or "", called.get(a.tool_id, "")) for _, a in new])
         for (i, atom), ref in zip(new, refs, strict=True):
             if ref is None or ref.call_id == ctx.call.id:
                 continue
@@ -719,7 +720,8 @@ class Linker:
             refs[threads.response_key(call.completion.response_id)] = ref
         for tc in call.completion.tool_calls:
             if tc.id:
-                refs[threads.tool_key(tc.id)] = ref
+                refs[threads.tool_key(tc.id)] = ref  # for a result sent without its call
+                refs[threads.tool_key(tc.id, threads.tool_atom_text(tc.name, tc.arguments))] = ref
         self.index.put_refs(refs)
         self._remember_output(ctx, ended)
         if ctx.thread_id == call.id:

@@ -70,7 +70,7 @@ def _message_atoms(m: Message, i: int) -> list[Atom]:
 def _turn(role: str, text: str, holder: Message | Completion, i: int) -> list[Atom]:
     out = [Atom(role, text.strip(), None, i)] if text.strip() else []
     for tc in holder.tool_calls:
-        out.append(Atom("c", f"{tc.name}\x1f{canonical_arguments(tc.arguments)}", tc.id, i))
+        out.append(Atom("c", tool_atom_text(tc.name, tc.arguments), tc.id, i))
     return out
 
 
@@ -157,5 +157,14 @@ def response_key(response_id: str) -> str:
     return "r:" + response_id
 
 
-def tool_key(tool_call_id: str) -> str:
-    return "t:" + tool_call_id
+def tool_key(tool_call_id: str, call: str = "") -> str:
+    """A tool call's key; with `call` (the "c" atom's text: name and canonical arguments) the id is
+    tied to what was called, so a server that numbers its ids per conversation (`call_1`) does
+    not tie two conversations together."""
+    if not call:
+        return "t:" + tool_call_id
+    return "t:" + tool_call_id + "\x1f" + hashlib.blake2b(call.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def tool_atom_text(name: str, arguments: str) -> str:
+    return f"{name}\x1f{canonical_arguments(arguments)}"

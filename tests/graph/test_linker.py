@@ -207,3 +207,28 @@ def test_a_big_human_message_opening_many_runs_is_seen_only_in_each_of_them() ->
     fresh.messages = follow_up(text, "Reading.", document(5))
     assert [e.kind for e in lk.observe(again).edges] == ["continuation"]
     assert [e.kind for e in lk.observe(fresh).edges] == ["continuation", "human"]
+
+
+def test_tool_call_ids_a_server_numbers_per_conversation_do_not_tie_conversations() -> None:
+    """Some OpenAI-compatible servers answer `call_1` in every conversation: a tool result is tied
+    to the call that asked for it by the id *and* what was called."""
+    from proxy.call import ToolCall
+
+    lk = linker()
+    firsts = []
+    for i, topic in enumerate(("heat pumps in Norway", "solar leasing in Spain")):
+        ask = make_call(f"a{i}", system="You are the coordinator.", user=f"Research {topic}.", output="",
+                        started_at=float(i), ended_at=float(i) + 0.5)  # fmt: skip
+        ask.completion = Completion("", [ToolCall("call_1", "research", f'{{"topic": "{topic}"}}')])
+        firsts.append(lk.observe(ask))
+    back = make_call("b0", system="You are the coordinator.", user="Research heat pumps in Norway.", output="done",
+                     started_at=3.0, ended_at=3.5)  # fmt: skip
+    back.messages = [
+        Message("system", "You are the coordinator."),
+        Message("user", "Research heat pumps in Norway."),
+        Message("assistant", "", [ToolCall("call_1", "research", '{"topic": "heat pumps in Norway"}')]),
+        Message("tool", "Norway installs most heat pumps per capita.", tool_call_id="call_1"),
+    ]
+    res = lk.observe(back)
+    assert res.run_id == firsts[0].run_id != firsts[1].run_id
+    assert all(e.source != "a1" for e in res.edges)
