@@ -396,7 +396,7 @@ class Linker:
         if not new:
             return
         called = {a.tool_id: a.text for a in ctx.atoms if a.role == "c" and a.tool_id}  # a result's call, when sent
-        refs = self.index.get_refs([threads.tool_key(a.tool_id or "", called.get(a.tool_id, "")) for _, a in new])
+        refs = self.index.get_refs([threads.tool_key(a.tool_id or "", called.get(a.tool_id or "", "")) for _, a in new])
         for (i, atom), ref in zip(new, refs, strict=True):
             if ref is None or ref.call_id == ctx.call.id:
                 continue
