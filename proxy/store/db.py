@@ -281,6 +281,7 @@ class SqlSink:
         # The asyncpg adapter opens its transaction lazily, at the first statement: start it.
         await conn.exec_driver_sql("SELECT 1")
         driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None  # a checked-out connection always has one
         try:
             await driver.copy_records_to_table(table, records=records, columns=copier.columns)
         except Exception as exc:
@@ -361,7 +362,7 @@ def is_data_error(exc: BaseException) -> bool:
     if isinstance(exc, IntegrityError | DataError | ValueError | TypeError | KeyError):
         return True
     if type(exc).__module__.startswith("asyncpg") and isinstance(getattr(exc, "sqlstate", None), str):
-        return str(getattr(exc, "sqlstate"))[:2] in ("22", "23")  # raised by COPY, not via SQLAlchemy
+        return str(exc.sqlstate)[:2] in ("22", "23")  # raised by COPY, not via SQLAlchemy
     if isinstance(exc, DBAPIError):
         code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
         if isinstance(code, str):
