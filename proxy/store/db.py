@@ -361,8 +361,9 @@ def is_data_error(exc: BaseException) -> bool:
     opposed to the database being down, slow, locked or not migrated yet."""
     if isinstance(exc, IntegrityError | DataError | ValueError | TypeError | KeyError):
         return True
-    if type(exc).__module__.startswith("asyncpg") and isinstance(getattr(exc, "sqlstate", None), str):
-        return str(exc.sqlstate)[:2] in ("22", "23")  # raised by COPY, not via SQLAlchemy
+    state = getattr(exc, "sqlstate", None)
+    if type(exc).__module__.startswith("asyncpg") and isinstance(state, str):
+        return state[:2] in ("22", "23")  # raised by COPY, not through SQLAlchemy
     if isinstance(exc, DBAPIError):
         code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
         if isinstance(code, str):
