@@ -35,10 +35,10 @@ from proxy.store.rows import Record  # noqa: E402
 PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 
-def build(n: int, worker: int, request_bytes: int, response_bytes: int) -> list[Record]:
+def build(n: int, worker: int, request_bytes: int, response_bytes: int, start: float = 1.7e9) -> list[Record]:
     import writer_micro  # bench/ is on sys.path when this file runs
 
-    records = writer_micro.build_records(n, agents=8, runs=50, start=1_700_000_000.0 + worker * 1e5)
+    records = writer_micro.build_records(n, agents=8, runs=50, start=start + worker * 1e5)
     req, resp = "q" * request_bytes, "a" * response_bytes
     for record in records:
         for row in record.calls:
