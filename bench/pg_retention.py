@@ -27,11 +27,11 @@ from typing import Any
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
+import pg_volume  # noqa: E402
+import pg_write  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.pool import NullPool  # noqa: E402
 
-import pg_volume  # noqa: E402
-import pg_write  # noqa: E402
 from proxy.store import db  # noqa: E402
 from proxy.store.retention import DAY_S, Retention, RetentionPolicy  # noqa: E402
 
