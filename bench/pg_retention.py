@@ -48,12 +48,19 @@ def writer(url: str, schema: str, stop: Any, out: Any) -> None:
         sink = db.SqlSink(engine)
         batches = [records[i : i + 256] for i in range(0, len(records), 256)]
         done: list[tuple[float, float, int]] = []  # (end, seconds, calls) per batch
-        for batch in batches:
-            if stop.is_set():
-                break
-            start = time.time()
-            await sink.write(batch)
-            done.append((time.time(), time.time() - start, len(batch) // 2))
+        for n in range(1_000_000):  # passes over the same records, with new ids each pass
+            for batch in batches:
+                if stop.is_set():
+                    await engine.dispose()
+                    return done
+                for record in batch:
+                    for call in record.calls:
+                        call["id"] = f"{n:04x}{call['id'][4:]}"
+                        for k, event in enumerate(record.guard_events):
+                            event["id"], event["call_id"] = f"{call['id']}:{k}", call["id"]
+                start = time.time()
+                await sink.write(batch)
+                done.append((time.time(), time.time() - start, len(batch) // 2))
         await engine.dispose()
         return done
 
@@ -108,8 +115,9 @@ async def main() -> None:
         print(f"sweep: {swept.content_cleared:,} contents cleared, {swept.calls_deleted:,} calls "
               f"+ {swept.edges_deleted:,} edges + {swept.guard_events_deleted:,} guard events + "
               f"{swept.runs_deleted:,} runs deleted in {seconds:.1f} s, {swept.batches} batches of ≤ {args.batch_size}")
-        print(f"       {(swept.content_cleared + swept.calls_deleted) / seconds:,.0f} calls/s touched "
-              f"({swept.content_cleared / seconds:,.0f} cleared + {swept.calls_deleted / seconds:,.0f} deleted per s of sweep)")
+        print(f"       content: {swept.content_cleared / swept.content_s:,.0f} calls cleared/s ({swept.content_s:.1f} s); "
+              f"records: {swept.calls_deleted / swept.records_s:,.0f} calls deleted/s with their edges and events "
+              f"({swept.records_s:.1f} s); pause {args.pause * 1000:.0f} ms between batches included")
         print(f"writer alone:        {alone:7,.0f} calls/s, slowest batch {alone_max:6.0f} ms")
         print(f"writer during sweep: {during:7,.0f} calls/s, slowest batch {during_max:6.0f} ms")
     finally:

@@ -58,6 +58,8 @@ class Swept:
     edges_deleted: int = 0
     runs_deleted: int = 0
     batches: int = 0
+    content_s: float = 0.0  # wall time of each phase, pauses included
+    records_s: float = 0.0
 
 
 class Retention:
@@ -99,8 +101,10 @@ class Retention:
         """One pass: content first, then records, each until nothing older than its cutoff is left."""
         now = time.time() if now is None else now
         swept = Swept()
+        started = time.perf_counter()
         if self._policy.content_days is not None:
             await self._clear_content(_cutoff(now, self._policy.content_days), swept)
+        swept.content_s = time.perf_counter() - started
         if self._policy.metadata_days is not None:
             cutoff = _cutoff(now, self._policy.metadata_days)
             for delete in (self._delete_calls, self._delete_runs):
@@ -108,6 +112,7 @@ class Retention:
                 while more:
                     more = await delete(cutoff, swept)
                     await asyncio.sleep(self._policy.pause_s)  # the writer's turn
+        swept.records_s = time.perf_counter() - started - swept.content_s
         return swept
 
     def _oldest(self, cutoff: datetime, after: tuple[datetime, str] | None = None) -> Any:
