@@ -32,6 +32,7 @@ from proxy.relay import Relay
 from proxy.rules import RulesManager
 from proxy.settings import Settings
 from proxy.store.db import SqlSink, make_engine, upgrade
+from proxy.store.retention import Retention, RetentionPolicy
 from proxy.store.spool import Spool
 from proxy.store.wal import WriteAheadLog
 from proxy.store.writer import BatchWriter
@@ -53,6 +54,7 @@ class Runtime:
         self.engine: Any = None
         self.writer: Any = None
         self.wal: WriteAheadLog | None = None
+        self.retention: Retention | None = None
         self.pipeline: Pipeline | None = None
         self.forwarder: Forwarder | None = None
         self.tokens: Any = None
@@ -88,6 +90,10 @@ class Runtime:
             journal=self.wal,
         )
         self.writer.start()
+        self.retention = Retention(self.engine, RetentionPolicy(
+            metadata_days=s.retention_days, content_days=s.content_retention_days,
+            batch_size=s.retention_batch_size, interval_s=s.retention_interval_s))
+        self.retention.start()  # a no-op unless a retention setting is given
         self.tokens = self._token_counter()
         self.rules = await self._rules()
         await self._graph()
@@ -198,6 +204,8 @@ class Runtime:
             await self.rules.aclose()
         if self.counters is not None:
             await self.counters.aclose()
+        if self.retention is not None:
+            await self.retention.aclose()
         if self.writer is not None:
             await self.writer.aclose(timeout=10.0)
         if self.wal is not None:  # after the writer: what it wrote or spooled is released

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -112,6 +112,14 @@ class Settings(BaseSettings):
     wal_dir: Path | None = None  # default: <spool_dir>/wal
     wal_fsync_interval_ms: float = Field(10.0, ge=0, le=100)
     encodings_dir: Path | None = None
+    # Retention (proxy/store/retention.py): calls older than retention_days are deleted with
+    # their guard events and edges, runs idle that long too; their request/response content is
+    # cleared after content_retention_days (≤ retention_days).  Unset: kept forever.  A
+    # background sweep every retention_interval_s, in transactions of retention_batch_size calls.
+    retention_days: float | None = Field(None, gt=0)
+    content_retention_days: float | None = Field(None, gt=0)
+    retention_batch_size: int = Field(2000, ge=1, le=50_000)
+    retention_interval_s: float = Field(3600.0, gt=0)
 
     default_max_tokens: int = Field(4096, ge=1)
     run_idle_s: float = Field(300.0, gt=0)
@@ -136,6 +144,15 @@ class Settings(BaseSettings):
     @classmethod
     def _db(cls, v: str) -> str:
         return database_url(v)
+
+    @model_validator(mode="after")
+    def _content_kept_shorter(self) -> Settings:
+        days, content = self.retention_days, self.content_retention_days
+        if days is not None and content is not None and content > days:
+            raise ValueError(
+                f"content_retention_days ({content:g}) must not exceed retention_days ({days:g}): "
+                "content is kept for fewer days than the records it belongs to")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -189,6 +206,9 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
+            if not err["loc"]:  # a rule between settings (model_validator): its message names them
+                lines.append(err["msg"].removeprefix("Value error, "))
+                continue
             name = ".".join(str(p) for p in err["loc"]) or "?"
             env = "INTERLOCK_" + str(err["loc"][0]).upper() if err["loc"] else ""
             value, shown = err.get("input"), _shown(name, err.get("input"))

@@ -36,3 +36,22 @@ def test_response_caps_are_read_from_the_environment(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("INTERLOCK_STREAM_TEXT_MAX_CHARS", "4096")
     settings = load_settings()
     assert (settings.response_parse_max_bytes, settings.stream_text_max_chars) == (1048576, 4096)
+
+
+def test_retention_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERLOCK_RETENTION_DAYS", "30")
+    monkeypatch.setenv("INTERLOCK_CONTENT_RETENTION_DAYS", "7.5")
+    s = load_settings()
+    assert (s.retention_days, s.content_retention_days) == (30.0, 7.5)
+
+
+def test_content_kept_longer_than_its_records_is_refused_naming_both() -> None:
+    with pytest.raises(SettingsError, match=r"content_retention_days \(14\) must not exceed retention_days \(7\)"):
+        load_settings(retention_days=7, content_retention_days=14)
+
+
+@pytest.mark.parametrize("name, value", [("retention_days", 0), ("content_retention_days", -1),
+                                         ("retention_batch_size", 0)])  # fmt: skip
+def test_retention_values_out_of_range_are_refused_by_name(name: str, value: float) -> None:
+    with pytest.raises(SettingsError, match=rf"{name} \(INTERLOCK_{name.upper()}\) has value {value}"):
+        load_settings(**{name: value})

@@ -5,7 +5,9 @@
     upgrade_engine(engine)  ─▶ the same on an engine's connection, awaited in the running loop
     SqlSink(engine)         ─▶ RowSink: one transaction per batch, dialect-native idempotent upserts;
                                rows sharing a key are folded first (proxy/store/coalesce.py); each
-                               statement is compiled once and fed positional tuples (_Prepared)
+                               statement is compiled once and fed positional tuples (_Prepared);
+                               PostgreSQL: calls and guard events by binary COPY (_Copy), the
+                               batch redone with ON CONFLICT inserts when an id already exists
 
 Everything here runs in background tasks or at start-up, never on the request path.
 """
@@ -48,6 +50,7 @@ from proxy.store.rows import CALL_UPDATE_COLUMNS, TABLE_ORDER, Record, Row
 from proxy.store.writer import RecordRejected
 
 SQLITE_BUSY_MS = 5000
+COPY_MIN_ROWS = 16  # below this, a COPY's extra round trips cost more than the INSERTs it saves
 # Upsert conflict targets; calls and guard_events are insert-only (ON CONFLICT DO NOTHING).
 _CONFLICT_KEYS: dict[str, tuple[str, ...]] = {name: u.conflict for name, u in UPSERTS.items()}
 _TABLES_OF = operator.attrgetter(*TABLE_ORDER)  # record ─▶ its row lists, in TABLE_ORDER
@@ -172,21 +175,33 @@ class SqlSink:
 
     `fast` (the default) sends each statement as SQL compiled once plus positional tuples the
     dialect's bind processors made (`_Prepared`), skipping SQLAlchemy's per-row parameter work;
-    fast=False keeps `Connection.execute` with dict rows (the reference the tests compare to)."""
+    fast=False keeps `Connection.execute` with dict rows (the reference the tests compare to).
 
-    def __init__(self, engine: AsyncEngine, *, fast: bool = True) -> None:
+    `copy_min_rows` (PostgreSQL, fast only; 0 turns it off): a batch with at least that many
+    calls or guard-event rows sends them by COPY into the table itself.  COPY cannot skip
+    known ids, so a replayed id fails the COPY and the whole batch is rolled back and redone
+    with the ON CONFLICT statements (replays are rare: recovery after a crash)."""
+
+    def __init__(self, engine: AsyncEngine, *, fast: bool = True, copy_min_rows: int = COPY_MIN_ROWS) -> None:
         self._engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._statements: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._fast = fast and not engine.get_execution_options().get("schema_translate_map")
         # (table, keys, executemany?) ─▶ the compiled form; None: Connection.execute handles it
         self._prepared: dict[tuple[str, tuple[str, ...], bool], _Prepared | None] = {}
+        pg = engine.dialect.name == "postgresql"
+        self._copy_min = copy_min_rows if self._fast and pg and copy_min_rows > 0 else 0
+        self._copiers = {name: _Copy(TABLES[name], engine.dialect) for name in _COPIED} if self._copy_min else {}
 
     async def write(self, batch: Sequence[Record]) -> None:
         """Write `batch` atomically; on a data error, write record by record and reject the bad."""
         try:
-            async with self._engine.begin() as conn:
-                await self._apply(conn, batch)
+            try:
+                async with self._engine.begin() as conn:
+                    await self._apply(conn, batch, copy=bool(self._copy_min))
+            except _Replayed:
+                async with self._engine.begin() as conn:
+                    await self._apply(conn, batch)
         except Exception as exc:
             if not is_data_error(exc):
                 raise
@@ -205,7 +220,7 @@ class SqlSink:
         if rejected:
             raise RecordRejected(rejected, cause)
 
-    async def _apply(self, conn: AsyncConnection, batch: Sequence[Record]) -> None:
+    async def _apply(self, conn: AsyncConnection, batch: Sequence[Record], copy: bool = False) -> None:
         # All of a table's rows go before the next table's (TABLE_ORDER), as they always have:
         # runs rows of a batch are upserted before its run_merges delete merged runs.
         if not batch:
@@ -217,6 +232,9 @@ class SqlSink:
                 await self._update_calls(conn, rows)
             elif rows and table == "run_merges":
                 await self._merge_runs(conn, rows)
+            elif copy and table in self._copiers and len(rows) >= self._copy_min:
+                (wave,) = coalesce(table, rows)  # insert-only: one wave, distinct ids
+                await self._copy(conn, table, wave)
             elif rows:
                 # One wave unless a key's rows cannot be folded (coalesce.py); keys keep
                 # their first-arrival order.
@@ -248,6 +266,28 @@ class SqlSink:
                 hide_parameters=self._engine.sync_engine.hide_parameters, dialect=conn.dialect, ismulti=False,
             ) from exc  # fmt: skip
         await conn.exec_driver_sql(prepared.sql, params)
+
+    async def _copy(self, conn: AsyncConnection, table: str, rows: list[Row]) -> None:
+        """`rows` into `table` by binary COPY, inside the batch's transaction.  Raises _Replayed
+        when an id is already stored; other database errors carry their SQLSTATE (is_data_error)."""
+        copier = self._copiers[table]
+        try:
+            records = copier.bind(rows)
+        except Exception as exc:  # the bind processors' errors, as _execute raises them
+            raise DBAPIError.instance(
+                f"COPY {table}", _generic_params(table, rows), exc, conn.dialect.loaded_dbapi.Error,
+                hide_parameters=self._engine.sync_engine.hide_parameters, dialect=conn.dialect, ismulti=True,
+            ) from exc  # fmt: skip
+        # The asyncpg adapter opens its transaction lazily, at the first statement: start it.
+        await conn.exec_driver_sql("SELECT 1")
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None  # a checked-out connection always has one
+        try:
+            await driver.copy_records_to_table(table, records=records, columns=copier.columns)
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
+                raise _Replayed from exc
+            raise
 
     def _generic(self, table: str, keys: tuple[str, ...]) -> Any:
         return self._update_statement(keys) if table == "call_updates" else self._statement(table, keys)
@@ -321,6 +361,9 @@ def is_data_error(exc: BaseException) -> bool:
     opposed to the database being down, slow, locked or not migrated yet."""
     if isinstance(exc, IntegrityError | DataError | ValueError | TypeError | KeyError):
         return True
+    state = getattr(exc, "sqlstate", None)
+    if type(exc).__module__.startswith("asyncpg") and isinstance(state, str):
+        return state[:2] in ("22", "23")  # raised by COPY, not through SQLAlchemy
     if isinstance(exc, DBAPIError):
         code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
         if isinstance(code, str):
@@ -393,6 +436,32 @@ def _generic_params(table: str, rows: list[Row]) -> list[Row]:
 
 
 Processor = Callable[[Any], Any]
+_COPIED = ("calls", "guard_events")  # insert-only tables: COPY or ON CONFLICT DO NOTHING
+_UNIQUE_VIOLATION = "23505"
+
+
+class _Replayed(Exception):
+    """A COPY met an id already stored: the batch is redone with ON CONFLICT inserts."""
+
+
+class _Copy:
+    """One table's rows as the tuples asyncpg's binary COPY takes: every column, in table
+    order, each present value through the column type's bind processor (what `_Prepared`
+    and `Connection.execute` send); an absent key is SQL NULL, as an INSERT without that
+    column stores (the recorded tables have no server defaults)."""
+
+    def __init__(self, table: sa.Table, dialect: Dialect) -> None:
+        self.columns = [c.name for c in table.columns]
+        self._processors = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.columns]
+
+    def bind(self, rows: list[Row]) -> list[tuple[Any, ...]]:
+        columns = []
+        for name, process in zip(self.columns, self._processors, strict=True):
+            if process is None:
+                columns.append([row.get(name) for row in rows])
+            else:
+                columns.append([process(row[name]) if name in row else None for row in rows])
+        return list(zip(*columns, strict=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,6 +156,7 @@ class CallRow(Base):
     __table_args__ = (
         sa.Index(None, "started_at", "id"),
         sa.Index(None, "agent", "started_at"),
+        sa.Index(None, "agent", "run_id"),  # /api/runs?agent=: index-only probe per run
         sa.Index(None, "run_id", "started_at"),
         sa.Index(None, "model_requested", "started_at"),
         sa.Index(None, "outcome", "started_at"),

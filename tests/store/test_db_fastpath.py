@@ -146,7 +146,7 @@ async def test_fast_path_sends_and_stores_exactly_what_the_generic_path_does(
         *pipeline_records(5, agent_name="solo"),
     ]
     assert {t for r in batch for t in TABLE_ORDER if getattr(r, t)} == set(TABLE_ORDER)
-    generic, fast = SqlSink(generic_engine, fast=False), SqlSink(fast_engine)
+    generic, fast = SqlSink(generic_engine, fast=False), SqlSink(fast_engine, copy_min_rows=0)
 
     with sent(generic_engine) as expected:
         await write_all(generic, existing, batch)
@@ -271,3 +271,58 @@ def test_sqlite_datetime_text_leaves_other_values_and_errors_as_they_were() -> N
         with pytest.raises(Exception) as theirs:
             composed(bad)
         assert (type(ours.value), str(ours.value)) == (type(theirs.value), str(theirs.value))
+
+
+async def test_copy_path_stores_exactly_what_the_generic_path_does(
+    engine_pair: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    generic_engine, copy_engine = engine_pair
+    calls = call_records()
+    ids = [r.calls[0]["id"] for r in calls]
+    rng = random.Random(11)
+    batch = [*calls, *pipeline_records(40), *linker_records(rng, ids), *pipeline_records(5, agent_name="solo")]
+    generic, copying = SqlSink(generic_engine, fast=False), SqlSink(copy_engine, copy_min_rows=2)
+
+    await generic.write(batch)
+    with sent(copy_engine) as statements:
+        await copying.write(batch)
+
+    stored = await dump(copy_engine)
+    assert stored == await dump(generic_engine)
+    assert len(stored["calls"]) == len(calls) + 45 and stored["guard_events"]
+    copied = not any(s.startswith("('INSERT INTO calls") for s in statements)
+    assert copied == _pg(copy_engine)  # SQLite has no COPY: the INSERTs as before
+
+
+async def test_a_replayed_batch_falls_back_from_copy_and_stores_each_row_once(
+    engine_pair: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    generic_engine, copy_engine = engine_pair
+    batch = [*call_records(), *pipeline_records(20)]
+    generic, copying = SqlSink(generic_engine, fast=False), SqlSink(copy_engine, copy_min_rows=2)
+    for sink in (generic, copying):
+        await sink.write(batch[:7])
+        await sink.write(batch)  # the first 7 again: COPY meets known ids, the batch is redone
+
+    assert await dump(copy_engine) == await dump(generic_engine)
+
+
+async def test_copy_runs_inside_the_batch_transaction(engine: AsyncEngine) -> None:
+    batch = [make_record(guard_events=GUARDS[:1]) for _ in range(20)]
+    async with engine.connect() as conn:
+        transaction = await conn.begin()
+        await SqlSink(engine, copy_min_rows=2)._apply(conn, batch, copy=True)
+        await transaction.rollback()
+    assert await call_ids(engine) == set()
+
+
+@pytest.mark.parametrize("column, value", BAD_VALUES.values(), ids=BAD_VALUES.keys())
+async def test_a_bad_record_in_a_copied_batch_is_set_aside(engine: AsyncEngine, column: str, value: Any) -> None:
+    good = [make_record(guard_events=GUARDS[:1]) for _ in range(20)]
+    bad = make_record()
+    bad.calls[0][column] = value
+    try:
+        await SqlSink(engine, copy_min_rows=2).write([*good[:10], bad, *good[10:]])
+    except RecordRejected as exc:
+        assert exc.rejected == [bad]
+    assert {r.calls[0]["id"] for r in good} <= await call_ids(engine)
