@@ -1,8 +1,8 @@
-// Runs: a live list (short polling every 2 s while the tab is visible), filters by agent,
+// Runs: a live list (short polling every second while the tab is visible), filters by agent,
 // status, flag and time, a run-id prefix search, and totals over the runs shown.
 import { api, duration, flagBadges, h, num, query, seconds, time, usd } from "./util.js";
 
-const POLL_MS = 2000;
+const POLL_MS = 1000;
 const LIMIT = 200;
 const WINDOWS = [["", "any time"], ["900", "last 15 minutes"], ["3600", "last hour"],
   ["86400", "last 24 hours"], ["604800", "last 7 days"]];
