@@ -101,7 +101,9 @@ function ackButton(e, live, refresh) {
 function routeTable(health) {
   if (!health.routes.length) return h("p", { class: "muted" }, "No alert routes are configured (rules files: `routes:`).");
   return h("div", {},
-    h("p", {}, `Routes are ${health.status}`, health.checked_at ? [" as of ", time(health.checked_at)] : "", "."),
+    h("p", {}, `Routes are ${health.status}`, health.checked_at ? [" as of ", time(health.checked_at)] : "", ".",
+      health.broken_routes.length ? ` Cannot deliver (dead): ${health.broken_routes.join(", ")}.` : "",
+      health.stale_routes.length ? ` Not exercised recently (run \`interlock drill RULE\`): ${health.stale_routes.join(", ")}.` : ""),
     h("div", { class: "scroll" }, h("table", { class: "routes" },
       h("thead", {}, h("tr", {}, ["Route", "Type", "Used by", "Last delivered", "Last failed", "Delivered / failed", "Problems"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, health.routes.map((r) => h("tr", { class: r.problems.length || r.stale ? "bad" : "" },

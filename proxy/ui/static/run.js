@@ -8,6 +8,11 @@ import { api, fact, mount, duration, flagBadges, flagClass, h, ms, num, query, s
 cytoscape.use(dagre);
 
 const KINDS = ["handoff", "return", "tool", "human", "continuation"];
+const PALETTE = ["#475569", "#0e7490", "#4d7c0f", "#a16207", "#7e22ce", "#be185d", "#1d4ed8", "#b45309", "#047857", "#6d28d9"];
+
+function agentColours(graph) {
+  return new Map(graph.agents.map((a, i) => [a.name, PALETTE[i % PALETTE.length]]));
+}
 
 export async function render(main, { id }) {
   const path = `/runs/${encodeURIComponent(id)}`;
@@ -46,7 +51,7 @@ export async function render(main, { id }) {
     const elements = view.mode === "agents" ? agentElements(graph) : callElements(graph, rows, kindsByCall);
     view.cy = cytoscape({ container: holder, elements, style: STYLE, minZoom: 0.05, maxZoom: 2.5,
       layout: { name: "dagre", rankDir: "LR", nodeSep: 40, rankSep: 110, padding: 30, animate: false } });
-    if (view.cy.zoom() > 1) view.cy.zoom({ level: 1, renderedPosition: { x: holder.clientWidth / 2, y: holder.clientHeight / 2 } });
+    if (view.cy.zoom() > 1.6) view.cy.zoom({ level: 1.6, renderedPosition: { x: holder.clientWidth / 2, y: holder.clientHeight / 2 } });
     view.cy.on("tap", "node[call]", (e) => { location.hash = `#/calls/${encodeURIComponent(e.target.id())}`; });
     holder.dataset.mode = view.mode;
     holder.dataset.nodes = String(view.cy.nodes().length);
@@ -105,8 +110,9 @@ function legend() {
 
 function agentElements(graph) {
   const max = Math.max(1, ...graph.agents.map((a) => a.tokens));
-  const nodes = graph.agents.map((a) => ({ data: { id: `agent:${a.name}`, name: a.name, label: `${a.name}\n${num(a.tokens)} tok · ${a.calls} calls`,
-    size: 30 + 60 * Math.sqrt(a.tokens / max), agent: a.name } }));
+  const colour = agentColours(graph);
+  const nodes = graph.agents.map((a) => ({ data: { id: `agent:${a.name}`, name: a.name, label: `${a.name}\n${num(a.tokens)} tok · ${a.calls} call${a.calls === 1 ? "" : "s"}`,
+    size: 30 + 60 * Math.sqrt(a.tokens / max), agent: a.name, colour: colour.get(a.name) } }));
   const known = new Set(graph.agents.map((a) => a.name));
   for (const e of graph.agent_edges) {
     if (!known.has(e.source)) { known.add(e.source); nodes.push({ data: { id: `agent:${e.source}`, name: e.source, label: e.source, size: 26, agent: e.source, pseudo: 1 } }); }
@@ -119,9 +125,10 @@ function agentElements(graph) {
 function callElements(graph, rows, kindsByCall) {
   const tokens = (id) => { const r = rows.get(id) || {}; return (r.input_tokens || 0) + (r.output_tokens || 0); };
   const max = Math.max(1, ...graph.nodes.map((n) => tokens(n.id)));
+  const colour = agentColours(graph);
   const nodes = graph.nodes.map((n) => {
     const row = rows.get(n.id) || {};
-    return { data: { id: n.id, call: 1, agent: n.agent, label: `${n.agent}\n${shortId(n.id)}`,
+    return { data: { id: n.id, call: 1, agent: n.agent, colour: colour.get(n.agent), label: `${n.agent}\n${shortId(n.id)}`,
       size: 18 + 30 * Math.sqrt(tokens(n.id) / max) }, classes: markClasses(n.flags, row, n.status, kindsByCall.get(n.id)).join(" ") };
   });
   const seen = new Set(nodes.map((n) => n.data.id));
@@ -170,9 +177,10 @@ export function evidenceSummary(ev) {
 
 const EDGE_COLORS = { handoff: "#2563eb", return: "#059669", tool: "#9333ea", human: "#d97706", continuation: "#94a3b8" };
 const STYLE = [
-  { selector: "node", style: { label: "data(label)", "text-wrap": "wrap", "font-size": 11, "text-valign": "bottom", "text-margin-y": 4,
+  { selector: "node", style: { label: "data(label)", "text-wrap": "wrap", "font-size": 12, "text-valign": "bottom", "text-margin-y": 4,
     width: "data(size)", height: "data(size)", "background-color": "#475569", color: "#0f172a", "text-background-color": "#fff",
     "text-background-opacity": 0.8, "text-background-padding": 2 } },
+  { selector: "node[colour]", style: { "background-color": "data(colour)" } },
   { selector: "node[pseudo]", style: { shape: "diamond", "background-color": "#d97706" } },
   { selector: "node.failed", style: { "background-color": "#dc2626" } },
   { selector: "node.mark-loop", style: { "border-width": 3, "border-color": "#ea580c" } },
@@ -204,6 +212,7 @@ function timeline(graph, rows, kindsByCall) {
   const W = 1000, LABEL = 150, LANE = 34, TOP = 22;
   const x = (t) => LABEL + ((t - t0) / (t1 - t0)) * (W - LABEL - 10);
   const laneOf = new Map(lanes.map((a, i) => [a, i]));
+  const colour = agentColours(graph);
   const y = (agent) => TOP + laneOf.get(agent) * LANE;
   const H = TOP + lanes.length * LANE + 6;
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "timeline", role: "group", "aria-label": `Timeline of ${graph.nodes.length} calls in ${lanes.length} swimlanes` },
@@ -229,7 +238,7 @@ function timeline(graph, rows, kindsByCall) {
     const label = `${n.agent} call ${shortId(n.id)}: ${n.status ?? "?"}, ${ms(row.latency_ms)}${(n.flags || []).length ? `, flags ${n.flags.join(", ")}` : ""}`;
     svg.append(s("a", { href: `#/calls/${encodeURIComponent(n.id)}`, class: `bar ${classes.join(" ")}`, "aria-label": label, "data-call": n.id },
       s("title", {}, label),
-      s("rect", { x: x(a), y: y(n.agent) + 7, width: Math.max(4, x(b) - x(a)), height: LANE - 14, rx: 3 })));
+      s("rect", { x: x(a), y: y(n.agent) + 7, width: Math.max(4, x(b) - x(a)), height: LANE - 14, rx: 3, fill: colour.get(n.agent) })));
   }
   return h("div", { class: "scroll" }, svg);
 }
