@@ -20,9 +20,12 @@ from proxy.demo import run_demo
 from tests.fake_upstream import FakeUpstream
 from tests.proxyserver import ProxyServer
 
-ESCALATION_RULES = """\
+CONSOLE_RULES = """\
 rules:
   - {name: human-review, kind: escalation, tools: ["escalate_to_human"], ack_within: 15m}
+  - {name: retry-storm, kind: loop, detect: retry, scope: agent_run, window: 5m, max_repeats: 1, action: flag,
+     match: {agent: flagged}}
+  - {name: tiny-budget, kind: budget, scope: agent_run, limit_tokens: 40, action: deny, match: {agent: flagged}}
 """
 
 
@@ -70,13 +73,14 @@ def upstream_for_console() -> Iterator[FakeUpstream]:
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory, upstream_for_console: FakeUpstream) -> Iterator[ProxyServer]:
-    """The demo's runs in SQLite, served by a proxy that also knows an escalation rule."""
+    """The demo's runs in SQLite, served by a proxy that also knows an escalation rule and, for
+    agent `flagged` only, a loop rule and a tiny budget."""
     tmp = tmp_path_factory.mktemp("console")
     db = tmp / "demo.db"
     assert run_demo(db, False, Console(file=io.StringIO(), width=200)) == 0
     rules = tmp / "rules"
     rules.mkdir()
-    (rules / "escalation.yaml").write_text(ESCALATION_RULES)
+    (rules / "console.yaml").write_text(CONSOLE_RULES)
     with ProxyServer(tmp, upstream_for_console.url, database_url=f"sqlite+aiosqlite:///{db}", rules_dir=rules) as px:
         yield px
 

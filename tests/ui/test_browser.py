@@ -39,9 +39,9 @@ def note(artifacts: Path, line: str) -> None:
     print(line)
 
 
-def call(console: ProxyServer, run: str, text: str = "hello") -> None:
+def call(console: ProxyServer, run: str, text: str = "hello", agent: str = "live-agent") -> None:
     client = openai.OpenAI(base_url=console.url + "/v1", api_key="sk-test", max_retries=0,
-                           default_headers={"X-Interlock-Run": run, "X-Interlock-Agent": "live-agent"})
+                           default_headers={"X-Interlock-Run": run, "X-Interlock-Agent": agent})
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": text}])
 
 
@@ -95,6 +95,30 @@ def test_clicking_a_call_in_the_graph_opens_its_inspector(page: Any, console: Pr
     assert stored["model_requested"] in page.inner_text("#request-content")
     assert stored["id"] in page.inner_text("h1")
     page.screenshot(path=artifacts / "call.png", full_page=True)
+
+
+def test_loops_and_budget_refusals_are_marked_on_the_calls(page: Any, console: ProxyServer, artifacts: Path) -> None:
+    run = f"flagged-{uuid.uuid4().hex[:8]}"
+    for _ in range(4):
+        try:
+            call(console, run, "the same question again", agent="flagged")
+        except openai.RateLimitError:
+            pass  # the budget's refusal
+    events = []
+    for _ in range(200):
+        events = console.api("/api/guard-events", run_id=run)["items"]
+        if {e["kind"] for e in events} >= {"loop", "budget"} and console.api(f"/api/runs/{run}").get("calls") == 4:
+            break
+        time.sleep(0.05)
+    flagged = {e["call_id"]: e["kind"] for e in events}
+
+    open_run(page, run)
+
+    for call_id, kind in flagged.items():
+        bar = page.locator(f'svg.timeline a.bar[data-call="{call_id}"]')
+        assert f"mark-{kind}" in (bar.get_attribute("class") or "")
+    assert page.locator("table.calls .flag-loop").count() >= 1
+    page.screenshot(path=artifacts / "run-flagged.png", full_page=True)
 
 
 def test_acknowledging_an_escalation_from_the_page(page: Any, console: ProxyServer, artifacts: Path) -> None:
@@ -164,3 +188,15 @@ def test_a_run_of_500_calls_loads(page: Any, console: ProxyServer, artifacts: Pa
     page.wait_for_function("window.interlock.mode === 'calls'")
     assert cy(page, "cy.nodes().length") >= 500
     page.screenshot(path=artifacts / "run-500.png")
+
+
+def test_every_view_fits_a_phone_width_without_sideways_scrolling(page: Any, console: ProxyServer) -> None:
+    run = biggest_run(console)
+    call_id = console.api(f"/api/runs/{run['id']}")["call_ids"][0]
+    page.set_viewport_size({"width": 390, "height": 844})
+    views = {"/ui": "#runs-table tbody tr", f"/ui#/runs/{run['id']}": "svg.timeline",
+             f"/ui#/calls/{call_id}": "#content-h", "/ui#/guards": "#events-h + *"}
+    for url, ready in views.items():
+        page.goto(url)
+        page.wait_for_selector(ready)
+        assert page.evaluate("document.documentElement.scrollWidth <= innerWidth"), url

@@ -84,6 +84,6 @@ def test_every_module_the_page_imports_exists() -> None:
                 assert (js.parent / target).resolve().is_file(), f"{js.name}: {target}"
 
 
-def test_the_console_files_ship_in_the_package() -> None:
+def test_the_console_files_are_package_data() -> None:
     text = (Path(__file__).parents[2] / "pyproject.toml").read_text()
     assert '"ui/static/*", "ui/static/vendor/*"' in text

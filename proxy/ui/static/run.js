@@ -42,7 +42,7 @@ export async function render(main, { id }) {
       h("h2", { id: "graph-h" }, "Orchestration graph"), modes, legend()), holder,
       h("details", {}, h("summary", {}, "Graph as a table"), listing)),
     h("section", { "aria-labelledby": "tl-h" }, h("h2", { id: "tl-h" }, "Timeline"),
-      timeline(graph, rows, kindsByCall)),
+      timeline(graph, rows, kindsByCall), marksLegend()),
     h("section", { "aria-labelledby": "calls-h" }, h("h2", { id: "calls-h" }, `Calls (${calls.length})`),
       callsTable(graph, rows, kindsByCall)));
 
@@ -99,6 +99,15 @@ function causes(run, rows) {
       h("a", { href: `#/calls/${encodeURIComponent(r.call_id)}`, class: "mono" }, shortId(r.call_id)),
       ` (${r.agent || "?"}) root cause`, r.faults && r.faults.length ? `: ${r.faults.join(", ")}` : "",
       r.downstream && r.downstream.calls ? ` → ${num(r.downstream.calls)} downstream call(s)` : ""))));
+}
+
+function marksLegend() {
+  const marks = [["failed", "refused or failed", "red bar"], ["loop", "loop", "orange outline"],
+    ["budget", "budget refusal", "red bar"], ["context", "context overflow", "purple outline"],
+    ["truncated", "truncated handoff", "dashed outline"], ["tainted", "tainted", "hatched bar"],
+    ["cascade", "cascade root", "crimson outline"]];
+  return h("ul", { class: "legend marks", "aria-label": "Marks on calls" },
+    marks.map(([k, label, look]) => h("li", {}, h("span", { class: `flag flag-${k}` }, label), ` ${look}`)));
 }
 
 function legend() {
