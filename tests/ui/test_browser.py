@@ -121,6 +121,36 @@ def test_loops_and_budget_refusals_are_marked_on_the_calls(page: Any, console: P
     page.screenshot(path=artifacts / "run-flagged.png", full_page=True)
 
 
+def test_a_cascade_root_and_its_tainted_calls_are_highlighted(page: Any, console: ProxyServer) -> None:
+    """The API's cascade facts are rewritten on the way (the linker's own cascade tests live in
+    tests/test_cascade.py): this checks only how the page shows them."""
+    run = biggest_run(console)
+    root, tainted = console.api(f"/api/runs/{run['id']}")["call_ids"][:2]
+
+    def cascade(route: Any) -> None:
+        body = route.fetch().json()
+        if "root_causes" in body:
+            body["root_causes"] = [{"call_id": root, "agent": "a", "faults": ["length"],
+                                    "downstream": {"calls": 1, "agents": ["b"], "tokens": 9, "max_depth": 1}}]
+            body["blast_radius"] = {"calls": 1, "call_ids": [tainted], "agents": ["b"], "tokens": 9, "max_depth": 1}
+        for node in body.get("nodes", []):
+            node["flags"] = ["cascade_root", "fault:length"] if node["id"] == root else node["flags"]
+        for item in body.get("items", []):
+            item["tainted_by"] = [root] if item.get("id") == tainted else item.get("tainted_by")
+        route.fulfill(json=body)
+
+    page.route("**/api/runs/**", cascade)
+    page.route("**/api/calls?**", cascade)
+    open_run(page, run["id"])
+
+    assert "1 tainted call(s) of b" in page.inner_text("section.cascade")
+    assert "root" in (page.locator(f'svg.timeline a.bar[data-call="{root}"]').get_attribute("class") or "")
+    assert "tainted" in (page.locator(f'svg.timeline a.bar[data-call="{tainted}"]').get_attribute("class") or "")
+    page.get_by_label("Every call").check()
+    page.wait_for_function("window.interlock.mode === 'calls'")
+    assert cy(page, f"cy.getElementById({root!r}).hasClass('root') && cy.getElementById({tainted!r}).hasClass('tainted')")
+
+
 def test_acknowledging_an_escalation_from_the_page(page: Any, console: ProxyServer, artifacts: Path) -> None:
     run = biggest_run(console)
     esc = httpx.post(console.url + "/api/escalations",

@@ -37,7 +37,7 @@ export async function render(main, { id }) {
     h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "#/runs" }, "Runs"), " / ", shortId(runId)),
     h("h1", {}, "Run ", h("span", { class: "mono" }, runId)),
     facts(run, graph),
-    causes(run, rows),
+    causes(run),
     h("section", { "aria-labelledby": "graph-h" }, h("div", { class: "section-head" },
       h("h2", { id: "graph-h" }, "Orchestration graph"), modes, legend()), holder,
       h("details", {}, h("summary", {}, "Graph as a table"), listing)),
@@ -86,19 +86,24 @@ function facts(run, graph) {
     d("Flags", (run.flags || []).length ? flagBadges(run.flags) : "none"));
 }
 
-function causes(run, rows) {
+// Cascade: each root cause (a faulty output others consumed) and what it reached downstream.
+function causes(run) {
   const roots = run.root_causes || [];
   const radius = run.blast_radius || {};
   if (!roots.length && !radius.calls) return null;
   return h("section", { class: "cascade", "aria-labelledby": "cascade-h" },
     h("h2", { id: "cascade-h" }, "Cascade"),
-    h("p", {}, `Blast radius: ${num(radius.calls)} tainted call(s)`,
-      radius.agents ? ` across ${radius.agents.length ?? radius.agents} agent(s)` : "",
-      radius.tokens ? `, ${num(radius.tokens)} tokens` : "", "."),
+    h("p", {}, `Blast radius: ${reach(radius)}.`),
     h("ul", {}, roots.map((r) => h("li", {},
       h("a", { href: `#/calls/${encodeURIComponent(r.call_id)}`, class: "mono" }, shortId(r.call_id)),
-      ` (${r.agent || "?"}) root cause`, r.faults && r.faults.length ? `: ${r.faults.join(", ")}` : "",
-      r.downstream && r.downstream.calls ? ` → ${num(r.downstream.calls)} downstream call(s)` : ""))));
+      ` (${r.agent || "?"}) is a root cause`, r.faults && r.faults.length ? ` (${r.faults.join(", ")})` : "",
+      r.downstream ? `; downstream: ${reach(r.downstream)}` : ""))));
+}
+
+function reach(radius) {
+  const agents = radius.agents || [];
+  return `${num(radius.calls || 0)} tainted call(s)${agents.length ? ` of ${agents.join(", ")}` : ""}, ` +
+    `${num(radius.tokens || 0)} tokens, depth ${radius.max_depth ?? 0}`;
 }
 
 function marksLegend() {
