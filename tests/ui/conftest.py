@@ -20,6 +20,7 @@ from proxy.demo import run_demo
 from tests.fake_upstream import FakeUpstream
 from tests.proxyserver import ProxyServer
 
+ADMIN_TOKEN = "console-admin-token"
 CONSOLE_RULES = """\
 rules:
   - {name: human-review, kind: escalation, tools: ["escalate_to_human"], ack_within: 15m}
@@ -82,6 +83,16 @@ def console(tmp_path_factory: pytest.TempPathFactory, upstream_for_console: Fake
     rules.mkdir()
     (rules / "console.yaml").write_text(CONSOLE_RULES)
     with ProxyServer(tmp, upstream_for_console.url, database_url=f"sqlite+aiosqlite:///{db}", rules_dir=rules) as px:
+        yield px
+
+
+@pytest.fixture(scope="module")
+def locked_console(tmp_path_factory: pytest.TempPathFactory, console: ProxyServer,
+                   upstream_for_console: FakeUpstream) -> Iterator[ProxyServer]:
+    """A second proxy on the same database, with INTERLOCK_ADMIN_TOKEN set."""
+    tmp = tmp_path_factory.mktemp("locked-console")
+    with ProxyServer(tmp, upstream_for_console.url, database_url=console.settings.database_url,
+                     admin_token=ADMIN_TOKEN) as px:
         yield px
 
 

@@ -15,6 +15,7 @@ import httpx
 import openai
 
 from tests.proxyserver import ProxyServer
+from tests.ui.conftest import ADMIN_TOKEN
 
 READY = "window.interlock && window.interlock.cy"
 
@@ -230,3 +231,18 @@ def test_every_view_fits_a_phone_width_without_sideways_scrolling(page: Any, con
         page.goto(url)
         page.wait_for_selector(ready)
         assert page.evaluate("document.documentElement.scrollWidth <= innerWidth"), url
+
+
+def test_with_a_token_the_browser_login_opens_the_page_and_its_data(browser: Any, locked_console: ProxyServer) -> None:
+    """The login prompt's answer (Basic, the token as password) reaches /ui and every /api fetch;
+    without it the page is a 401 (tests/ui/test_console.py)."""
+    signed_in = browser.new_context(base_url=locked_console.url, bypass_csp=True,
+                                    http_credentials={"username": "me", "password": ADMIN_TOKEN})
+    try:
+        page = signed_in.new_page()
+        page.goto("/ui")
+        page.wait_for_selector("#runs-table tbody tr[data-run-id]")
+
+        assert page.locator("#runs-table tbody tr[data-run-id]").count() >= 4
+    finally:
+        signed_in.close()

@@ -23,21 +23,20 @@ export async function render(main, { id }) {
 }
 
 function overview(c) {
-  const d = fact;
   return h("dl", { class: "facts" },
-    d("Agent", `${c.agent ?? "—"}${c.agent_source ? ` (${c.agent_source})` : ""}`),
-    d("Status", [h("span", { class: `pill pill-${c.outcome}` }, c.outcome ?? "—"), ` HTTP ${c.status ?? "—"}`]),
-    d("Provider", `${c.provider} · ${c.operation}${c.stream ? " · streamed" : ""}`),
-    d("Model", c.model_served && c.model_served !== c.model_requested ? `${c.model_requested} → ${c.model_served}` : (c.model_requested ?? c.model_served ?? "—")),
-    d("Started", time(c.started_at)),
-    d("Latency", ms(c.latency_ms)),
-    d("Time to first byte", ms(c.ttfb_ms)),
-    d("Finish", c.finish_reason ?? "—"),
-    d("Cost", usd(c.cost_usd)),
-    d("Path", h("span", { class: "mono" }, `${c.method} ${c.path}`)),
-    d("Flags", (c.flags || []).length ? flagBadges(c.flags) : "none"),
-    c.tainted_by && c.tainted_by.length ? d("Tainted by", c.tainted_by.map((t) => h("a", { href: `#/calls/${encodeURIComponent(t)}`, class: "mono" }, `${shortId(t)} `))) : null,
-    c.error ? d("Error", h("span", { class: "error-text" }, c.error)) : null);
+    fact("Agent", `${c.agent ?? "—"}${c.agent_source ? ` (${c.agent_source})` : ""}`),
+    fact("Status", [h("span", { class: `pill pill-${c.outcome}` }, c.outcome ?? "—"), ` HTTP ${c.status ?? "—"}`]),
+    fact("Provider", `${c.provider} · ${c.operation}${c.stream ? " · streamed" : ""}`),
+    fact("Model", c.model_served && c.model_served !== c.model_requested ? `${c.model_requested} → ${c.model_served}` : (c.model_requested ?? c.model_served ?? "—")),
+    fact("Started", time(c.started_at)),
+    fact("Latency", ms(c.latency_ms)),
+    fact("Time to first byte", ms(c.ttfb_ms)),
+    fact("Finish", c.finish_reason ?? "—"),
+    fact("Cost", usd(c.cost_usd)),
+    fact("Path", h("span", { class: "mono" }, `${c.method} ${c.path}`)),
+    fact("Flags", (c.flags || []).length ? flagBadges(c.flags) : "none"),
+    c.tainted_by && c.tainted_by.length ? fact("Tainted by", c.tainted_by.map((t) => h("a", { href: `#/calls/${encodeURIComponent(t)}`, class: "mono" }, `${shortId(t)} `))) : null,
+    c.error ? fact("Error", h("span", { class: "error-text" }, c.error)) : null);
 }
 
 function tokens(c) {

@@ -74,16 +74,15 @@ function guardKinds(events) {
 }
 
 function facts(run, graph) {
-  const d = fact;
   return h("dl", { class: "facts" },
-    d("Status", h("span", { class: `pill pill-${run.status}` }, run.status)),
-    d("Started", time(run.started_at)),
-    d("Duration", duration(seconds(run.started_at, run.last_at))),
-    d("Calls", num(run.calls ?? graph.nodes.length)),
-    d("Tokens", num(run.tokens)),
-    d("Cost", usd(run.cost_usd)),
-    d("Agents", graph.agents.map((a) => a.name).join(", ") || "—"),
-    d("Flags", (run.flags || []).length ? flagBadges(run.flags) : "none"));
+    fact("Status", h("span", { class: `pill pill-${run.status}` }, run.status)),
+    fact("Started", time(run.started_at)),
+    fact("Duration", duration(seconds(run.started_at, run.last_at))),
+    fact("Calls", num(run.calls ?? graph.nodes.length)),
+    fact("Tokens", num(run.tokens)),
+    fact("Cost", usd(run.cost_usd)),
+    fact("Agents", graph.agents.map((a) => a.name).join(", ") || "—"),
+    fact("Flags", (run.flags || []).length ? flagBadges(run.flags) : "none"));
 }
 
 // Cascade: each root cause (a faulty output others consumed) and what it reached downstream.
