@@ -171,15 +171,19 @@ async def list_runs(
     since: TimeArg = None,
     until: TimeArg = None,
     id_prefix: str | None = None,
+    flag: str | None = None,
     cursor: str | None = None,
     limit: int = 50,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Runs, most recently active first.  `agent` keeps runs the agent took part in;
-    `id_prefix` runs whose id starts with it."""
+    `id_prefix` runs whose id starts with it; `flag` runs carrying that flag."""
     t = TABLES["runs"]
     query = sa.select(t)
     if id_prefix:
         query = query.where(t.c.id.like(_like_prefix(id_prefix), escape="\\"))
+    if flag:  # flags is a JSON list of strings: look for the element as JSON spells it
+        element = "%" + _like_prefix(orjson.dumps(flag).decode())
+        query = query.where(sa.cast(t.c.flags, sa.Text).like(element, escape="\\"))
     if status is not None:
         query = query.where(t.c.status == status)
     if agent is not None:

@@ -44,8 +44,8 @@ export async function render(main, { query: given }) {
     try {
       const since = state.window ? new Date(Date.now() - Number(state.window) * 1000).toISOString() : "";
       const page = await api(`/runs${query({ agent: state.agent, status: state.status, since, id_prefix: state.q.trim(),
-        limit: LIMIT })}`, { signal: controller.signal });
-      const runs = page.items.filter((r) => !state.flag || (r.flags || []).includes(state.flag));
+        flag: state.flag, limit: LIMIT })}`, { signal: controller.signal });
+      const runs = page.items;
       page.items.forEach((r) => (r.flags || []).forEach((f) => knownFlags.add(f)));
       updateFlags(flagSelect.querySelector("select"), knownFlags, state.flag);
       draw(body, foot, runs);
