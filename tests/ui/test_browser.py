@@ -120,6 +120,12 @@ def test_loops_and_budget_refusals_are_marked_on_the_calls(page: Any, console: P
         assert f"mark-{kind}" in (bar.get_attribute("class") or "")
     assert page.locator("table.calls .flag-loop").count() >= 1
     page.screenshot(path=artifacts / "run-flagged.png", full_page=True)
+    page.goto("/ui#/runs")
+    page.wait_for_selector(f'#runs-table tr[data-run-id="{run}"]')
+    page.select_option("#f-flag", "tiny-budget")
+    page.wait_for_function("document.querySelectorAll('#runs-table tbody tr[data-run-id]').length === 1")
+    assert page.get_attribute("#runs-table tbody tr[data-run-id]", "data-run-id") == run
+    assert page.evaluate("location.hash") == "#/runs?flag=tiny-budget"
 
 
 def test_a_cascade_root_and_its_tainted_calls_are_highlighted(page: Any, console: ProxyServer) -> None:
