@@ -2,7 +2,7 @@
 
     ASGI ──▶ InterlockApp ─▶ canonical path (proxy/paths.py) ──┬─ refused: 400, provider-shaped
                                                                 ├─ /v1/*, /agents/{name}/v1/* ──▶ Relay (raw ASGI, hot path)
-                                                                └─ everything else ───────────▶ FastAPI (/api, /healthz, /metrics)
+                                                                └─ everything else ───────────▶ FastAPI (/api, /ui, /healthz, /metrics)
 """
 
 from __future__ import annotations

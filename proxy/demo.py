@@ -85,7 +85,7 @@ def run_demo(db: Path, keep_serving: bool, console: Console, *, kept: bool = Tru
                 console.print(render_graph(graph))
             _next_steps(console, px.url, db if kept else None, graphs)
             if keep_serving:
-                console.print(f"\nServing on {px.url} until Ctrl-C.")
+                console.print(f"\nServing on {px.url} until Ctrl-C; the console is at {px.url}/ui")
                 _wait_forever()
     return 0
 
@@ -109,7 +109,8 @@ def _next_steps(console: Console, url: str, db: Path | None, graphs: list[dict[s
     console.print(f"""
 [bold]{plural(len(graphs), 'run')} recovered from traffic alone[/] (no headers, no SDK changes).
 Where to look next:
-{keep}  curl {url}/api/runs/{first}/graph      (with --serve; JSON: run, agents, nodes, edges, agent_edges)
+{keep}  open {url}/ui                  (with --serve: the web console, runs, graphs, calls)
+  curl {url}/api/runs/{first}/graph      (with --serve; JSON: run, agents, nodes, edges, agent_edges)
   ./run.sh, then point your own agents at http://127.0.0.1:8080/v1 (OpenAI) or http://127.0.0.1:8080 (Anthropic)""")
 
 

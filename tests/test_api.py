@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -138,3 +139,20 @@ async def test_a_slow_metrics_render_runs_off_the_event_loop_and_concurrent_scra
         bodies = [(await s).text for s in scrapes]
     assert metrics.threads != [threading.get_ident()] and len(metrics.threads) == 1
     assert bodies[0] == bodies[1] == bodies[2] and "interlock_requests_in_flight" in bodies[0]
+
+
+def test_basic_credentials_with_the_token_as_password_are_accepted(locked: ProxyServer) -> None:
+    encoded = base64.b64encode(f"anyone:{TOKEN}".encode()).decode()
+    assert httpx.get(locked.url + "/api/calls", headers={"Authorization": f"Basic {encoded}"}).status_code == 200
+
+
+@pytest.mark.parametrize("headers", [{"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}])
+def test_a_cross_site_browser_post_is_refused(proxy: ProxyServer, headers: dict[str, str]) -> None:
+    r = httpx.post(proxy.url + "/api/escalations/x/ack", headers=headers)
+    assert r.status_code == 403 and "cross-origin" in r.json()["detail"]
+
+
+def test_a_same_origin_post_goes_through(proxy: ProxyServer) -> None:
+    r = httpx.post(proxy.url + "/api/escalations", json={"reason": "x"},
+                   headers={"Origin": proxy.url, "Sec-Fetch-Site": "same-origin"})
+    assert r.status_code != 403

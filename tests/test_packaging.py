@@ -105,3 +105,10 @@ def _wait_healthy(port: int, proc: subprocess.Popen[str]) -> None:
 def test_the_installed_package_holds_the_encodings(installed: Path) -> None:
     found = list(installed.glob("lib/python*/site-packages/proxy/data/encodings/*.tiktoken"))
     assert sorted(p.name for p in found) == sorted(f.filename for f in ENCODING_FILES)
+
+
+def test_the_installed_package_holds_the_console(installed: Path) -> None:
+    static = next(installed.glob("lib/python*/site-packages/proxy/ui/static"))
+    shipped = {p.relative_to(static).as_posix() for p in static.rglob("*") if p.is_file()}
+    assert {"index.html", "app.js", "style.css", "vendor/cytoscape.esm.min.mjs", "vendor/cytoscape-dagre.min.mjs",
+            "vendor/LICENSE.cytoscape"} <= shipped

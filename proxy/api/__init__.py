@@ -1,23 +1,30 @@
 """Admin and query API (FastAPI): /api/*, /healthz, /metrics.
 
-Auth: bearer INTERLOCK_ADMIN_TOKEN when set (scheme case-insensitive); when unset, loopback
-clients only.  The same for /api/docs and /api/openapi.json.  /metrics follows
+Auth: bearer INTERLOCK_ADMIN_TOKEN when set (scheme case-insensitive; HTTP Basic with the token as
+password is accepted too, so the web console at /ui works from the browser's own prompt); when
+unset, loopback clients only.  The same for /api/docs and /api/openapi.json.  A browser's
+cross-site request that changes state (POST from another origin) is refused either way.  /metrics follows
 INTERLOCK_METRICS_PUBLIC: `true` open to all, `loopback` (default) open to loopback clients and
 otherwise like /api, `false` like /api.  /healthz is always open.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import ipaddress
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError
+
+from proxy.ui import ui_router
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
@@ -28,6 +35,7 @@ def admin_guard(runtime: Runtime) -> Callable[[Request], None]:
 
     def check(request: Request) -> None:
         _authorise(request, token)
+        _same_origin(request)
 
     return check
 
@@ -56,9 +64,29 @@ def _authorise(request: Request, token: str | None) -> None:
 
 
 def _bearer(header: str) -> str | None:
-    """The credentials of `Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1)."""
+    """The credentials of `Bearer <token>`, or the password of `Basic <user:password>` (what a
+    browser sends after its login prompt); schemes are case-insensitive (RFC 9110 §11.1)."""
     scheme, _, credentials = header.strip().partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(credentials.strip(), validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return None
     return credentials.strip() if scheme.lower() == "bearer" else None
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _same_origin(request: Request) -> None:
+    """403 for a browser request from another site that would change state: the browser sends
+    stored Basic credentials (and loopback needs none) with a form posted from any page."""
+    if request.method in _SAFE_METHODS:
+        return
+    origin = request.headers.get("origin")
+    cross = request.headers.get("sec-fetch-site") == "cross-site"
+    if cross or (origin is not None and urlsplit(origin).netloc != request.headers.get("host")):
+        raise HTTPException(403, f"admin API: cross-origin {request.method} refused (Origin {origin!r})")
 
 
 def _host(request: Request) -> str:
@@ -84,6 +112,7 @@ def build_api(runtime: Runtime, lifespan: Callable[[FastAPI], AbstractAsyncConte
     graph_api.register(api, runtime)
     escalations_api.register(api, runtime)
     app.include_router(api)
+    app.include_router(ui_router(admin_guard(runtime)))
 
     async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"database unavailable ({type(exc).__name__}); the proxy keeps "

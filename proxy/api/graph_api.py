@@ -37,12 +37,15 @@ def register(api: APIRouter, runtime: Runtime) -> None:
         agent: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        id_prefix: str | None = Query(None, max_length=64, description="runs whose id starts with this"),
+        flag: str | None = Query(None, max_length=200, description="runs carrying this flag"),
         cursor: str | None = None,
         limit: int = Query(50, ge=1, le=1000),
     ) -> dict[str, Any]:
         try:
             items, nxt = await queries.list_runs(runtime.engine, status=status, agent=agent, since=since,
-                                                 until=until, cursor=cursor, limit=limit)
+                                                 until=until, id_prefix=id_prefix, flag=flag, cursor=cursor,
+                                                 limit=limit)
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
         return {"items": items, "next_cursor": nxt}

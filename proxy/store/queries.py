@@ -170,12 +170,20 @@ async def list_runs(
     agent: str | None = None,
     since: TimeArg = None,
     until: TimeArg = None,
+    id_prefix: str | None = None,
+    flag: str | None = None,
     cursor: str | None = None,
     limit: int = 50,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Runs, most recently active first.  `agent` keeps runs the agent took part in."""
+    """Runs, most recently active first.  `agent` keeps runs the agent took part in;
+    `id_prefix` runs whose id starts with it; `flag` runs carrying that flag."""
     t = TABLES["runs"]
     query = sa.select(t)
+    if id_prefix:
+        query = query.where(t.c.id.like(_like_prefix(id_prefix), escape="\\"))
+    if flag:  # flags is a JSON list of strings: look for the element as JSON spells it
+        element = "%" + _like_prefix(orjson.dumps(flag).decode())
+        query = query.where(sa.cast(t.c.flags, sa.Text).like(element, escape="\\"))
     if status is not None:
         query = query.where(t.c.status == status)
     if agent is not None:
@@ -255,7 +263,7 @@ async def resolve_id(engine: AsyncEngine, kind: str, given: str) -> str | None:
     nothing matches; AmbiguousId when several do."""
     columns = _ID_COLUMNS[kind]
     exact = sa.union(*[sa.select(c).where(c == given) for c in columns])
-    like = given.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    like = _like_prefix(given)
     prefixed = sa.union(*[sa.select(c).where(c.like(like, escape="\\")) for c in columns]).limit(6)
     async with engine.connect() as conn:
         if (await conn.execute(exact)).first() is not None:
@@ -265,6 +273,11 @@ async def resolve_id(engine: AsyncEngine, kind: str, given: str) -> str | None:
         shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
         raise AmbiguousId(f"{kind} id prefix {given!r} matches several {kind}s ({shown}); give more characters")
     return found[0] if found else None
+
+
+def _like_prefix(given: str) -> str:
+    """A LIKE pattern (escape `\\`) matching text that starts with `given` literally."""
+    return given.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 _ID_COLUMNS = {
