@@ -89,9 +89,9 @@ class Spool:
         n, self._next = self._next, self._next + 1
         target = self.directory / _name(n)
         shutil.move(path, target)  # a rename on the same filesystem
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         if target.parent != path.parent:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         self._segments.append(n)
 
     async def prepend(self, records: list[Record]) -> None:
@@ -234,7 +234,7 @@ def _write_durably(path: Path, data: bytes, *, append: bool = False) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _fsync_all(fd: int | None, paths: set[Path], directory: Path) -> None:
@@ -247,10 +247,11 @@ def _fsync_all(fd: int | None, paths: set[Path], directory: Path) -> None:
         if path.exists():
             with path.open("rb") as f:
                 os.fsync(f.fileno())
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's new or renamed entries durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

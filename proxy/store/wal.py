@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, Protocol
 import orjson
 
 from proxy.store.rows import CALL_UPDATE_COLUMNS, Record
-from proxy.store.spool import Spool, lock_directory
+from proxy.store.spool import Spool, fsync_dir, lock_directory
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class WriteAheadLog(_Ledger):
         if self._tail is None:
             path = self.directory / f"{_PREFIX}{first:020d}.jsonl"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             self._tail = (fd, path, time.monotonic())
             self._tail_bytes = 0
             return fd
@@ -321,11 +321,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
