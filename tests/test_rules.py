@@ -245,3 +245,22 @@ def test_a_missing_rules_directory_is_named_in_the_log(
     with caplog.at_level("WARNING", logger="interlock.rules"):
         manager(Path("rules")).reload()
     assert f"no rules loaded: {tmp_path / 'rules'} does not exist" in caplog.text
+
+
+def test_every_rule_kind_is_accepted_enforced_and_in_the_schema() -> None:
+    """The kinds a rules file may name, the kinds a guard enforces and the kinds the published
+    schema documents are one list: a kind added in one place and not the others fails here."""
+    from proxy.guards import GUARD_BUILDERS
+    from proxy.rules import KINDS
+
+    def consts(node: object) -> set[str]:
+        if isinstance(node, dict):
+            found = {node["kind"]["const"]} if isinstance(node.get("kind"), dict) and "const" in node["kind"] else set()
+            return found.union(*(consts(v) for v in node.values()))
+        if isinstance(node, list):
+            return set().union(*(consts(v) for v in node))
+        return set()
+
+    schema_kinds = consts(json.loads((ROOT / "schema.json").read_text()))
+    assert set(KINDS) == set(GUARD_BUILDERS) == schema_kinds
+    assert {p.stem for p in (ROOT / "examples").glob("*.yaml")} >= set(KINDS)  # an example per kind
