@@ -339,11 +339,17 @@ def hub_loop_free(rng: random.Random, run: Run) -> None:
     hub.finish()
 
 
-def hub_redelegation(rng: random.Random, run: Run) -> None:
+def _hub_after_progress(rng: random.Random, run: Run) -> Hub:
+    """A hub run that first makes progress: 1-4 sub-goals delegated and answered."""
     hub, goal = Hub(rng, run), None
     for _ in range(rng.randint(1, 4)):
         goal = hub.goal(goal)
         hub.cycle(goal)
+    return hub
+
+
+def hub_redelegation(rng: random.Random, run: Run) -> None:
+    hub = _hub_after_progress(rng, run)
     goal = hub.goal()
     worker = rng.choice(Hub.WORKERS)
     hub.delegate(worker, instruction(rng, goal, hub.topic), goal=goal)
@@ -368,10 +374,7 @@ def vary_url(rng: random.Random, u: str) -> str:
 
 
 def hub_revisit(rng: random.Random, run: Run) -> None:
-    hub, goal = Hub(rng, run), None
-    for _ in range(rng.randint(1, 4)):
-        goal = hub.goal(goal)
-        hub.cycle(goal)
+    hub = _hub_after_progress(rng, run)
     worker = rng.choice(Hub.WORKERS)
     goal = hub.goal()
     res = hub.resource(worker)
@@ -398,10 +401,7 @@ def hub_revisit(rng: random.Random, run: Run) -> None:
 
 def hub_stall(rng: random.Random, run: Run) -> None:
     """A polling worker whose status lines change only their figures, timestamps and URLs."""
-    hub, goal = Hub(rng, run), None
-    for _ in range(rng.randint(1, 4)):
-        goal = hub.goal(goal)
-        hub.cycle(goal)
+    hub = _hub_after_progress(rng, run)
     job = f"{word(rng)} {rng.choice(CONTENT)}"
     state = rng.choice(("still running", "queued behind other work", "waiting on an approval", "not finished"))
     waits = ("Waiting before the next check.", "I will check again shortly.", "Nothing to do until it completes.",

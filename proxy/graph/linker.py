@@ -337,10 +337,10 @@ class Linker:
         """A speaker selector answered this agent's name a moment ago: it picked this call's
         speaker (the selector → speaker step of a group chat).  Each selection is used once.
         Among concurrent group chats a name alone is ambiguous: the selection must come from
-        the run the call's other evidence points to, or be the only one pending.  A speaker
-        whose request does not name it yet (its first turn, on a prompt it shares) takes the
-        one pending selection whose transcript holds every message of its own: the selected
-        speaker is handed the conversation the selector read.  It is named as selected."""
+        the run the call's other evidence points to, else be the one whose transcript the call
+        was handed (Selection.read).  A speaker whose request does not name it yet (its first
+        turn, on a prompt it shares) takes the one pending selection that read its conversation,
+        and is named as selected."""
         names = {slug_name(ctx.ident.name), stated_name(ctx.call)}
         names.discard(None)
         at = ctx.call.started_at + self.config.slack_s
@@ -348,8 +348,10 @@ class Linker:
             (name, sel) for name in names if name for sel in self._selections.get(name, ())
             if sel.ref.agent != ctx.ident.key and 0.0 <= at - sel.ref.ended_at <= _SELECTION_S
         ]  # fmt: skip
+        heard: frozenset[int] | None = None
         if not pending and self._selections and not ctx.ident.hinted and not ctx.ident.key.startswith("name:"):
-            pending = self._covering(ctx, at)
+            heard = _heard(ctx.segments)
+            pending = self._covering(ctx, at, heard)  # each one has read what this call hears
             if len(pending) == 1:
                 ctx.ident = self.identifier.stated(ctx.ident.fingerprint, pending[0][0])
         if not pending:
@@ -357,7 +359,7 @@ class Linker:
         runs = self._evidence_runs(ctx)
         if runs:  # the latest selection in this call's run (an older one went to a turn we could not name)
             pending = [(n, s) for n, s in pending if self._root(s.ref.run_id) in runs][-1:]
-        else:  # nothing else ties it to a chat: the one whose transcript it was handed
+        elif heard is None:  # nothing else ties it to a chat: the one whose transcript it was handed
             heard = _heard(ctx.segments)
             pending = [(n, s) for n, s in pending if s.read(heard)]
         if len(pending) != 1:
@@ -366,16 +368,15 @@ class Linker:
         ctx.sources.setdefault(sel.ref.call_id, _Source(sel.ref, "selection"))
         self._selections[name].remove(sel)
 
-    def _covering(self, ctx: _Ctx, at: float) -> list[tuple[str, _Selection]]:
-        """Pending selections whose transcript holds every message of this call (expired ones
-        are dropped on the way)."""
-        mine, out = _heard(ctx.segments), []
+    def _covering(self, ctx: _Ctx, at: float, heard: frozenset[int]) -> list[tuple[str, _Selection]]:
+        """Pending selections that read what this call hears (expired ones are dropped on the way)."""
+        out = []
         for name, queue in list(self._selections.items()):
             queue[:] = [sel for sel in queue if at - sel.ref.ended_at <= _SELECTION_S]
             if not queue:
                 del self._selections[name]
                 continue
-            out += [(name, sel) for sel in queue if sel.ref.agent != ctx.ident.key and sel.read(mine)]
+            out += [(name, sel) for sel in queue if sel.ref.agent != ctx.ident.key and sel.read(heard)]
         return out
 
     def _evidence_runs(self, ctx: _Ctx) -> set[str]:
