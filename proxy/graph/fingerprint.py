@@ -118,7 +118,7 @@ class Shingler:
         kept = sample(sh, self.every if len(sh) >= 16 else 2)
         if kept[-1] != sh[-1]:
             kept.append(sh[-1])
-        return kept, tail_signature(ids) if len(sh) >= 16 else b""
+        return kept, tail_signature(ids)
 
     def source(self, completion: Completion) -> SourcePrint:
         fps: list[int] = []

@@ -93,6 +93,7 @@ class Lineage:
     handed_whole: bool = False  # all of a substantial argument string of the output, explained by it alone
     echoed: bool = False  # every hit is text the source restated from a person's input (CallRecord.echo)
     retold: bool = False  # min_hits specific, and a part of the output restated in other words (_retold)
+    fallback: bool = False  # too few (specific) hits for an edge, but a part retold: counts alone only
 
     def places(self, cfg: LineageConfig) -> bool:
         """Strong enough to put the target in the source's run: boilerplate a few runs share
@@ -103,12 +104,14 @@ class Lineage:
             return True  # all of a short part no other run holds (a query handed to a worker)
         if self.handed_whole and self.specific:
             return True  # the whole task it handed to a call, worded as only its run words it
+        substantial = self.input_share >= cfg.place_run_share
+        if self.fallback and self.specific >= cfg.part_hits and substantial:
+            return True  # a part retold, with fewer fingerprints only its run holds than an edge needs
         if self.specific < cfg.min_hits:
             return False
         if self.coverage >= cfg.place_coverage and 2 * self.specific >= self.hits:
             return True  # most of the output, and mostly what only its run holds
         part = self.part_cover >= cfg.place_part and self.input_share >= cfg.place_input_share
-        substantial = self.input_share >= cfg.place_run_share
         passage = self.passage >= cfg.place_run and substantial
         return part or passage or (self.retold and substantial) or self.specific >= cfg.place_hits
 
@@ -160,11 +163,16 @@ def score(
     `target_words` (word ids of the new input) is only called to confirm a cut; `shared`
     (hashes several runs' outputs hold) and the text the source restated from its own input
     (CallRecord.echo) are not `Lineage.specific`."""
-    if not record.fps or not _enough(record, owned, cfg):
+    if not record.fps:
         return None
+    flags = list(map(present.__contains__, record.fps)) if len(owned) >= cfg.part_hits else []
+    retold_only = not _enough(record, owned, cfg)
+    if retold_only and not (flags and _retold(record, flags, cfg, target_words)):
+        return None  # too few fingerprints, unless a short part retold nearly word for word
     if record.echo:
         shared = set(record.echo) if shared is None else shared | record.echo
-    flags = list(map(present.__contains__, record.fps))
+    if not flags:
+        flags = list(map(present.__contains__, record.fps))
     coverage = sum(flags) / len(flags)
     reason = "source_length" if record.finish_reason == "length" else None
     if reason is None and _cut(record, flags, cfg, target_words):
@@ -178,9 +186,13 @@ def score(
         _short_part_whole(record, flags, cfg), 0,
         _handed_whole(record, owned, cfg), bool(record.echo) and owned <= record.echo,
     )  # fmt: skip
-    if specific >= cfg.min_hits and not lin.places(cfg):  # the costlier signs, only when they decide
+    if retold_only:
+        lin.retold = lin.fallback = True
+    elif specific >= cfg.min_hits and not lin.places(cfg):  # the costlier signs, only when they decide
         lin.passage = _passage(record, owned, shared)
         lin.retold = not lin.places(cfg) and _retold(record, flags, cfg, target_words)
+    elif specific >= cfg.part_hits and not lin.places(cfg):  # a part retold around stock phrases
+        lin.retold = lin.fallback = _retold(record, flags, cfg, target_words)
     return lin
 
 

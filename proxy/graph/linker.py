@@ -79,6 +79,14 @@ class _Selection:
 
 
 @dataclass(slots=True)
+class _Roster:
+    """The speakers of one shared prompt: each named one, and whom each was seen beside."""
+
+    members: dict[str, None] = field(default_factory=dict)
+    beside: dict[str, set[str]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class _Ctx:
     call: Call
     ident: Identity
@@ -136,6 +144,8 @@ class Linker:
         self._openings: dict[str, tuple[str, int]] = {}  # thread id → its first request's opening
         self._selections: dict[str, list[_Selection]] = {}  # speaker name → selector calls that picked it
         self._placed: dict[bytes, tuple[str | None, float]] = {}  # request chain head → (run, until)
+        self._rosters: dict[str, _Roster] = {}  # shared prompt → the speakers named on it
+        self._eliminated: dict[str, None] = {}  # calls named by elimination (_by_elimination)
 
     @property
     def directory(self) -> AgentDirectory:
@@ -155,6 +165,7 @@ class Linker:
         self._find_content_sources(ctx)
         self._find_selection(ctx)
         self._refine_identity(ctx)
+        self._by_elimination(ctx)
         self._assign_run(ctx)
         self._name_sources(ctx)
         edges = self._edges(ctx)
@@ -426,6 +437,9 @@ class Linker:
             lin = score(records[cid], owned, present, ctx.segments, self.config, words, shared)
             if lin is not None:
                 found.append(lin)
+        if any(lin.fallback for lin in found):  # a retold short part is evidence only where nothing else is
+            strong = [lin for lin in found if not lin.fallback]
+            found = strong if strong or ctx.pred is not None or ctx.sources else found
         fed = self.index.thread_sources({lin.record.thread_id for lin in found}) if len(found) > 1 else {}
         for lin in drop_relayed(found, fed):
             self._add_content_source(ctx, lin)
@@ -490,7 +504,8 @@ class Linker:
         its own request named it), so it is renamed now (LinkResult.renamed)."""
         for src in ctx.sources.values():
             lin, agent = src.lineage, src.ref.agent
-            if lin is None or "/" in agent or agent.startswith("name:") or src.ref.call_id in ctx.renamed:
+            stated = "/" in agent and src.ref.call_id not in self._eliminated
+            if lin is None or stated or agent.startswith("name:") or src.ref.call_id in ctx.renamed:
                 continue
             if ctx.roots.get(src.ref.call_id) != ctx.run_id or not lin.places(self.config):
                 continue  # a look-alike from another run, or too little of it to say who spoke
@@ -500,8 +515,55 @@ class Linker:
             if len(names) == 1 and (slug := slug_name(names.pop() or "")):
                 name = self.identifier.stated(_base(agent), slug).name
                 ctx.renamed[src.ref.call_id] = self._renamed[src.ref.call_id] = name
+                self._roster(_base(agent)).members[slug] = None
                 if len(self._renamed) >= 65_536:
                     drop_oldest(self._renamed)
+
+    def _by_elimination(self, ctx: _Ctx) -> None:
+        """A broadcast chat's speaker on its first turn, on a prompt the members share: its request
+        names every member who spoke before it (`name`) but not itself, and when its last turn ends
+        the chat nothing quotes it to name it.  Of the speakers known on this prompt, those that
+        took part in transcripts beside every member named here, minus those: when one is left, it
+        is this speaker.  Nothing is decided while two or more remain (a bigger chat whose last
+        members have not spoken yet, or two systems' chats on one default prompt), nor for a call
+        holding a turn of its own (it is no first turn), nor for an agent whose prompt is its own
+        (its roster never names it: only speakers renamed on the shared prompt count), nor before
+        two known speakers have spoken (a roster still being learnt)."""
+        call, ident = ctx.call, ctx.ident
+        names: dict[str, None] = {}
+        first_turn = True
+        for m in call.messages:
+            if m.role == "assistant":
+                first_turn = False
+            elif m.role == "user" and m.name and (slug := slug_name(m.name)):
+                names[slug] = None
+        if not names:
+            return
+        roster = self._roster(ident.fingerprint)
+        unnamed = first_turn and not (ident.hinted or ident.key.startswith("name:") or "/" in ident.key)
+        if unnamed and len(names) >= 2 and all(name in roster.members for name in names):
+            left: set[str] | None = None
+            for name in names:
+                beside = roster.beside.get(name, set())
+                left = set(beside) if left is None else left & beside
+            left = (left or set()).difference(names)
+            if len(left) == 1 and (name := left.pop()) in roster.members:
+                ctx.ident = self.identifier.stated(ident.fingerprint, name)
+                self._eliminated[call.id] = None  # a later turn quoting it under a name still decides
+                if len(self._eliminated) >= 65_536:
+                    drop_oldest(self._eliminated)
+        for name in names:  # what this transcript shows of who talks beside whom
+            beside = roster.beside.setdefault(name, set())
+            if len(beside) < _ROSTER_MAX:
+                beside.update(n for n in names if n != name)
+
+    def _roster(self, fingerprint: str) -> _Roster:
+        roster = self._rosters.get(fingerprint)
+        if roster is None:
+            if len(self._rosters) >= 4096:
+                drop_oldest(self._rosters)
+            roster = self._rosters[fingerprint] = _Roster()
+        return roster
 
     def _agent_of(self, ref: Ref) -> str:
         """Who made a call, as agent pairs (handoff, then return) count it: its shown name."""
@@ -825,6 +887,7 @@ def _ends(text: str, cap: int) -> str:
 _PLACE_CHARS = 8192  # characters of each message the request path shingles (bounded cost) ...
 _PLACE_MESSAGES = 8  # ... of its last messages
 _PLACED_S = 2.0  # an identical request within this long gets the same placement
+_ROSTER_MAX = 64  # names kept beside one speaker of a shared prompt
 _SELECTION_S = 120.0  # a selection is taken up by the chosen speaker's next call within this
 
 

@@ -216,3 +216,105 @@ def test_a_manager_relaying_its_analysts_words_still_hands_them_on() -> None:
                                  started_at=1.6, ended_at=2.0))  # fmt: skip
     assert ("m2", "handoff") in [(e.source, e.kind) for e in check.edges]
     assert check.run_id == "m1"
+
+
+# A broadcast group chat on one shared prompt: each member is handed the transcript, the others'
+# turns as `user` messages with their `name`.  Texts per chat and turn are distinct.
+_SAYS = {
+    "analyst": "the riverside depot handles eleven thousand pallets weekly and loading bays sit idle overnight",
+    "skeptic": "those pallet counts ignore refrigerated freight whose customs checks double every dwell time",
+    "moderator": "we should cost both options and bring a phased proposal to the regional board in March",
+    "expert": "automated cranes at Rotterdam cut turnaround by a third within two seasons of operation",
+    "writer": "the announcement opens with the shared wallet feature and a quote from the founder",
+    "editor": "trim the opening paragraph and move the pricing table below the feature summary",
+    "critic": "the weakest claim is the growth figure which cites no source at all for the estimate",
+}
+
+
+def _turn(chat_no: int, who: str) -> str:
+    """What `who` says in chat `chat_no`: its own words, every third one the chat's (no five
+    words in a row that another chat's turn also has)."""
+    tag = ("", "amberly", "birchwood")[chat_no]
+    words = _SAYS[who].split()
+    return " ".join(w if i % 3 else f"{tag} {w}" for i, w in enumerate(words)).capitalize() + "."
+
+
+def _broadcast(lk: Linker, chat_no: int, order: list[str], start: float) -> list[object]:
+    task = Message("user", f"Chat {chat_no}: agree a depot expansion plan for quarter {chat_no}.")
+    said: list[Message] = []
+    results = []
+    for i, who in enumerate(order):
+        msgs = [task, *(m for m in said if m.name != who)]
+        own = [m for m in said if m.name == who]
+        msgs += [Message("assistant", m.text) for m in own]  # own earlier turns come back as assistant
+        results.append(lk.observe(chat(f"c{chat_no}.{i}", msgs, _turn(chat_no, who), start + 2 * i)))
+        said.append(Message("user", _turn(chat_no, who), name=who))
+    return results
+
+
+def test_a_broadcast_chats_last_speaker_on_its_first_turn_is_named_by_elimination() -> None:
+    """Nothing quotes the moderator's only turn of the second chat, and its request names only the
+    analyst and the skeptic; the prompt's speakers seen together are these three: it is the moderator."""
+    lk = linker()
+    _broadcast(lk, 1, ["analyst", "skeptic", "moderator", "analyst", "skeptic"], 0.0)
+    last = _broadcast(lk, 2, ["analyst", "skeptic", "moderator"], 100.0)[-1]
+    assert last.agent == "moderator"  # type: ignore[attr-defined]
+
+
+def test_elimination_decides_nothing_while_two_speakers_remain() -> None:
+    """Four speakers seen together; a last speaker handed two names could be either of the other two."""
+    lk = linker()
+    _broadcast(lk, 1, ["analyst", "skeptic", "moderator", "expert", "analyst", "skeptic"], 0.0)
+    last = _broadcast(lk, 2, ["analyst", "skeptic", "moderator"], 100.0)[-1]
+    assert last.agent not in {"moderator", "expert"}  # type: ignore[attr-defined]
+
+
+def test_an_agent_with_a_prompt_of_its_own_is_not_named_by_elimination() -> None:
+    """A critic on its own prompt reads the writer's and editor's turns: the names its requests show
+    are never its own, so they say nothing about who it is."""
+    lk = linker()
+    critic = "You are the critic. Point out the weakest claim in the discussion."
+    for n, start in ((1, 0.0), (2, 100.0)):
+        task = Message("user", f"Chat {n}: review the depot plan {n}.")
+        msgs = [task, Message("user", _turn(n, "writer"), name="writer"), Message("user", _turn(n, "editor"), name="editor")]
+        call = make_call(f"k{n}", system=critic, output=_turn(n, "critic"), started_at=start, ended_at=start + 1)
+        call.messages = [Message("system", critic), *msgs]
+        res = lk.observe(call)
+    assert res.agent == "critic"
+
+
+ITEMS = (
+    "Orchestrate the depot study as four tasks.\n\n"
+    "1. Count the pallets that the riverside depot handled each week since the new conveyor opened.\n"
+    "2. Compare the refrigerated freight dwell times with the figures the customs office published.\n"
+    "3. Check whether northern terminal cranes can lift heavier reefer containers this year without "
+    "reinforcing the quay wall foundations.\n"
+    "4. Estimate what sixteen new loading bays would cost including the access road works."
+)
+ITEM_3_RETOLD = (
+    "3. Check whether northern terminal cranes could lift heavier reefer containers this year without "
+    "strengthening the quay wall foundations."
+)
+
+
+def test_a_short_task_retold_in_other_words_places_the_worker_in_its_run() -> None:
+    """An orchestrator's 19-word list item handed on with two words changed keeps two of its
+    five-word shingles (too few for an edge on their own) but nearly all its words: with nothing
+    else to go by, the worker joins the run."""
+    lk = linker()
+    lk.observe(make_call("o", user="Plan the depot study.", output=ITEMS, started_at=0.0, ended_at=1.0))
+    w = lk.observe(
+        make_call("w", user=f"Context from the previous step follows.\n---\n{ITEM_3_RETOLD}\n---\nContinue.",
+                  output=DRAFT, started_at=2.0, ended_at=3.0)
+    )  # fmt: skip
+    assert w.run_id == "o" and [(e.source, e.kind) for e in w.edges] == [("o", "handoff")]
+
+
+def test_two_shingles_of_a_task_without_its_words_do_not_place() -> None:
+    lk = linker()
+    lk.observe(make_call("o", user="Plan the depot study.", output=ITEMS, started_at=0.0, ended_at=1.0))
+    w = lk.observe(
+        make_call("w", user="Check whether the northern terminal cranes are insured; list every policy.",
+                  output=DRAFT, started_at=2.0, ended_at=3.0)
+    )  # fmt: skip
+    assert w.run_id == "w" and w.edges == []
