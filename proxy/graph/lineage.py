@@ -158,6 +158,7 @@ def score(
     cfg: LineageConfig,
     target_words: Callable[[], set[int]],
     shared: set[int] | None = None,
+    segment_words: Callable[[set[int]], set[int]] | None = None,
 ) -> Lineage | None:
     """A Lineage when the target holds enough of `record`'s output, else None.
     `target_words` (word ids of the new input) is only called to confirm a cut; `shared`
@@ -165,19 +166,20 @@ def score(
     (CallRecord.echo) are not `Lineage.specific`."""
     if not record.fps:
         return None
-    flags = list(map(present.__contains__, record.fps)) if len(owned) >= cfg.part_hits else []
-    retold_only = not _enough(record, owned, cfg)
-    if retold_only and not (flags and _retold(record, flags, cfg, target_words)):
-        return None  # too few fingerprints, unless a short part retold nearly word for word
     if record.echo:
         shared = set(record.echo) if shared is None else shared | record.echo
+    flags = list(map(present.__contains__, record.fps)) if len(owned) >= cfg.part_hits else []
+    via, segs = _via(owned, segments)
+    held = target_words if segment_words is None else Lazy(lambda: segment_words(segs))
+    retold_only = not _enough(record, owned, cfg)
+    if retold_only and not (flags and _retold_fallback(record, flags, owned, shared, cfg, held)):
+        return None  # too few fingerprints, unless a part retold nearly word for word
     if not flags:
         flags = list(map(present.__contains__, record.fps))
     coverage = sum(flags) / len(flags)
     reason = "source_length" if record.finish_reason == "length" else None
     if reason is None and _cut(record, flags, cfg, target_words):
         reason = "cut"
-    via, segs = _via(owned, segments)
     specific = len(owned) if shared is None else len(owned - shared)
     lin = Lineage(
         record, len(owned), coverage, reason is not None, reason, via, segs,
@@ -192,26 +194,65 @@ def score(
         lin.passage = _passage(record, owned, shared)
         lin.retold = not lin.places(cfg) and _retold(record, flags, cfg, target_words)
     elif specific >= cfg.part_hits and not lin.places(cfg):  # a part retold around stock phrases
-        lin.retold = lin.fallback = _retold(record, flags, cfg, target_words)
+        lin.retold = lin.fallback = _retold_fallback(record, flags, owned, shared, cfg, held)
     return lin
 
 
 def _retold(record: CallRecord, flags: list[bool], cfg: LineageConfig, target_words: Callable[[], set[int]]) -> bool:
-    """The best-covered part is partly present and the words peculiar to its end nearly all
-    are: a paraphrase (restating loses five-word shingles, not words), where a stock phrase
-    two runs share is present whole or not at all and a coincidence keeps few of the words."""
+    """The best-covered part is partly present, also in its first half, and the words peculiar
+    to its end nearly all are: a paraphrase (restating loses five-word shingles, not words), where
+    a stock phrase two runs share is present whole or not at all (a part it ends matches only at
+    its end) and a coincidence keeps few of the words."""
+    return _retold_at(record, flags, cfg, target_words) >= 0
+
+
+def _retold_fallback(
+    record: CallRecord, flags: list[bool], owned: set[int], shared: set[int] | None, cfg: LineageConfig,
+    held: Callable[[], set[int]],
+) -> bool:  # fmt: skip
+    """The weaker retelling a fallback lineage rests on: the retold part itself holds part_hits
+    fingerprints no other run holds, and its end's words are in the messages holding the hits
+    (not anywhere in a long input, whose system prompt alone may hold most words of a run)."""
+    at = _retold_at(record, flags, cfg, held)
+    if at < 0:
+        return False
+    start = record.part_ends[at - 1] if at else 0
+    mine = [fp for fp in record.fps[start : record.part_ends[at]] if fp in owned and (shared is None or fp not in shared)]
+    return len(mine) >= cfg.part_hits
+
+
+def _retold_at(record: CallRecord, flags: list[bool], cfg: LineageConfig, target_words: Callable[[], set[int]]) -> int:
+    """The index of the part retold (see _retold), else -1."""
     best, start, at = 0.0, 0, -1
     for i, end in enumerate(record.part_ends):
         if end - start >= cfg.place_part_fps and (cover := sum(flags[start:end]) / (end - start)) > best:
             best, at = cover, i
         start = end
     if best < cfg.retold_cover or at >= len(record.tails):
-        return False
+        return -1
+    start = record.part_ends[at - 1] if at else 0
+    if not any(flags[start : (start + record.part_ends[at] + 1) // 2]):
+        return -1  # present only in its second half: a stock phrase ending it, quoted whole
     words = unpack_tail(record.tails[at])
     if len(words) < cfg.retold_words:
-        return False
+        return -1
     have = target_words()
-    return sum(w in have for w in words) >= cfg.retold_kept * len(words)
+    return at if sum(w in have for w in words) >= cfg.retold_kept * len(words) else -1
+
+
+class Lazy:
+    """Calls `make` once, on first use (the words of a target, only when a rule needs them)."""
+
+    __slots__ = ("_make", "_value")
+
+    def __init__(self, make: Callable[[], set[int]]) -> None:
+        self._make = make
+        self._value: set[int] | None = None
+
+    def __call__(self) -> set[int]:
+        if self._value is None:
+            self._value = self._make()
+        return self._value
 
 
 def _handed_whole(record: CallRecord, owned: set[int], cfg: LineageConfig) -> bool:

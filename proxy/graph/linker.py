@@ -37,6 +37,7 @@ from proxy.graph.fingerprint import Shingler, SourcePrint
 from proxy.graph.identity import AgentDirectory, Identifier, is_selector, slug_name, stated_name
 from proxy.graph.index import LineageIndex
 from proxy.graph.lineage import (
+    Lazy,
     Lineage,
     LineageConfig,
     Segment,
@@ -432,9 +433,13 @@ class Linker:
         shared = shared_across_runs(hits, fetched)
         records = {cid: r for cid, r in fetched.items() if self._eligible(ctx, r)}
         found = []
-        words = _Lazy(lambda: self._target_words(ctx))
+        words = Lazy(lambda: self._target_words(ctx))
+
+        def segment_words(indices: set[int]) -> set[int]:
+            return self._target_words(ctx, indices)
+
         for cid, owned in attribute(hits, records).items():
-            lin = score(records[cid], owned, present, ctx.segments, self.config, words, shared)
+            lin = score(records[cid], owned, present, ctx.segments, self.config, words, shared, segment_words)
             if lin is not None:
                 found.append(lin)
         if any(lin.fallback for lin in found):  # a retold short part is evidence only where nothing else is
@@ -444,9 +449,10 @@ class Linker:
         for lin in drop_relayed(found, fed):
             self._add_content_source(ctx, lin)
 
-    def _target_words(self, ctx: _Ctx) -> set[int]:
+    def _target_words(self, ctx: _Ctx, indices: set[int] | None = None) -> set[int]:
         texts = [
             ctx.atoms[seg.index].text if seg.index >= 0 else ctx.call.system or "" for seg in ctx.segments
+            if indices is None or seg.index in indices
         ]
         if ctx.cap is not None:  # the request path read only the ends of long messages
             texts = [t if len(t) <= ctx.cap else _ends(t, ctx.cap) for t in texts]
@@ -849,19 +855,6 @@ class Linker:
     @staticmethod
     def _is_handoff(src: _Source, edges: list[Edge]) -> bool:
         return any(e.source == src.ref.call_id and e.kind == "handoff" for e in edges)
-
-
-class _Lazy:
-    """Calls `make` once, on first use."""
-
-    def __init__(self, make: Callable[[], set[int]]) -> None:
-        self._make = make
-        self._value: set[int] | None = None
-
-    def __call__(self) -> set[int]:
-        if self._value is None:
-            self._value = self._make()
-        return self._value
 
 
 def _heard(segments: list[Segment], *, instructions: bool = False) -> frozenset[int]:

@@ -318,3 +318,30 @@ def test_two_shingles_of_a_task_without_its_words_do_not_place() -> None:
                   output=DRAFT, started_at=2.0, ended_at=3.0)
     )  # fmt: skip
     assert w.run_id == "w" and w.edges == []
+
+
+def test_a_stock_phrase_ending_a_part_quoted_whole_does_not_place_a_new_run() -> None:
+    """The end of the item is a stock phrase another system's task also carries: its words are all
+    there, but as the same phrase, not a retelling of the item."""
+    lk = linker()
+    for i, topic in enumerate(("harbour fees", "crane leasing")):  # other runs end items with the stock phrase
+        lk.observe(
+            make_call(f"x{i}", system="You are the writer.", user=f"Topic {i}", started_at=float(i), ended_at=i + 0.5,
+                      output=f"{DRAFT}\n\nFeel free to ask if you have any further questions about the {topic}.")
+        )  # fmt: skip
+    out = (
+        "Findings follow.\n\n"
+        "1. The riverside depot handled eleven thousand pallets weekly while its loading bays sat idle overnight "
+        "for most of the winter, and the night shift rota left two forklift teams waiting for trucks that the "
+        "dispatch office had already rerouted to the southern yard. Feel free to ask if you have any further questions about the pricing section.\n"
+        "2. Refrigerated freight waits twice as long at customs as the published averages suggest.\n"
+        "3. Crane maintenance windows overlap the peak arrival days of the two largest shipping lines.\n"
+        "4. The access road floods after heavy rain and closes the northern gate for several hours."
+    )
+    lk.observe(make_call("o", user="Summarise the depot audit.", output=out, started_at=2.0, ended_at=3.0))
+    new = lk.observe(
+        make_call("n", system="You are the orchestrator of the marketing desk.",
+                  user="Draft three slogans for a budgeting app. Feel free to ask if you have any further "
+                       "questions about the pricing section.", started_at=5.0, ended_at=6.0)
+    )  # fmt: skip
+    assert new.run_id == "n" and new.edges == []
