@@ -243,7 +243,8 @@ def lenient(path: str) -> str:
 
 
 def route_of(path: str) -> str:
-    return re.sub(r"^/agents/[^/]+", "", path)
+    """The route under an `/agents/NAME` prefix; `/` for the prefix alone (a request target is never empty)."""
+    return re.sub(r"^/agents/[^/]+", "", path) or "/"
 
 
 def post_path(path: bytes) -> bytes:
