@@ -1,21 +1,29 @@
-"""Hostile clients against a running `interlock serve` (issue 13 #4, #5): RSS and CPU of the proxy.
+"""Hostile clients against a running `interlock serve` (issue 13 #2, #4, #5): RSS and CPU of the
+proxy, and the latency other clients see meanwhile.
 
     python bench/edge_flood.py [--pythonpath DIR]   # DIR: another checkout's `proxy` to compare
 
 Starts the proxy in a subprocess (SQLite in a temp dir, no rules, 2 s header/body timeouts when
-the server has them) and runs, one after the other:
+the server has them, `tests/hostile_upstream.py` as its upstream) and runs, one after the other:
 
-    endless-header  one client writes one header line, 1 KiB at a time, for up to 10 s
+    endless-header  one client writes one header line, 1 KiB at a time, for up to 10 s; then the
+                    same on new connections, one after the other, for 6 s
     slowloris       200 connections each send a header byte every 0.5 s for 6 s
     stalled-bodies  20 clients declare a 30 MB body, send 4 MB of it, then stop for 6 s (twice:
                     the second round shows whether the first one's bytes were freed)
+    pipelined       one client writes 3,000 pipelined `GET /api/openapi.json` and reads nothing
+                    for 6 s
 
-and prints, per probe, what the proxy did (status, bytes it read), its RSS growth and CPU seconds.
+and prints, per probe, what the proxy did (status, bytes it read), its RSS growth and CPU seconds,
+and, from another process, small `GET /v1/models` calls through the proxy and direct to the
+upstream during the probe (p50/p99 both ways and the proxy-added difference; see
+bench/upstream_flood.py, whose probe this is).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -24,6 +32,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from upstream_flood import latency_line, small_calls, start_upstream  # bench/ is on sys.path
 
 PORT = 18765
 
@@ -40,8 +50,9 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start(pythonpath: str | None, tmp: Path) -> subprocess.Popen[bytes]:
+def start(pythonpath: str | None, tmp: Path, upstream: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "INTERLOCK_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/i.db", "INTERLOCK_PORT": str(PORT),
+           "INTERLOCK_UPSTREAM_OPENAI": upstream,
            "INTERLOCK_RULES_DIR": str(tmp), "INTERLOCK_SPOOL_DIR": str(tmp / "spool"),
            "INTERLOCK_HEADER_TIMEOUT_S": "2", "INTERLOCK_BODY_TIMEOUT_S": "2", "INTERLOCK_LOG_LEVEL": "warning"}
     if pythonpath:
@@ -60,6 +71,17 @@ def start(pythonpath: str | None, tmp: Path) -> subprocess.Popen[bytes]:
 
 
 def endless_header() -> str:
+    """One never-ending header line; then, for the rest of 6 s, the same again on new connections
+    (an attacker's loop: other clients' latency is measured over the whole of it)."""
+    first = _endless_header_once()
+    started, again = time.monotonic(), 0
+    while time.monotonic() - started < 6:
+        _endless_header_once()
+        again += 1
+    return f"{first}; then {again} more"
+
+
+def _endless_header_once() -> str:
     with socket.create_connection(("127.0.0.1", PORT), timeout=5) as s:
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-endless: ")
         sent, started, answer = 0, time.monotonic(), b""
@@ -122,26 +144,49 @@ def stalled_bodies() -> str:
     return f"{answered} of 20 answered 408 within 6 s"
 
 
-def probe(pid: int, name: str, fn: Callable[[], str]) -> None:
+def pipelined() -> str:
+    with socket.create_connection(("127.0.0.1", PORT), timeout=5) as s:
+        s.setblocking(False)
+        data = b"GET /api/openapi.json HTTP/1.1\r\nhost: x\r\n\r\n" * 3000
+        sent, started = 0, time.monotonic()
+        while time.monotonic() - started < 6:
+            if sent < len(data):
+                try:
+                    sent += s.send(data[sent:])
+                except BlockingIOError:
+                    pass
+            time.sleep(0.01)
+    return f"{sent / 1024:.0f} of {len(data) / 1024:.0f} KiB taken by the proxy, nothing read"
+
+
+def probe(pid: int, name: str, fn: Callable[[], str], upstream: str) -> None:
     rss0, cpu0 = rss_mb(pid), cpu_s(pid)
+    url = f"http://127.0.0.1:{PORT}"
+    side = small_calls([url, upstream])
     outcome = fn()
+    lat = json.loads(side.communicate("")[0])
     time.sleep(0.5)
-    print(f"{name:15} {outcome:50} RSS {rss0:6.1f} → {rss_mb(pid):6.1f} MB  CPU {cpu_s(pid) - cpu0:5.2f} s")
+    print(f"{name:15} {outcome:50} RSS {rss0:6.1f} → {rss_mb(pid):6.1f} MB  CPU {cpu_s(pid) - cpu0:5.2f} s\n"
+          f"{'':15} {latency_line(lat[url], lat[upstream])}", flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pythonpath", help="a directory holding another `proxy` package to measure instead")
     args = p.parse_args()
+    up, upstream = start_upstream()
     with tempfile.TemporaryDirectory() as tmp:
-        proc = start(args.pythonpath, Path(tmp))
+        proc = start(args.pythonpath, Path(tmp), upstream)
         try:
             for name, fn in (("endless-header", endless_header), ("slowloris", slowloris),
-                             ("stalled-bodies", stalled_bodies), ("stalled-again", stalled_bodies)):
-                probe(proc.pid, name, fn)
+                             ("stalled-bodies", stalled_bodies), ("stalled-again", stalled_bodies),
+                             ("pipelined", pipelined)):
+                probe(proc.pid, name, fn, upstream)
         finally:
             proc.terminate()
             proc.wait(10)
+            up.terminate()
+            up.wait(10)
 
 
 if __name__ == "__main__":

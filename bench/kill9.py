@@ -8,6 +8,9 @@
       ├─ load      --clients processes × --connections keep-alive sockets (raw HTTP/1.1, uvloop),
       │            small non-streamed chat completions, each tagged `X-Interlock-Run: <marker>-<n>`;
       │            every 200 is kept with the client's clock when its last byte arrived
+      ├─ pinning   (--pin, the default on ≥ 2 CPUs with taskset) the proxy on the last CPU, the upstream
+      │            and the load generators on CPU 0, as bench/run.sh does: the proxy's core is not
+      │            shared with the load it is measured under
       ├─ kill -9   the proxy after --seconds of load
       ├─ restart   same settings; wait until the recorded count has been stable for 2 s (replay done)
       └─ report    answered, recorded, missing (answered > 0.2 s before the kill / in the last 0.2 s),
@@ -24,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -91,14 +95,21 @@ def cpu_s(pid: int) -> float:
 class Harness:
     """An upstream for the whole run; each scenario starts, kills and restarts its own proxy."""
 
-    def __init__(self, work: Path, *, python: str = sys.executable) -> None:
+    def __init__(self, work: Path, *, python: str = sys.executable, pin: bool = False) -> None:
         self.work, self.python = work, python
+        cpus = os.cpu_count() or 1
+        self.load_cpus, self.proxy_cpus = ("0", str(cpus - 1)) if pin else (None, None)
         self.work.mkdir(parents=True, exist_ok=True)
         self.procs: list[subprocess.Popen[bytes]] = []
         port = free_port()
         self.upstream = f"http://127.0.0.1:{port}"
-        up = self._spawn("upstream", [python, str(REPO / "tests" / "fake_upstream.py"), "--port", str(port)])
+        up = self._spawn("upstream", self._pinned([python, str(REPO / "tests" / "fake_upstream.py"), "--port", str(port)],
+                                                  self.load_cpus))
         wait_http(self.upstream + "/v1/models", 30, up)
+
+    @staticmethod
+    def _pinned(argv: list[str], cpus: str | None) -> list[str]:
+        return ["taskset", "-c", cpus, *argv] if cpus is not None else argv
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.work / f"{name}.log").open("ab")
@@ -117,7 +128,8 @@ class Harness:
                 proc.kill()
 
     def proxy(self, name: str, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-        argv = [self.python, "-m", "proxy.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        argv = self._pinned([self.python, "-m", "proxy.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            self.proxy_cpus)
         proc = self._spawn(name, argv, env)
         wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc)
         return proc
@@ -153,9 +165,9 @@ class Harness:
     def _clients(self, port: int, marker: str, clients: int, connections: int, max_s: float) -> dict[str, float]:
         """Run the load generators until they stop by themselves (`max_s`); their answers."""
         files = [self.work / f"{marker}-client{i}.json" for i in range(clients)]
-        workers = [subprocess.Popen([self.python, __file__, "client", "--port", str(port), "--prefix",
+        workers = [subprocess.Popen(self._pinned([self.python, __file__, "client", "--port", str(port), "--prefix",
                                      f"{marker}-{i}", "--connections", str(connections), "--out", str(f),
-                                     "--max-seconds", str(max_s)], cwd=REPO) for i, f in enumerate(files)]
+                                     "--max-seconds", str(max_s)], self.load_cpus), cwd=REPO) for i, f in enumerate(files)]
         answered: dict[str, float] = {}
         for worker, f in zip(workers, files, strict=True):
             worker.wait(max_s + 60)
@@ -194,9 +206,10 @@ class Harness:
     def _load_and_kill(self, proxy: subprocess.Popen[bytes], port: int, marker: str, seconds: float,
                        clients: int, connections: int) -> tuple[dict[str, float], float, float, int, float]:
         files = [self.work / f"{marker}-client{i}.json" for i in range(clients)]
-        workers = [subprocess.Popen([self.python, __file__, "client", "--port", str(port), "--prefix",
+        workers = [subprocess.Popen(self._pinned([self.python, __file__, "client", "--port", str(port), "--prefix",
                                      f"{marker}-{i}", "--connections", str(connections), "--out", str(f),
-                                     "--max-seconds", str(seconds + 30)], cwd=REPO) for i, f in enumerate(files)]
+                                     "--max-seconds", str(seconds + 30)], self.load_cpus), cwd=REPO)
+                   for i, f in enumerate(files)]
         time.sleep(0.5)  # connections open, load steady
         t_start, cpu0 = time.time(), cpu_s(proxy.pid)
         time.sleep(seconds)
@@ -339,12 +352,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--cost", action="store_true", help="also measure CPU/req with everything recorded (no kill)")
     parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temp dir)")
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                        help="proxy on the last CPU, upstream and load on CPU 0 (needs taskset and 2 CPUs)")
     args = parser.parse_args(argv)
     if args.cmd == "client":
         client_main(args)
         return
     work = args.out or Path(tempfile.mkdtemp(prefix="kill9-"))
-    harness = Harness(work)
+    pin = args.pin and (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+    if args.pin and not pin:
+        print("not pinned: needs taskset and 2 CPUs", file=sys.stderr)
+    harness = Harness(work, pin=pin)
     outcomes: list[Outcome] = []
     costs: list[dict[str, Any]] = []
     load = {"db": args.db, "seconds": args.seconds, "clients": args.clients, "connections": args.connections}

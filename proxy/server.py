@@ -224,6 +224,12 @@ class _Lifespan:
             self.stopped.set()
 
 
+class _NoCallbacks:
+    """The protocol of a lost connection's parser: no `on_*` callbacks, no references."""
+
+    __slots__ = ()
+
+
 class _Connection(asyncio.Protocol):
     """One client connection.  httptools calls the on_* methods while `data_received` feeds it."""
 
@@ -274,6 +280,12 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        # Let go of what a cut request left now: the parser holds this connection's bound methods
+        # (a cycle only the GC frees, and its young-generation threshold is high: proxy/cli.py)
+        # and up to max_header_bytes of an unfinished head; 1,000 refused endless headers held
+        # +60 MB until the next collection.  Nothing is parsed after this.
+        self.parser = httptools.HttpRequestParser(_NoCallbacks())
+        self.headers, self.url, self.unparsed = [], b"", b""
         self.server.connections.discard(self)
         if not self.server.connections and self.server.all_closed is not None:
             self.server.all_closed.set()

@@ -174,6 +174,25 @@ def test_unread_pipelined_1mb_upstream_answers_do_not_grow_the_proxy(served: Ser
     assert growth < GROWTH_LIMIT_MB, f"RSS grew {growth:.0f} MB"
 
 
+def test_refused_endless_headers_do_not_grow_the_proxy(served: Served) -> None:
+    """An attacker's loop of header lines that never end: each connection is refused (431) at
+    the header limit, and what it sent is let go with it, not at the GC's next collection."""
+    endless = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Endless: " + b"a" * (60 * 1024)  # just under the limit
+    base = served.rss
+    refused = 0
+    for _ in range(1000):
+        with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+            sock.sendall(endless)
+            try:
+                sock.sendall(b"a" * (8 * 1024))  # past it
+                refused += sock.recv(64).startswith(b"HTTP/1.1 431")
+            except OSError:  # refused and closed before this piece was taken
+                refused += 1
+    growth = served.rss - base
+    assert refused == 1000
+    assert growth < 16, f"RSS grew {growth:.0f} MB over 1,000 refused endless headers"
+
+
 def test_the_proxy_serves_others_after_a_flood(served: Served) -> None:
     assert exchange(served.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[0] == 200
 
@@ -224,7 +243,8 @@ def lenient(path: str) -> str:
 
 
 def route_of(path: str) -> str:
-    return re.sub(r"^/agents/[^/]+", "", path)
+    """The route under an `/agents/NAME` prefix; `/` for the prefix alone (a request target is never empty)."""
+    return re.sub(r"^/agents/[^/]+", "", path) or "/"
 
 
 def post_path(path: bytes) -> bytes:

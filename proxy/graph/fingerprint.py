@@ -47,6 +47,11 @@ def _fold_table() -> bytes:
 _TABLE = _fold_table()
 _PART_START = re.compile(r"^\s*(?:[-*•+>]|\d{1,3}[.)]|[a-z][.)]|#{1,6}|(?:step|part|task)\s+\d+\b)", re.I)
 SHORT_MIN = 3  # fewer words than this never make a fingerprint
+# An output's text past this many characters is not fingerprinted: its fingerprints are taken
+# on the event loop (Linker.note_output, then the pipeline), ~60 ns per character, so a 1 MiB
+# completion (a runaway stream at INTERLOCK_STREAM_TEXT_MAX_CHARS) stalled every other client
+# for ~0.1 s.  256 Ki characters is ~64k tokens, past any model's usual answer.
+OUTPUT_MAX_CHARS = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +159,11 @@ def unpack_tail(signature: bytes) -> list[int]:
 
 def output_parts(completion: Completion) -> list[tuple[str, bool]]:
     """An output cut where an orchestrator would cut it to hand out pieces; True marks a
-    string handed to a call (a tool call's argument, or a call's in code)."""
-    parts = [(part, False) for part in text_parts(completion.text)]
-    if "(" in completion.text:
+    string handed to a call (a tool call's argument, or a call's in code).  Only the text's
+    first OUTPUT_MAX_CHARS characters are cut into parts."""
+    text = completion.text[:OUTPUT_MAX_CHARS]
+    parts = [(part, False) for part in text_parts(text)]
+    if "(" in text:
         parts = [piece for part, _ in parts for piece in call_arguments(part)]
     for tc in completion.tool_calls:
         parts.extend((arg, True) for arg in argument_strings(tc.arguments))

@@ -797,7 +797,7 @@ class Linker:
             self._openings[call.id] = _opening(call)
             if len(self._openings) >= 65_536:
                 drop_oldest(self._openings)
-        short = len(call.completion.text.split()) <= 4
+        short = len(call.completion.text.split(None, 5)) <= 4
         if short and call.system and is_selector(call.system) and (picked := slug_name(call.completion.text[:80])):
             queue = self._selections.setdefault(picked, [])
             queue.append(_Selection(ref, _heard(ctx.segments, instructions=True)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from proxy.call import Completion, ToolCall
 from proxy.graph.fingerprint import (
+    OUTPUT_MAX_CHARS,
     Shingler,
     argument_strings,
     output_parts,
@@ -93,3 +94,21 @@ def test_tail_signature_names_words_peculiar_to_the_end() -> None:
     sh = Shingler()
     ids = sh.words("alpha beta gamma alpha beta gamma alpha beta delta epsilon")
     assert unpack_tail(tail_signature(ids)) == sh.words("delta epsilon")
+
+
+def test_only_the_first_output_max_chars_of_a_runaway_output_are_fingerprinted() -> None:
+    """A 1 MiB answer (an upstream's endless stream, kept up to INTERLOCK_STREAM_TEXT_MAX_CHARS)
+    costs the event loop what its first 256 Ki characters cost, not four times that; a quote
+    of its start is still found, its later text leaves no fingerprints."""
+    paragraphs = [" ".join(f"w{i}x{j}" for j in range(40)) for i in range(4000)]
+    text = "\n\n".join(paragraphs)
+    assert len(text) > 4 * OUTPUT_MAX_CHARS
+    sh = Shingler()
+    whole = sh.source(Completion(text))
+    assert whole == sh.source(Completion(text[:OUTPUT_MAX_CHARS]))
+    assert whole.chars <= OUTPUT_MAX_CHARS
+    _, first = sh.target("Per the analyst: " + paragraphs[0])
+    assert whole.fps and all(fp in whole.fps for fp in sh.source(Completion(paragraphs[0])).fps)
+    assert any(fp in first for fp in whole.fps)
+    late = sh.source(Completion(paragraphs[-1])).fps
+    assert late and not set(late) & set(whole.fps)
