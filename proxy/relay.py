@@ -23,8 +23,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from functools import partial
-from urllib.parse import parse_qsl
 from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.types import Receive, Scope, Send

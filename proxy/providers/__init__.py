@@ -40,9 +40,9 @@ class Router:
     def __init__(self, upstreams: dict[str, UpstreamSpec], registry: Registry | None = None) -> None:
         self.registry = registry or Registry()
         known = self.registry.by_name
-        for name, spec in upstreams.items():
-            if spec.provider not in known:
-                raise SettingsError(f"setting upstreams.{name}.provider has value {spec.provider!r}: "
+        for name, up in upstreams.items():
+            if up.provider not in known:
+                raise SettingsError(f"setting upstreams.{name}.provider has value {up.provider!r}: "
                                     f"not a provider Interlock knows ({', '.join(known)})")
         upstreams = dict(upstreams)
         for spec in self.registry.specs:  # a provider not configured goes to its default upstream, if any
@@ -59,7 +59,7 @@ class Router:
                     route = Route(ep.adapter, ep.operation, ep.json_body, spec, None, ep.stream)
                     self._exact.setdefault(ep.pattern, []).append((len(ep.pattern), route))
         self._prefixes = sorted(((p, s) for s in self.registry.specs for p in s.prefixes), key=lambda x: -len(x[0]))
-        self._globs = [(name, spec) for name, spec in upstreams.items() if spec.models]
+        self._globs = [(name, up) for name, up in upstreams.items() if up.models]
         self.markers = self.registry.marker_headers()
         self.key_headers = self.registry.key_headers()
         self.prefixes = self.registry.prefixes()

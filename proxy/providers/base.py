@@ -140,7 +140,9 @@ class Endpoint:
     """
 
     pattern: str
-    operation: str  # recorded as Call.operation; a GenAI `gen_ai.operation.name` where one fits
+    # Call.operation: `chat` for any model generation (guards and the graph act on chat, responses and
+    # messages), else count_tokens, embeddings, models or other
+    operation: str
     adapter: Provider
     json_body: bool = True
     stream: bool = False
@@ -188,6 +190,12 @@ class ProviderSpec:
     # the key to hash from the key headers / query values found, as (name, value) pairs
     api_key: Callable[[Sequence[tuple[bytes, str]]], str | None] = field(default=first_value)
     order: int = 100  # lower first where two providers share a prefix without markers
+
+
+def stream_error_status(etype: str) -> int:
+    """The HTTP status a stream-ending error stands for, for providers whose error events carry one:
+    Interlock's own failures and the upstream's are 502; a guard's cut (budget, loop) is 429."""
+    return 502 if etype.startswith(("interlock_upstream", "interlock_internal")) else 429
 
 
 def loads(raw: bytes) -> Any:

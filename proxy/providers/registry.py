@@ -45,7 +45,7 @@ class Registry:
 
     def default_upstreams(self) -> dict[str, str]:
         """{provider name: default upstream origin}, for Settings.all_upstreams."""
-        return {s.name: s.default_upstream for s in self.specs}
+        return {s.name: s.default_upstream for s in self.specs if s.default_upstream is not None}
 
     def prefixes(self) -> tuple[str, ...]:
         """Path prefixes any provider claims: what the app hands to the relay."""
