@@ -111,8 +111,9 @@ class OpenAIChat(_OpenAIErrors, Provider):
     def filter_event(self, call: Call, event: Event) -> bytes | None:
         if b'"usage":' not in event.raw:
             return event.raw
-        if b'"choices":[]' in event.data or b'"choices": []' in event.data:
-            return None  # the usage-only chunk this client never asked for
+        if (b'"choices":[]' in event.data or b'"choices": []' in event.data) and b'"usage":null' not in event.data \
+                and b'"usage": null' not in event.data:
+            return None  # the usage-only chunk this client never asked for (not Azure's prompt-filter chunk)
         return event.raw.replace(b',"usage":null', b"").replace(b', "usage": null', b"")
 
     def parse_body(self, call: Call, body: bytes) -> None:
