@@ -131,7 +131,6 @@ def test_the_v1_surface_names_the_model_in_the_body(px: ProxyServer, upstream: F
 
 
 def test_without_an_upstream_setting_azure_calls_are_refused_naming_it(tmp_path: Path) -> None:
-    with ProxyServer(tmp_path, "http://127.0.0.1:9") as px:
-        with pytest.raises(openai.APIStatusError) as err:
-            _ask(_azure(px, "az-none"), "hi")
+    with ProxyServer(tmp_path, "http://127.0.0.1:9") as px, pytest.raises(openai.APIStatusError) as err:
+        _ask(_azure(px, "az-none"), "hi")
     assert err.value.status_code == 502 and "INTERLOCK_UPSTREAM_AZURE" in err.value.message
