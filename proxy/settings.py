@@ -182,7 +182,7 @@ class Settings(BaseSettings):
         bad = {k: u for k, u in v.items() if not str(u).startswith(("http://", "https://"))}
         if bad:
             name, url = next(iter(bad.items()))
-            raise ValueError(f"upstream_{name} (INTERLOCK_UPSTREAM_{name.upper()}) must start with "
+            raise ValueError(f"setting upstream_{name} (INTERLOCK_UPSTREAM_{name.upper()}) must start with "
                              f"http:// or https://, got {mask_url(str(url))!r}")
         return {k.lower(): str(u).rstrip("/") for k, u in v.items()}
 
@@ -258,7 +258,7 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            if not err["loc"]:  # a rule between settings (model_validator): its message names them
+            if not err["loc"] or err["loc"][0] == "provider_upstreams":  # the message names them (values masked)
                 lines.append(err["msg"].removeprefix("Value error, "))
                 continue
             name = ".".join(str(p) for p in err["loc"]) or "?"
