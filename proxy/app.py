@@ -55,7 +55,7 @@ class InterlockApp:
         code = "interlock_invalid_path"
         message = f"Interlock: refused the request path: {why}; nothing was sent upstream."
         body = provider.error_body(400, code, code, message)
-        await send({"type": "http.response.start", "status": 400,
+        await send({"type": "http.response.start", "status": provider.error_status(400),
                     "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
                                 (b"x-should-retry", b"false"), *provider.error_headers(400, code, code)]})
         await send({"type": "http.response.body", "body": body, "more_body": False})

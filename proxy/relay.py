@@ -439,7 +439,7 @@ class Relay:
         call.error = verdict.reason
         await self._send_error(state, provider, verdict.status, verdict.code, verdict.code, verdict.reason,
                                verdict.refusal_headers())
-        call.status = verdict.status
+        call.status = provider.error_status(verdict.status)
 
     async def _bad_json(self, call: Call, provider: Provider, state: _Exchange, why: str) -> None:
         await self._refuse_plain(call, state, provider, 400, "invalid_request_error", "interlock_invalid_json",
@@ -448,7 +448,7 @@ class Relay:
 
     async def _refuse_plain(self, call: Call, state: _Exchange, provider: Provider, status: int, etype: str,
                             code: str, message: str, outcome: str) -> None:
-        call.outcome, call.status, call.error = outcome, status, message
+        call.outcome, call.status, call.error = outcome, provider.error_status(status), message
         await self._send_error(state, provider, status, etype, code, message)
 
     async def _upstream_failed(self, call: Call, provider: Provider, state: _Exchange, exc: UpstreamError) -> None:
@@ -459,7 +459,7 @@ class Relay:
         where = f"upstream '{call.upstream}' ({spec.url if spec else '?'})"
         verb = "timed out waiting for" if timeout else "could not reach"
         call.error = f"Interlock {verb} {where}: {exc}"
-        call.status = status
+        call.status = provider.error_status(status)
         log.warning("%s (call %s, answered %d)", call.error, call.id, status)
         if state.started:
             call.outcome = "upstream_cut"
@@ -472,7 +472,7 @@ class Relay:
     async def _send_error(self, state: _Exchange, provider: Provider, status: int, etype: str,
                           code: str | None, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         body = provider.error_body(status, etype, code, message)
-        await state.start(status, [(b"content-type", b"application/json"),
+        await state.start(provider.error_status(status), [(b"content-type", b"application/json"),
                                    (b"content-length", str(len(body)).encode()),
                                    *provider.error_headers(status, etype, code), *(extra or ())])
         await state.body(body, more=False)

@@ -111,6 +111,11 @@ class Provider(ABC):
     def error_event(self, etype: str, code: str | None, message: str) -> bytes:
         """The SSE bytes that end a stream with an error, in this provider's shape."""
 
+    def error_status(self, status: int) -> int:
+        """The HTTP status Interlock answers with for one of its own errors of `status` (a provider
+        whose SDK retries that status may answer a refusal, which retrying cannot fix, with another)."""
+        return status
+
     def error_headers(self, status: int, etype: str, code: str | None) -> list[tuple[bytes, bytes]]:
         """Headers an error response carries besides its content type (Bedrock: x-amzn-ErrorType)."""
         return []
