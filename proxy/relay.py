@@ -191,7 +191,7 @@ class Relay:
             if spec.key_query:
                 keys.extend(_query_keys(query, spec.key_query))
         if keys:
-            wanted = spec.key_headers + tuple(q.encode() for q in spec.key_query)
+            wanted = spec.key_names
             key = spec.api_key([kv for kv in keys if kv[0] in wanted])
             if key:
                 call.api_key_hash = api_key_hash(key)

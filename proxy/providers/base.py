@@ -195,6 +195,10 @@ class ProviderSpec:
     # the key to hash from the key headers / query values found, as (name, value) pairs
     api_key: Callable[[Sequence[tuple[bytes, str]]], str | None] = field(default=first_value)
     order: int = 100  # lower first where two providers share a prefix without markers
+    key_names: frozenset[bytes] = field(init=False)  # key headers and query parameters, as bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_names", frozenset(self.key_headers) | {q.encode() for q in self.key_query})
 
 
 def stream_error_status(etype: str) -> int:

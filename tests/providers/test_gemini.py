@@ -240,3 +240,23 @@ def test_a_function_response_continues_the_call_that_asked_for_it(px: ProxyServe
             break
         time.sleep(0.05)
     assert (one["id"], two["id"]) in {(e["source"], e["target"]) for e in edges}
+
+
+def test_a_stream_cut_by_a_guard_ends_in_a_gemini_error_the_sdk_raises(upstream: FakeUpstream, tmp_path: Path) -> None:
+    rules = tmp_path / "cut-rules"
+    rules.mkdir()
+    (rules / "cut.yaml").write_text(
+        "rules:\n  - {name: tight, kind: budget, scope: run, limit_tokens: 300, cutoff: true, action: deny}\n")
+    upstream.script(Reply(chunks=["lorem ipsum dolor sit amet, consectetur adipiscing elit " * 2] * 40,
+                          input_tokens=10, output_tokens=900))
+    with ProxyServer(tmp_path, "http://127.0.0.1:9", upstream_gemini=upstream.url, rules_dir=rules) as px:
+        client = _client(px, "g-cut")
+        seen: list[str] = []
+        with pytest.raises(errors.ClientError) as err:
+            for piece in client.models.generate_content_stream(
+                    model="gemini-2.0-flash", contents="Go on", config=types.GenerateContentConfig(max_output_tokens=250)):
+                seen.append(piece.text or "")
+        assert (err.value.code, err.value.status) == (429, "RESOURCE_EXHAUSTED")
+        assert "ran out mid-stream" in (err.value.message or "") and seen  # what came before the cut arrived
+        (call,) = px.wait_calls(1)
+        assert call["outcome"] == "denied"
