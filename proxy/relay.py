@@ -157,7 +157,7 @@ class Relay:
             name, _, tail = path[8:].partition("/")
             agent, source, path = name, "path", "/" + tail  # already decoded, once (proxy/paths.py)
             forward = "/" + (forward.split("/", 3)[3:] or [""])[0]  # the same segments, as received
-        call = Call(new_id(), time.time(), "openai", "other", "openai", scope["method"], path,
+        call = Call(new_id(), time.time(), "", "other", "", scope["method"], path,  # provider: once routed
                     agent=agent, agent_source=source)
         headers: list[tuple[bytes, bytes]] = []
         router = self.router
@@ -195,7 +195,7 @@ class Relay:
             key = spec.api_key([kv for kv in keys if kv[0] in wanted])
             if key:
                 call.api_key_hash = api_key_hash(key)
-        call.provider = spec.system
+        call.provider, call.upstream = spec.system, spec.name  # the upstream until a model glob says otherwise
         call.operation = call_route.operation
         return call, call_route, headers, forward
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 from types import MappingProxyType
 
 from proxy.providers.base import ProviderSpec
@@ -17,13 +18,12 @@ _NOT_PROVIDERS = frozenset({"base", "registry"})
 
 def discover() -> tuple[ProviderSpec, ...]:
     """All provider specs, in `order` then name; two specs with one name are refused."""
-    import proxy.providers as package
-
+    package = __name__.rpartition(".")[0]  # proxy.providers, without importing it from here (no circle)
     found: dict[str, ProviderSpec] = {}
-    for info in pkgutil.iter_modules(package.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if info.name.startswith("_") or info.name in _NOT_PROVIDERS:
             continue
-        spec = getattr(importlib.import_module(f"{package.__name__}.{info.name}"), "PROVIDER", None)
+        spec = getattr(importlib.import_module(f"{package}.{info.name}"), "PROVIDER", None)
         if not isinstance(spec, ProviderSpec):
             continue
         if spec.name in found:
