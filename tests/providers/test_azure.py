@@ -134,3 +134,17 @@ def test_without_an_upstream_setting_azure_calls_are_refused_naming_it(tmp_path:
     with ProxyServer(tmp_path, "http://127.0.0.1:9") as px, pytest.raises(openai.APIStatusError) as err:
         _ask(_azure(px, "az-none"), "hi")
     assert err.value.status_code == 502 and "INTERLOCK_UPSTREAM_AZURE" in err.value.message
+
+
+def test_a_retry_loop_is_refused_in_openai_shape(upstream: FakeUpstream, tmp_path: Path) -> None:
+    rules = tmp_path / "loop-rules"
+    rules.mkdir()
+    (rules / "loop.yaml").write_text(
+        "rules:\n  - {name: retries, kind: loop, detect: retry, window: 10m, max_repeats: 2, action: deny}\n")
+    with ProxyServer(tmp_path, "http://127.0.0.1:9", upstream_azure=upstream.url, rules_dir=rules) as px:
+        client = _azure(px, "az-loop")
+        for _ in range(2):
+            _ask(client, "Are we there yet?")
+        with pytest.raises(openai.RateLimitError) as err:
+            _ask(client, "Are we there yet?")
+    assert "retries" in err.value.message and len(upstream.requests) == 2

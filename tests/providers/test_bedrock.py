@@ -270,3 +270,33 @@ def test_the_splitter_gives_the_same_events_however_the_bytes_are_cut() -> None:
     small = EventStreamSplitter(40)
     pieces = small.feed(stream)
     assert b"".join(p.raw for p in pieces) == stream and small.oversized >= 2  # passed on, not assembled
+
+
+GUARDS = f"""
+rules:
+  - {{name: retries, kind: loop, detect: retry, window: 10m, max_repeats: 2, action: deny}}
+  - name: fits
+    kind: context
+    action: deny
+    models: {{"{MODEL}": {{context_window: 300, max_output: 100}}}}
+"""
+
+
+def test_loop_and_context_refusals_are_bedrock_errors(upstream: FakeUpstream, tmp_path: Path) -> None:
+    rules = tmp_path / "guard-rules"
+    rules.mkdir()
+    (rules / "guards.yaml").write_text(GUARDS)
+    with ProxyServer(tmp_path, "http://127.0.0.1:9", upstream_bedrock=upstream.url, rules_dir=rules) as px:
+        client = _client(px, upstream, "b-guards")
+        for _ in range(2):
+            client.converse(modelId=MODEL, messages=_say("Are we there yet?"), inferenceConfig={"maxTokens": 10})
+        with pytest.raises(ClientError) as loop:
+            client.converse(modelId=MODEL, messages=_say("Are we there yet?"), inferenceConfig={"maxTokens": 10})
+        with pytest.raises(ClientError) as context:
+            client.converse(modelId=MODEL, messages=_say("otters " * 400), inferenceConfig={"maxTokens": 10})
+
+    assert loop.value.response["Error"]["Code"] == "ServiceQuotaExceededException"
+    assert "retries" in loop.value.response["Error"]["Message"]
+    assert context.value.response["Error"]["Code"] == "ValidationException"
+    assert context.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert len(upstream.requests) == 2

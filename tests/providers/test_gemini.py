@@ -260,3 +260,32 @@ def test_a_stream_cut_by_a_guard_ends_in_a_gemini_error_the_sdk_raises(upstream:
         assert "ran out mid-stream" in (err.value.message or "") and seen  # what came before the cut arrived
         (call,) = px.wait_calls(1)
         assert call["outcome"] == "denied"
+
+
+GUARDS = """
+rules:
+  - {name: retries, kind: loop, detect: retry, window: 10m, max_repeats: 2, action: deny}
+  - name: fits
+    kind: context
+    action: deny
+    models: {gemini-tiny: {context_window: 300, max_output: 100}}
+"""
+
+
+def test_loop_and_context_refusals_are_gemini_errors(upstream: FakeUpstream, tmp_path: Path) -> None:
+    rules = tmp_path / "guard-rules"
+    rules.mkdir()
+    (rules / "guards.yaml").write_text(GUARDS)
+    with ProxyServer(tmp_path, "http://127.0.0.1:9", upstream_gemini=upstream.url, rules_dir=rules) as px:
+        client = _client(px, "g-guards")
+        for _ in range(2):
+            client.models.generate_content(model="gemini-2.0-flash", contents="Are we there yet?", config=SMALL)
+        with pytest.raises(errors.ClientError) as loop:
+            client.models.generate_content(model="gemini-2.0-flash", contents="Are we there yet?", config=SMALL)
+        with pytest.raises(errors.ClientError) as context:
+            client.models.generate_content(model="gemini-tiny", contents="otters " * 400, config=SMALL)
+
+    assert (loop.value.code, loop.value.status) == (429, "RESOURCE_EXHAUSTED") and "retries" in (loop.value.message or "")
+    assert (context.value.code, context.value.status) == (400, "INVALID_ARGUMENT")
+    assert "context" in (context.value.message or "")
+    assert len(upstream.requests) == 2
