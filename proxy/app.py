@@ -1,7 +1,7 @@
 """create_app(): builds everything in the lifespan and routes between relay and API.
 
     ASGI ──▶ InterlockApp ─▶ canonical path (proxy/paths.py) ──┬─ refused: 400, provider-shaped
-                                                                ├─ /v1/*, /agents/{name}/v1/* ──▶ Relay (raw ASGI, hot path)
+                                                                ├─ a provider's paths (/v1/*, /v1beta/*, /openai/*, /model/*...), /agents/{name}/... ──▶ Relay (hot path)
                                                                 └─ everything else ───────────▶ FastAPI (/api, /ui, /healthz, /metrics)
 """
 
@@ -40,7 +40,7 @@ class InterlockApp:
             except PathError as exc:
                 await self._refuse_path(scope, send, str(exc))
                 return
-            if path.startswith("/v1/") or path.startswith("/agents/"):
+            if path.startswith("/agents/") or self.runtime.router.relays(path):
                 relay = self.runtime.relay
                 if relay is not None:
                     await relay(scope, receive, send)
@@ -49,15 +49,15 @@ class InterlockApp:
 
     async def _refuse_path(self, scope: Scope, send: Send, why: str) -> None:
         """400 in the shape of the provider the client speaks; nothing is routed or forwarded."""
-        headers = dict(scope["headers"])
-        anthropic = b"anthropic-version" in headers or b"x-api-key" in headers
-        provider = self.runtime.router.generic(anthropic)
+        router = self.runtime.router
+        markers = [k for k, _ in scope["headers"] if k in router.markers]
+        provider = router.generic(scope.get("path", ""), markers)
         code = "interlock_invalid_path"
         message = f"Interlock: refused the request path: {why}; nothing was sent upstream."
         body = provider.error_body(400, code, code, message)
-        await send({"type": "http.response.start", "status": 400,
+        await send({"type": "http.response.start", "status": provider.error_status(400),
                     "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-                                (b"x-should-retry", b"false")]})
+                                (b"x-should-retry", b"false"), *provider.error_headers(400, code, code)]})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

@@ -92,7 +92,7 @@ class Chunk:
 class Call:
     id: str
     started_at: float  # epoch seconds
-    provider: str  # openai | anthropic | generic
+    provider: str  # its gen_ai.provider.name: openai, anthropic, gcp.gemini, azure.ai.openai, aws.bedrock...
     operation: str  # chat | responses | messages | count_tokens | embeddings | other
     upstream: str  # configured upstream name
     method: str

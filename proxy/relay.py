@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from functools import partial
 from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -32,11 +33,11 @@ from proxy.call import Call, Chunk, new_id
 from proxy.forward import Forwarder, UpstreamError, UpstreamResponse
 from proxy.guards.base import Verdict
 from proxy.providers import Route, Router
-from proxy.providers.base import Provider, StreamParser, usage_in_tail
+from proxy.providers.base import Provider, Splitter, StreamParser, usage_in_tail
 from proxy.redact import api_key_hash, redact_text
 from proxy.server import DISCONNECT_HOOK
 from proxy.settings import Settings
-from proxy.sse import Event, SSESplitter
+from proxy.sse import Event
 
 log = logging.getLogger("interlock.relay")
 
@@ -64,7 +65,7 @@ class GuardHooks(Protocol):
 
 
 class TokenCounting(Protocol):
-    def count_call(self, call: Call) -> int: ...
+    def count_call(self, call: Call, factor: float | None = None) -> int: ...
 
 
 class RunResolving(Protocol):
@@ -156,10 +157,13 @@ class Relay:
             name, _, tail = path[8:].partition("/")
             agent, source, path = name, "path", "/" + tail  # already decoded, once (proxy/paths.py)
             forward = "/" + (forward.split("/", 3)[3:] or [""])[0]  # the same segments, as received
-        call = Call(new_id(), time.time(), "openai", "other", "openai", scope["method"], path,
+        call = Call(new_id(), time.time(), "", "other", "", scope["method"], path,  # provider: once routed
                     agent=agent, agent_source=source)
         headers: list[tuple[bytes, bytes]] = []
-        anthropic = False
+        router = self.router
+        key_headers, marker_headers = router.key_headers, router.markers
+        keys: list[tuple[bytes, str]] = []  # API-key headers (and query parameters): hashed once routed
+        markers: list[bytes] = []
         named: bytes = b""  # the Connection header's value: more hop-by-hop names
         for k, v in scope["headers"]:
             if k.startswith(b"x-interlock-"):
@@ -169,22 +173,29 @@ class Relay:
                 if k == b"connection":
                     named += b"," + v
                 continue
-            if k == b"authorization" or k == b"x-api-key":
-                call.api_key_hash = api_key_hash(v.decode("latin-1"))
-                anthropic = anthropic or k == b"x-api-key"
-            elif k == b"anthropic-version":
-                anthropic = True
+            if k in key_headers:
+                keys.append((k, v.decode("latin-1")))
+            if k in marker_headers:
+                markers.append(k)
             elif k == b"traceparent":
                 call.traceparent = v.decode("latin-1")
             headers.append((k, v))
         if named:
             headers = _without_named(headers, named)
         headers.append((b"accept-encoding", b"identity"))
+        call_route = router.route(path, markers)
+        spec = call_route.spec
         query = scope.get("query_string")
         if query:
             forward += "?" + query.decode("latin-1")
-        call_route = self.router.route(path, anthropic)
-        call.provider = call_route.provider.name
+            if spec.key_query:
+                keys.extend(_query_keys(query, spec.key_query))
+        if keys:
+            wanted = spec.key_names
+            key = spec.api_key([kv for kv in keys if kv[0] in wanted])
+            if key:
+                call.api_key_hash = api_key_hash(key)
+        call.provider, call.upstream = spec.system, spec.name  # the upstream until a model glob says otherwise
         call.operation = call_route.operation
         return call, call_route, headers, forward
 
@@ -214,8 +225,18 @@ class Relay:
         elif route.json_body:
             await self._bad_json(call, provider, state, "the body must be a JSON object")
             return
-        call.upstream, spec = self.router.upstream_for(call.provider, call.model_requested)
-        self._count(call)
+        if route.model is not None:
+            call.model_requested = route.model  # the path names what the upstream serves
+        if route.stream:
+            call.stream = True
+        call.upstream, spec = self.router.upstream_for(route.spec, call.model_requested)
+        if spec is None:
+            await self._refuse_plain(call, state, provider, 502, "interlock_upstream_error", "upstream_not_configured",
+                                     f"Interlock: no upstream is configured for provider '{route.spec.name}'; set "
+                                     f"INTERLOCK_UPSTREAM_{route.spec.name.upper()}. Nothing was sent upstream.",
+                                     "unreachable")
+            return
+        self._count(call, route.spec.token_factor)
         if self.runs is not None and route.json_body:
             if call.agent is None:
                 call.agent, call.agent_source = self.runs.resolve_agent(call), "inferred"
@@ -231,13 +252,16 @@ class Relay:
         upstream_body = provider.upstream_body(call, parsed, body) if isinstance(parsed, dict) else body
         await self._forward(call, provider, state, spec.url + target, headers, upstream_body)
 
-    def _count(self, call: Call) -> None:
+    def _count(self, call: Call, factor: float | None) -> None:
         if self.tokens is None or not call.messages and call.system is None:
             return
         try:
-            call.input_tokens_counted = self.tokens.count_call(call)
+            call.input_tokens_counted = self.tokens.count_call(call, factor)
         except Exception:
             log.exception("token counting failed")
+            return
+        if factor is not None:
+            call.flags.append("input_tokens_estimated")
 
     async def _forward(self, call: Call, provider: Provider, state: _Exchange, url: str,
                        headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -250,7 +274,7 @@ class Relay:
         clean = False
         try:
             call.status = resp.status
-            if _is_sse(resp.headers):
+            if provider.is_stream(_content_type(resp.headers)):
                 clean = await self._relay_stream(call, provider, state, resp)
             else:
                 clean = await self._relay_body(call, provider, state, resp)
@@ -328,7 +352,7 @@ class Relay:
         await state.start(resp.status, _down_headers(resp))
         parser = state.parser = provider.stream_parser(call)
         parser.text_limit = self.settings.stream_text_max_chars
-        splitter = SSESplitter(self.settings.response_parse_max_bytes)
+        splitter = provider.splitter(self.settings.response_parse_max_bytes)
         filtering = provider.needs_filter(call)
         guards = state.guards
         call.outcome = "ok" if resp.status < 400 else "upstream_error"
@@ -374,7 +398,7 @@ class Relay:
 
     async def _on_events(self, call: Call, provider: Provider, state: _Exchange, events: list[Event],
                          filtering: bool) -> bool:
-        """Relay (when filtering), parse and guard the events `SSESplitter.close` gave (the same as
+        """Relay (when filtering), parse and guard the events the splitter's `close` gave (the same as
         the loop in `_relay_stream`, kept inline there: it runs per read); False once a guard cut the stream."""
         if filtering:
             out = b"".join(b for b in (provider.filter_event(call, e) for e in events) if b)
@@ -396,7 +420,7 @@ class Relay:
         return True
 
     @staticmethod
-    def _stream_flags(call: Call, parser: StreamParser, splitter: SSESplitter) -> None:
+    def _stream_flags(call: Call, parser: StreamParser, splitter: Splitter) -> None:
         if parser.capped:
             call.flags.append("completion_capped")
         if splitter.oversized:
@@ -415,7 +439,7 @@ class Relay:
         call.error = verdict.reason
         await self._send_error(state, provider, verdict.status, verdict.code, verdict.code, verdict.reason,
                                verdict.refusal_headers())
-        call.status = verdict.status
+        call.status = provider.error_status(verdict.status)
 
     async def _bad_json(self, call: Call, provider: Provider, state: _Exchange, why: str) -> None:
         await self._refuse_plain(call, state, provider, 400, "invalid_request_error", "interlock_invalid_json",
@@ -424,7 +448,7 @@ class Relay:
 
     async def _refuse_plain(self, call: Call, state: _Exchange, provider: Provider, status: int, etype: str,
                             code: str, message: str, outcome: str) -> None:
-        call.outcome, call.status, call.error = outcome, status, message
+        call.outcome, call.status, call.error = outcome, provider.error_status(status), message
         await self._send_error(state, provider, status, etype, code, message)
 
     async def _upstream_failed(self, call: Call, provider: Provider, state: _Exchange, exc: UpstreamError) -> None:
@@ -435,7 +459,7 @@ class Relay:
         where = f"upstream '{call.upstream}' ({spec.url if spec else '?'})"
         verb = "timed out waiting for" if timeout else "could not reach"
         call.error = f"Interlock {verb} {where}: {exc}"
-        call.status = status
+        call.status = provider.error_status(status)
         log.warning("%s (call %s, answered %d)", call.error, call.id, status)
         if state.started:
             call.outcome = "upstream_cut"
@@ -448,8 +472,9 @@ class Relay:
     async def _send_error(self, state: _Exchange, provider: Provider, status: int, etype: str,
                           code: str | None, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         body = provider.error_body(status, etype, code, message)
-        await state.start(status, [(b"content-type", b"application/json"),
-                                   (b"content-length", str(len(body)).encode()), *(extra or ())])
+        await state.start(provider.error_status(status), [(b"content-type", b"application/json"),
+                                   (b"content-length", str(len(body)).encode()),
+                                   *provider.error_headers(status, etype, code), *(extra or ())])
         await state.body(body, more=False)
 
     def _capture(self, call: Call, data: bytes) -> None:
@@ -662,8 +687,13 @@ def _without_named(headers: list[tuple[bytes, bytes]], connection: bytes) -> lis
     return [(k, v) for k, v in headers if k.lower() not in names]
 
 
-def _is_sse(headers: list[tuple[bytes, bytes]]) -> bool:
+def _content_type(headers: list[tuple[bytes, bytes]]) -> bytes:
     for k, v in headers:
         if k.lower() == b"content-type":
-            return v.startswith(b"text/event-stream")
-    return False
+            return v
+    return b""
+
+
+def _query_keys(query: bytes, names: tuple[str, ...]) -> list[tuple[bytes, str]]:
+    """(name, value) of the query parameters that hold an API key (`?key=` for Gemini)."""
+    return [(k.encode(), v) for k, v in parse_qsl(query.decode("latin-1")) if k in names]

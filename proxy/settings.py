@@ -26,7 +26,7 @@ class UpstreamSpec(BaseModel):
     """A named upstream: an origin (scheme, host, port, optional path prefix)."""
 
     url: str
-    provider: Literal["openai", "anthropic"] = "openai"
+    provider: str = "openai"  # a provider name (proxy/providers/: openai, anthropic, gemini, azure...)
     models: list[str] = Field(default_factory=list)  # globs routed here by model name
 
     @field_validator("url")
@@ -39,6 +39,29 @@ class UpstreamSpec(BaseModel):
 
 class SettingsError(ValueError):
     """A setting has a value Interlock cannot use; the message names both."""
+
+
+_UPSTREAM = "upstream_"
+
+
+def _provider_upstream(key: str, fields: Any) -> str | None:
+    """`upstream_gemini` -> `gemini` for a key that is not a setting of its own (upstream_client)."""
+    key = key.lower()
+    if key.startswith(_UPSTREAM) and key not in fields and len(key) > len(_UPSTREAM):
+        return key[len(_UPSTREAM) :]
+    return None
+
+
+class _UpstreamEnvSource(PydanticBaseSettingsSource):
+    """`INTERLOCK_UPSTREAM_<NAME>` for any provider: the provider registry decides which names exist."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found = {name: v for k, v in os.environ.items()
+                 if k.upper().startswith("INTERLOCK_") and (name := _provider_upstream(k[10:], self.settings_cls.model_fields))}
+        return {"provider_upstreams": found} if found else {}
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -55,7 +78,12 @@ class _YamlSource(PydanticBaseSettingsSource):
         return self._data.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+        fields = self.settings_cls.model_fields
+        out = {k: v for k, v in self._data.items() if k in fields}
+        extra = {name: v for k, v in self._data.items() if (name := _provider_upstream(str(k), fields))}
+        if extra:
+            out["provider_upstreams"] = {**extra, **(out.get("provider_upstreams") or {})}
+        return out
 
 
 class Settings(BaseSettings):
@@ -68,6 +96,8 @@ class Settings(BaseSettings):
     upstream_openai: str = "https://api.openai.com"
     upstream_anthropic: str = "https://api.anthropic.com"
     upstreams: dict[str, UpstreamSpec] = Field(default_factory=dict)
+    # upstream_<name> / INTERLOCK_UPSTREAM_<NAME> for the other providers (gemini, azure, bedrock...)
+    provider_upstreams: dict[str, str] = Field(default_factory=dict)
     admin_token: str | None = None
     # Who may read /metrics without the admin token: everyone, loopback clients (a local
     # Prometheus), or nobody (then it is guarded like /api).
@@ -135,6 +165,27 @@ class Settings(BaseSettings):
             raise ValueError(f"must start with http:// or https://, got {v!r}")
         return v.rstrip("/")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _upstream_kwargs(cls, data: Any) -> Any:
+        """`upstream_gemini=...` given as a keyword: wins over the environment and the file."""
+        if not isinstance(data, dict):
+            return data
+        extra = {name: data[k] for k in list(data) if (name := _provider_upstream(str(k), cls.model_fields))}
+        if not extra:
+            return data
+        return {**data, "provider_upstreams": {**(data.get("provider_upstreams") or {}), **extra}}
+
+    @field_validator("provider_upstreams")
+    @classmethod
+    def _urls(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = {k: u for k, u in v.items() if not str(u).startswith(("http://", "https://"))}
+        if bad:
+            name, url = next(iter(bad.items()))
+            raise ValueError(f"setting upstream_{name} (INTERLOCK_UPSTREAM_{name.upper()}) must start with "
+                             f"http:// or https://, got {mask_url(str(url))!r}")
+        return {k.lower(): str(u).rstrip("/") for k, u in v.items()}
+
     @field_validator("metrics_public", mode="before")
     @classmethod
     def _yes_no(cls, v: Any) -> Any:
@@ -164,19 +215,20 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         path = Path(os.environ.get("INTERLOCK_CONFIG", "interlock.yaml"))
-        return (init_settings, env_settings, _YamlSource(settings_cls, path))
+        return (init_settings, env_settings, _UpstreamEnvSource(settings_cls), _YamlSource(settings_cls, path))
 
     @property
     def wal_path(self) -> Path:
         """Where the write-ahead log lives (`wal_dir`, else `<spool_dir>/wal`)."""
         return self.wal_dir if self.wal_dir is not None else self.spool_dir / "wal"
 
-    def all_upstreams(self) -> dict[str, UpstreamSpec]:
-        """Named upstreams, always including `openai` and `anthropic`."""
-        base = {
-            "openai": UpstreamSpec(url=self.upstream_openai, provider="openai"),
-            "anthropic": UpstreamSpec(url=self.upstream_anthropic, provider="anthropic"),
-        }
+    def all_upstreams(self, defaults: dict[str, str] | None = None) -> dict[str, UpstreamSpec]:
+        """Named upstreams, always including one per provider: `defaults` ({provider: default
+        origin}, from the provider registry) overridden by upstream_<name> settings."""
+        urls = {"openai": self.upstream_openai, "anthropic": self.upstream_anthropic} if defaults is None else {
+            **defaults, "openai": self.upstream_openai, "anthropic": self.upstream_anthropic}
+        urls.update(self.provider_upstreams)
+        base = {name: UpstreamSpec(url=url, provider=name) for name, url in urls.items()}
         base.update(self.upstreams)
         return base
 
@@ -206,7 +258,7 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            if not err["loc"]:  # a rule between settings (model_validator): its message names them
+            if not err["loc"] or err["loc"][0] == "provider_upstreams":  # the message names them (values masked)
                 lines.append(err["msg"].removeprefix("Value error, "))
                 continue
             name = ".".join(str(p) for p in err["loc"]) or "?"

@@ -152,10 +152,13 @@ def _base_name(model: str) -> str:
     return name.removeprefix("ft:")
 
 
-def route(model: str | None, provider: str | None = None) -> Route:
-    """The Route for a model name; unknown OpenAI-compatible names count as o200k_base."""
+def route(model: str | None, factor: float | None = None) -> Route:
+    """The Route for a model name; unknown OpenAI-compatible names count as o200k_base.
+    `factor`: the provider's estimate (`ProviderSpec.token_factor`): o200k_base times it."""
     name = _base_name(model or "")
-    if provider == "anthropic" or "claude" in name:
+    if factor is not None and factor != ANTHROPIC_FACTOR:
+        return Route("o200k_base", factor)
+    if factor is not None or "claude" in name:
         return ANTHROPIC
     if name.startswith(_CL100K_PREFIXES) and not name.startswith(_O200K_GPT4_PREFIXES):
         return CL100K
@@ -305,9 +308,10 @@ class TokenCounter:
         r = route(model)
         return _scaled(self._count_all(r.encoding, [text]), r)
 
-    def count_call(self, call: Call) -> int:
-        """Input tokens of a request: messages, system, tool calls and definitions, images."""
-        r = route(call.model_requested, call.provider)
+    def count_call(self, call: Call, factor: float | None = None) -> int:
+        """Input tokens of a request: messages, system, tool calls and definitions, images.
+        `factor`: the provider's estimate factor (None: exact, by model name)."""
+        r = route(call.model_requested, factor)
         texts = _texts_of(call)
         n = REPLY_PRIMING + PER_MESSAGE * texts.framed
         n += self._count_history(r.encoding, texts.messages, texts.calls) + self._count_all(
@@ -317,7 +321,7 @@ class TokenCounter:
         # of the raw body for the one marker all image parts share costs microseconds.
         if call.request_bytes and b'"image' not in call.request_bytes:
             return _scaled(n, r)
-        return _scaled(n, r) + _image_tokens(call.request, r is ANTHROPIC)
+        return _scaled(n, r) + _image_tokens(call.request, r.estimated)
 
     def _count_history(self, encoding: str, messages: list[str], calls: list[str]) -> int:
         key = (encoding, _anchor(messages))

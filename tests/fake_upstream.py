@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import uvicorn
@@ -501,6 +501,19 @@ class AnthropicMessages:
         return _sse_event("error", {"type": "error", "error": {"type": "overloaded_error", "message": message}})
 
 
+class Wire(Protocol):
+    """Another provider's wire format, given by that provider's tests: `FakeUpstream(wire=...)`
+    renders the same provider-neutral `Reply` in it for the paths it `claims`."""
+
+    stream_type: bytes  # content type of a stream
+
+    def claims(self, path: str) -> bool: ...
+    def streams(self, path: str, req: Json) -> bool: ...
+    def body(self, path: str, ctx: Ctx) -> Json: ...
+    def events(self, path: str, ctx: Ctx) -> list[bytes]: ...
+    def error(self, status: int, message: str) -> tuple[bytes, list[tuple[bytes, bytes]]]: ...
+
+
 Format = type[OpenAIChat] | type[OpenAIResponses] | type[AnthropicMessages]
 STREAM_FORMATS: dict[str, Format] = {
     "/v1/chat/completions": OpenAIChat, "/v1/responses": OpenAIResponses, "/v1/messages": AnthropicMessages,
@@ -632,8 +645,9 @@ class FakeUpstream:
 
     def __init__(self, responder: Responder | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  latency: float = 0.0, chunk_delay: float = 0.0, record: bool = True,
-                 use_uvloop: bool = False) -> None:
+                 use_uvloop: bool = False, wire: Wire | None = None) -> None:
         self.responder = responder
+        self.wire = wire
         self.host, self.port = host, port
         self.latency, self.chunk_delay, self.record = latency, chunk_delay, record
         self.use_uvloop = use_uvloop
@@ -816,6 +830,12 @@ class FakeUpstream:
             return await ex.cut()
         if ex.over:
             return None
+        wire = self.wire if self.wire is not None and self.wire.claims(path) else None
+        if wire is not None and reply.body is None and reply.status >= 400:
+            body, extra = wire.error(reply.status, reply.error or f"fake upstream error {reply.status}")
+            headers = [*self._headers(ex, reply, b"application/json"), *extra]
+            await ex.start(reply.status, [*headers, (b"content-length", str(len(body)).encode())])
+            return await ex.write(body, more=False)
         if reply.body is not None or reply.status >= 400:
             message = reply.error or f"fake upstream error {reply.status}"
             body = reply.body or orjson.dumps(self._error_body(anthropic, reply.status, message, reply.error_type))
@@ -824,6 +844,8 @@ class FakeUpstream:
 
     async def _route(self, ex: _Exchange, reply: Reply, req: Json) -> None:
         path, method = ex.rec.path, ex.rec.method
+        if self.wire is not None and self.wire.claims(path):
+            return await self._wire(ex, self.wire, Ctx.build(req, reply, self._ids))
         fmt = STREAM_FORMATS.get(path)
         if fmt is not None and method == "POST":
             if fmt is OpenAIResponses and not self._known_previous(req):
@@ -893,6 +915,15 @@ class FakeUpstream:
         await ex.start(200, [*headers, (b"cache-control", b"no-cache")])
         delay = reply.chunk_delay if reply.chunk_delay is not None else self.chunk_delay
         await self._write_events(ex, reply, [e for e in events if e], delay)
+
+    async def _wire(self, ex: _Exchange, wire: Wire, ctx: Ctx) -> None:
+        reply, path = ctx.reply, ex.rec.path
+        stream = reply.stream if reply.stream is not None else wire.streams(path, ctx.req)
+        if not stream:
+            return await self._json(ex, reply, 200, wire.body(path, ctx))
+        await ex.start(200, self._headers(ex, reply, wire.stream_type))
+        delay = reply.chunk_delay if reply.chunk_delay is not None else self.chunk_delay
+        await self._write_events(ex, reply, [e for e in wire.events(path, ctx) if e], delay)
 
     async def _write_events(self, ex: _Exchange, reply: Reply, events: list[bytes], delay: float) -> None:
         assert self._gate is not None

@@ -137,5 +137,5 @@ def test_an_accepted_spelling_routes_like_its_canonical_form(raw: bytes) -> None
     path, forward = accepted_pair(raw)
     if path is not None and forward is not None:
         again = routed(forward.encode("ascii"))
-        assert router.route(path, False) == router.route(again, False)
-        assert router.route(path, False).operation == router.route(lenient(raw.decode("utf-8")), False).operation
+        assert router.route(path) == router.route(again)
+        assert router.route(path).operation == router.route(lenient(raw.decode("utf-8"))).operation

@@ -55,3 +55,28 @@ def test_content_kept_longer_than_its_records_is_refused_naming_both() -> None:
 def test_retention_values_out_of_range_are_refused_by_name(name: str, value: float) -> None:
     with pytest.raises(SettingsError, match=rf"{name} \(INTERLOCK_{name.upper()}\) has value {value}"):
         load_settings(**{name: value})
+
+
+def test_any_providers_upstream_is_read_from_env_file_and_keywords_in_that_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "interlock.yaml"
+    config.write_text("upstream_gemini: http://from-file:1\nupstream_azure: http://file-azure:2/\n")
+    monkeypatch.setenv("INTERLOCK_CONFIG", str(config))
+    monkeypatch.setenv("INTERLOCK_UPSTREAM_GEMINI", "http://from-env:3")
+
+    assert load_settings().provider_upstreams == {"gemini": "http://from-env:3", "azure": "http://file-azure:2"}
+    ups = load_settings(upstream_gemini="http://from-kwarg:4").all_upstreams({"bedrock": "https://bedrock.example"})
+    assert (ups["gemini"].url, ups["gemini"].provider) == ("http://from-kwarg:4", "gemini")
+    assert ups["bedrock"].url == "https://bedrock.example" and ups["openai"].url == "https://api.openai.com"
+
+
+def test_settings_that_start_with_upstream_are_not_providers() -> None:
+    settings = load_settings(upstream_client="aiohttp", upstream_max_connections=4)
+    assert settings.provider_upstreams == {} and settings.upstream_client == "aiohttp"
+
+
+def test_a_providers_upstream_that_is_not_a_url_is_refused_by_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERLOCK_UPSTREAM_GEMINI", "ftp://key:hunter2@gemini.example")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "INTERLOCK_UPSTREAM_GEMINI" in str(err.value) and "hunter2" not in str(err.value)

@@ -11,8 +11,9 @@ from typing import Any
 import orjson
 
 from proxy.call import Call, Chunk, Message, ToolCall
-from proxy.providers.base import Provider, StreamParser, as_int, loads, text_of
+from proxy.providers.base import Endpoint, Provider, ProviderSpec, StreamParser, as_int, loads, text_of
 from proxy.sse import Event
+from proxy.tokens import ANTHROPIC_FACTOR
 
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
@@ -186,3 +187,24 @@ class AnthropicGeneric(AnthropicMessages):
 
 def _str(v: Any) -> str | None:
     return v if isinstance(v, str) else None
+
+
+_GENERIC = AnthropicGeneric()
+
+PROVIDER = ProviderSpec(
+    name="anthropic",
+    system="anthropic",
+    default_upstream="https://api.anthropic.com",
+    endpoints=(
+        Endpoint("/v1/messages", "messages", AnthropicMessages()),
+        Endpoint("/v1/messages/count_tokens", "count_tokens", AnthropicCountTokens()),
+        Endpoint("/v1/models", "models", _GENERIC, json_body=False),
+        Endpoint("/v1/models/{model}", "models", _GENERIC, json_body=False),
+    ),
+    generic=_GENERIC,
+    prefixes=("/v1/",),
+    key_headers=(b"x-api-key", b"authorization"),
+    marker_headers=(b"anthropic-version", b"x-api-key"),
+    token_factor=ANTHROPIC_FACTOR,
+    order=20,
+)

@@ -12,13 +12,16 @@ on odd upstream payloads (a payload they cannot read is simply not metered).
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import orjson
 
 from proxy.call import Call, Chunk
-from proxy.sse import Event
+from proxy.sse import Event, SSESplitter
 
 DEFAULT_TEXT_LIMIT = 1024 * 1024
 
@@ -58,7 +61,18 @@ class StreamParser(ABC):
         return None
 
 
+class Splitter(Protocol):
+    """Cuts a stream's bytes into events (SSE by default; see `Provider.splitter`)."""
+
+    oversized: int
+
+    def feed(self, chunk: bytes) -> list[Event]: ...
+    def close(self) -> list[Event]: ...
+
+
 class Provider(ABC):
+    """One wire format (a provider module's `ProviderSpec` lists its adapters by path)."""
+
     name: str
 
     @abstractmethod
@@ -96,6 +110,101 @@ class Provider(ABC):
     @abstractmethod
     def error_event(self, etype: str, code: str | None, message: str) -> bytes:
         """The SSE bytes that end a stream with an error, in this provider's shape."""
+
+    def error_status(self, status: int) -> int:
+        """The HTTP status Interlock answers with for one of its own errors of `status` (a provider
+        whose SDK retries that status may answer a refusal, which retrying cannot fix, with another)."""
+        return status
+
+    def error_headers(self, status: int, etype: str, code: str | None) -> list[tuple[bytes, bytes]]:
+        """Headers an error response carries besides its content type (Bedrock: x-amzn-ErrorType)."""
+        return []
+
+    def is_stream(self, content_type: bytes) -> bool:
+        """True when an answer with this content type is an event stream to parse as it passes."""
+        return content_type.startswith(b"text/event-stream")
+
+    def splitter(self, max_event_bytes: int) -> Splitter:
+        """Cuts this provider's stream into events (Server-Sent Events unless overridden)."""
+        return SSESplitter(max_event_bytes)
+
+
+# ---------------------------------------------------------------- what a provider module declares
+
+_PARAM = re.compile(r"\{(\w+)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One request shape a provider claims.
+
+    `pattern` is a decoded path; `{name}` stands for one path segment's text (no `/`), e.g.
+    `/v1beta/models/{model}:generateContent`.  A `{model}` (or `{deployment}`) parameter names the
+    model when the body does not.  `stream`: the path itself asks for a stream (Gemini's
+    `:streamGenerateContent`, Bedrock's `/converse-stream`).
+    """
+
+    pattern: str
+    # Call.operation: `chat` for any model generation (guards and the graph act on chat, responses and
+    # messages), else count_tokens, embeddings, models or other
+    operation: str
+    adapter: Provider
+    json_body: bool = True
+    stream: bool = False
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return tuple(_PARAM.findall(self.pattern))
+
+    def regex(self) -> re.Pattern[str]:
+        out, at = [], 0
+        for m in _PARAM.finditer(self.pattern):
+            out.append(re.escape(self.pattern[at : m.start()]))
+            out.append(f"(?P<{m.group(1)}>[^/]+?)")
+            at = m.end()
+        out.append(re.escape(self.pattern[at:]))
+        return re.compile("".join(out) + r"\Z")
+
+
+def first_value(values: Sequence[tuple[bytes, str]]) -> str | None:
+    """The default API key: the first key header's (or query parameter's) value."""
+    return values[0][1] if values else None
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    """Everything Interlock needs to know about a provider; one per module, named `PROVIDER`.
+
+    The registry (proxy/providers/registry.py) finds these; the router, relay, settings and token
+    counter ask it instead of naming providers.
+    """
+
+    name: str  # upstream name and setting: INTERLOCK_UPSTREAM_<NAME>
+    system: str  # GenAI semantic-convention `gen_ai.provider.name` (recorded as Call.provider)
+    default_upstream: str | None  # origin unless INTERLOCK_UPSTREAM_<NAME> says otherwise (None: must be set)
+    endpoints: tuple[Endpoint, ...]
+    generic: Provider  # any other path under `prefixes`: forwarded as-is, refused in this shape
+    prefixes: tuple[str, ...]  # request paths starting with these are this provider's (and relayed)
+    key_headers: tuple[bytes, ...] = ()  # lower-case headers holding the API key (hashed, never stored)
+    key_query: tuple[str, ...] = ()  # query parameters holding the API key (hashed, never recorded)
+    # headers that mark a request on a shared prefix as this provider's (Anthropic on /v1/*)
+    marker_headers: tuple[bytes, ...] = ()
+    # None: counted exactly with tiktoken by model name; a number: o200k_base tokens times it, an
+    # estimate (the call is flagged `input_tokens_estimated`)
+    token_factor: float | None = None
+    # the key to hash from the key headers / query values found, as (name, value) pairs
+    api_key: Callable[[Sequence[tuple[bytes, str]]], str | None] = field(default=first_value)
+    order: int = 100  # lower first where two providers share a prefix without markers
+    key_names: frozenset[bytes] = field(init=False)  # key headers and query parameters, as bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_names", frozenset(self.key_headers) | {q.encode() for q in self.key_query})
+
+
+def stream_error_status(etype: str) -> int:
+    """The HTTP status a stream-ending error stands for, for providers whose error events carry one:
+    Interlock's own failures and the upstream's are 502; a guard's cut (budget, loop) is 429."""
+    return 502 if etype.startswith(("interlock_upstream", "interlock_internal")) else 429
 
 
 def loads(raw: bytes) -> Any:

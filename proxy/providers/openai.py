@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from proxy.call import Call, Chunk, Message, ToolCall
-from proxy.providers.base import Provider, StreamParser, as_int, loads, text_of
+from proxy.providers.base import Endpoint, Provider, ProviderSpec, StreamParser, as_int, loads, text_of
 from proxy.sse import Event
 
 _FINISH = {"max_output_tokens": "length", "content_filter": "content_filter"}
@@ -111,8 +111,9 @@ class OpenAIChat(_OpenAIErrors, Provider):
     def filter_event(self, call: Call, event: Event) -> bytes | None:
         if b'"usage":' not in event.raw:
             return event.raw
-        if b'"choices":[]' in event.data or b'"choices": []' in event.data:
-            return None  # the usage-only chunk this client never asked for
+        if (b'"choices":[]' in event.data or b'"choices": []' in event.data) and b'"usage":null' not in event.data \
+                and b'"usage": null' not in event.data:
+            return None  # the usage-only chunk this client never asked for (not Azure's prompt-filter chunk)
         return event.raw.replace(b',"usage":null', b"").replace(b', "usage": null', b"")
 
     def parse_body(self, call: Call, body: bytes) -> None:
@@ -336,3 +337,23 @@ class OpenAIGeneric(_OpenAIErrors, Provider):
 
 def _str(v: Any) -> str | None:
     return v if isinstance(v, str) else None
+
+
+_GENERIC = OpenAIGeneric()
+
+PROVIDER = ProviderSpec(
+    name="openai",
+    system="openai",
+    default_upstream="https://api.openai.com",
+    endpoints=(
+        Endpoint("/v1/chat/completions", "chat", OpenAIChat()),
+        Endpoint("/v1/responses", "responses", OpenAIResponses()),
+        Endpoint("/v1/embeddings", "embeddings", _GENERIC, json_body=False),
+        Endpoint("/v1/models", "models", _GENERIC, json_body=False),
+        Endpoint("/v1/models/{model}", "models", _GENERIC, json_body=False),
+    ),
+    generic=_GENERIC,
+    prefixes=("/v1/",),
+    key_headers=(b"authorization",),
+    order=10,
+)
