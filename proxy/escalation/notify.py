@@ -33,7 +33,7 @@ import orjson
 
 from proxy.call import new_id
 from proxy.escalation.model import Alert, Attempt, Delivery
-from proxy.rules import RouteSpec, parse_duration
+from proxy.rulemodels import RouteSpec, parse_duration
 
 log = logging.getLogger("interlock.alerts")
 

@@ -35,7 +35,8 @@ from proxy.escalation.notify import EventSink, Notifier, otel_events
 from proxy.escalation.store import EscalationStore, SqlEscalationStore
 from proxy.escalation.tracker import EscalationTracker
 from proxy.failures import FailureLog
-from proxy.rules import EscalationRule, RouteSpec, RuleSet
+from proxy.rulemodels import EscalationRule, RouteSpec
+from proxy.rules import RuleSet
 from proxy.store.rows import Record
 
 log = logging.getLogger("interlock.escalations")

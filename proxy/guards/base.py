@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from proxy.call import Call, Chunk
 from proxy.lru import drop_oldest
+from proxy.rulemodels import RuleBase
 
 if TYPE_CHECKING:
     from proxy.catalog import Catalog
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from proxy.guards.facts import FactsCache
     from proxy.guards.handoffs import HandoffSource
     from proxy.pricing import PriceTable
-    from proxy.rules import RuleBase
 
 Action = Literal["allow", "flag", "deny", "escalate"]
 

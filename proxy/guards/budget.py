@@ -38,10 +38,10 @@ from proxy.guards.base import (
 from proxy.guards.counters import BUCKETS, Adjustment, Ask, CounterStore
 from proxy.guards.scopes import describe_scope, scope_getter, scope_value
 from proxy.lru import drop_oldest
+from proxy.rulemodels import BudgetRule
 
 if TYPE_CHECKING:
     from proxy.pricing import Price
-    from proxy.rules import BudgetRule
 
 CODE = "interlock_budget_exceeded"
 MICRO = 1_000_000
