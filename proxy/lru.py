@@ -4,6 +4,10 @@
 worked again: the token counter's histories (proxy/tokens.py), the guards' fingerprints
 (proxy/guards/facts.py) and the graph's hash chains (proxy/graph/threads.py).  Pure memory,
 no I/O, never raises, not thread-safe (one event loop).
+
+`CallSlots`, a guard's per-call state keyed by call id, FIFO-bounded with `drop_oldest`, lives
+here rather than in guards/base.py so that guards/handoffs.py (which GuardDeps names) does not
+import the module that names it.
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ import itertools
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
+from proxy.call import Call
+
 K = TypeVar("K")
 V = TypeVar("V")
+T = TypeVar("T")
 
 
 class CharLRU(Generic[K, V]):
@@ -101,3 +108,32 @@ class Generations(Generic[K, V]):
         if self._weight >= self._cap:
             self._old, self._young, self._weight = self._young, {}, 0
         return value
+
+
+class CallSlots(Generic[T]):
+    """Per-call state of one guard, keyed by call id, bounded so a call whose `on_response`
+    never comes cannot leak memory (at `cap`, the oldest eighth of the entries is dropped)."""
+
+    __slots__ = ("_cap", "_items")
+
+    def __init__(self, cap: int = 100_000) -> None:
+        self._cap = cap
+        self._items: dict[str, T] = {}
+
+    def put(self, call: Call, value: T) -> None:
+        items = self._items
+        if len(items) >= self._cap:
+            drop_oldest(items)
+        items[call.id] = value
+
+    def get(self, call: Call) -> T | None:
+        return self._items.get(call.id)
+
+    def __contains__(self, call_id: str) -> bool:
+        return call_id in self._items
+
+    def pop(self, call: Call) -> T | None:
+        return self._items.pop(call.id, None)
+
+    def __len__(self) -> int:
+        return len(self._items)

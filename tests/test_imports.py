@@ -148,7 +148,6 @@ def test_proxy_imports_have_no_circles() -> None:
     assert not found, _report(found)
 
 
-@pytest.mark.xfail(strict=True, reason="runtime ⇄ telemetry, escalation service ⇄ metrics, guards base ⇄ handoffs: next commits")
 def test_proxy_imports_have_no_circles_even_through_type_checking_imports() -> None:
     found = cycles(import_graph(PROXY, type_only=True))
     assert not found, _report(found)
@@ -208,3 +207,15 @@ def test_the_graph_of_proxy_is_read(type_only: bool) -> None:
     graph = import_graph(PROXY, type_only=type_only)
     assert "proxy.guards" in graph["proxy.rules"]
     assert "proxy.rulemodels" in graph["proxy.guards.budget"]
+
+
+# The server is an entry point: the app side reads its scope extensions from proxy/extensions.py.
+SERVER_USERS = {"proxy.cli", "proxy.serving"}
+# proxy/relay.py belongs to the providers work of issue 17; its one import line moves to
+# proxy.extensions when that work merges, and this exception goes with it.
+PENDING_SERVER_USERS = {"proxy.relay"}
+
+
+def test_only_the_entry_points_import_the_server() -> None:
+    users = {name for name, targets in import_graph(PROXY).items() if "proxy.server" in targets}
+    assert users - PENDING_SERVER_USERS <= SERVER_USERS, sorted(users - SERVER_USERS)

@@ -23,6 +23,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.metrics import Meter
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from proxy.call import Call
 from proxy.cascade import CascadeTracker, Taint, TaintBook, mark_of, taint_update
 from proxy.escalation import alerts
@@ -30,11 +33,13 @@ from proxy.escalation.alerts import AlertRouter, AlertStats
 from proxy.escalation.detect import Detection, Detector, answered_tool_calls, human_input
 from proxy.escalation.health import route_health
 from proxy.escalation.holds import HoldBook
+from proxy.escalation.metrics import register
 from proxy.escalation.model import ESCALATION_ALERTS, Delivery, Escalation
 from proxy.escalation.notify import EventSink, Notifier, otel_events
 from proxy.escalation.store import EscalationStore, SqlEscalationStore
 from proxy.escalation.tracker import EscalationTracker
 from proxy.failures import FailureLog
+from proxy.guards.counters import CounterStore
 from proxy.rulemodels import EscalationRule, RouteSpec
 from proxy.rules import RuleSet
 from proxy.store.rows import Record
@@ -104,22 +109,17 @@ class Escalations:
         self._by_name = _RuleIndex(None, {}, {})
         self._task: asyncio.Task[None] | None = None
         if meter is not None:
-            from proxy.escalation.metrics import register
-
             register(meter, self)
 
     @classmethod
-    def from_runtime(cls, runtime: Any, **kwargs: Any) -> Escalations:
-        """Built in Runtime.start() after the engine, the writer, the counters and the rules."""
-        events, provider = otel_events(runtime.settings.otlp_endpoint)
-        metrics = getattr(runtime, "metrics", None)
-        meter = metrics.provider.get_meter("interlock.escalations") if metrics is not None else None
-
-        def ruleset() -> RuleSet:
-            return runtime.rules.rules if runtime.rules is not None else RuleSet()
-
+    def connect(cls, engine: AsyncEngine, counters: CounterStore, rules: Callable[[], RuleSet],
+                submit: Callable[[Record], None], *, otlp_endpoint: str | None, meter: Meter | None,
+                **kwargs: Any) -> Escalations:
+        """The service on the SQL store, alert events exported to `otlp_endpoint` when set.
+        Built in Runtime.start() after the engine, the writer, the counters and the rules."""
+        events, provider = otel_events(otlp_endpoint)
         closers = (provider,) if provider is not None else ()
-        return cls(SqlEscalationStore(runtime.engine), runtime.counters, ruleset, runtime.writer.submit,
+        return cls(SqlEscalationStore(engine), counters, rules, submit,
                    events=events, meter=meter, closers=closers, **kwargs)
 
     # ------------------------------------------------------------------ rules

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from proxy.call import Call
 from proxy.cascade import Hit, Taint, TaintBook, fault_kinds, mark_of
-from proxy.guards.base import ALLOW, CallSlots, GuardDeps, Matcher, RuleGuard, Verdict
+from proxy.guards.base import ALLOW, GuardDeps, Matcher, RuleGuard, Verdict
+from proxy.lru import CallSlots
 from proxy.rulemodels import CascadeRule
 
 CODE = "interlock_quarantined"

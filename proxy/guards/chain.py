@@ -30,13 +30,13 @@ from proxy.guards.base import (
     GENERATIVE,
     SEVERITY,
     Batch,
-    CallSlots,
     Guard,
     RuleGuard,
     Verdict,
     overrides,
     worst,
 )
+from proxy.lru import CallSlots
 
 log = logging.getLogger("interlock.guards")
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from proxy.call import Call
-from proxy.guards.base import CallSlots
 from proxy.guards.counters import CounterStore
 from proxy.guards.facts import FactsCache, Sketch, decode_sketch
+from proxy.lru import CallSlots
 
 TRUNCATED = frozenset({"length", "max_tokens", "max_output_tokens"})
 _UNKNOWN: Any = object()
