@@ -26,6 +26,7 @@ from typing import Any
 from opentelemetry.metrics import Meter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from proxy.backoff import Backoff
 from proxy.call import Call
 from proxy.cascade import CascadeTracker, Taint, TaintBook, mark_of, taint_update
 from proxy.escalation import alerts
@@ -99,7 +100,7 @@ class Escalations:
         self.taints = TaintBook(counters)
         self.queue: asyncio.Queue[_Work | None] = asyncio.Queue(queue_size)
         self.dropped = 0
-        self.retries, self.retry_backoff_s = 4, 0.5
+        self.retries, self.retry_backoff = 4, Backoff(0.5)
         # Database down: every call's escalation step fails; logged once, then at a backoff.
         self._step_failures = FailureLog(log, "escalation step (database)", traceback=False,
                                          hint="retried per call; the escalation queue absorbs the wait")
@@ -247,7 +248,7 @@ class Escalations:
                     raise
                 log.debug("escalation step for call %s failed; retrying", call_id, exc_info=True)
                 self._step_failures.failed(exc)
-                await asyncio.sleep(self.retry_backoff_s * 2**attempt)
+                await asyncio.sleep(self.retry_backoff.delay(attempt + 1))
             else:
                 self._step_failures.succeeded()
                 return
