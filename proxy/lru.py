@@ -1,4 +1,16 @@
-"""Bounded caches for values that are costly to recompute.
+"""Bounded caches: the one module where the process keeps anything it must forget again.
+
+    LRU          count-bounded, least recently used first, optionally also past an age (`stale`):
+                 the lineage index (proxy/graph/index.py), the run and agent aggregates
+                 (proxy/aggregates.py), the trace buffer (proxy/tracing.py)
+    CharLRU      an LRU bounded by the characters its values hold (texts across calls)
+    Generations  two generations of plain dicts approximating LRU at one lookup per hit
+    drop_oldest  FIFO eviction in batches for plain dicts at a cap; CallSlots, a guard's
+                 per-call state built on it
+
+Which one: LRU when an entry's last use decides (and evicted entries need bookkeeping);
+Generations when the hit path must be a bare dict lookup; drop_oldest/CallSlots when entries
+live for one call and age is all that matters.
 
 `CharLRU`, a least-recently-used map bounded by the characters its values hold, is used by the caches that keep message texts across calls so a resent conversation is not
 worked again: the token counter's histories (proxy/tokens.py), the guards' fingerprints
@@ -14,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from proxy.call import Call
@@ -21,6 +34,33 @@ from proxy.call import Call
 K = TypeVar("K")
 V = TypeVar("V")
 T = TypeVar("T")
+
+
+class LRU(OrderedDict[K, V]):
+    """An insertion-ordered map where use moves an entry to the young end.  Plain dict reads
+    (`get`, `in`, `[]`) do not refresh: `touch` and `put` do, so the owner decides what counts
+    as a use.  `evict` is called by the owner after it adds (so a batch can exceed `cap` briefly)."""
+
+    def touch(self, key: K, make: Callable[[], V]) -> V:
+        """The entry for `key`, refreshed; made with `make()` when absent."""
+        value = self.get(key)
+        if value is None:
+            value = self[key] = make()
+        else:
+            self.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self[key] = value
+        self.move_to_end(key)
+
+    def evict(self, cap: int, stale: Callable[[V], bool] | None = None) -> list[tuple[K, V]]:
+        """Drop the least recently used entries while more than `cap` are held or the oldest is
+        `stale`; the dropped entries, oldest first (for the owner's own bookkeeping)."""
+        dropped = []
+        while self and (len(self) > cap or (stale is not None and stale(next(iter(self.values()))))):
+            dropped.append(self.popitem(last=False))
+        return dropped
 
 
 class CharLRU(Generic[K, V]):
