@@ -5,6 +5,8 @@
                  (proxy/aggregates.py), the trace buffer (proxy/tracing.py)
     CharLRU      an LRU bounded by the characters its values hold (texts across calls)
     Generations  two generations of plain dicts approximating LRU at one lookup per hit
+    Memo         a pure lookup's answers, emptied when full: model catalog and prices, the
+                 guard chain's rule matches, agent fingerprints, decoded taint marks and handoffs
     drop_oldest  FIFO eviction in batches for plain dicts at a cap; CallSlots, a guard's
                  per-call state built on it
 
@@ -34,6 +36,23 @@ from proxy.call import Call
 K = TypeVar("K")
 V = TypeVar("V")
 T = TypeVar("T")
+
+
+class Memo(dict[K, V]):
+    """Answers of a pure lookup by key, emptied at once when `cap` are held: the hot ones come
+    straight back, and a hit is a bare dict read (`get`, `in`).  None is a value like any other."""
+
+    __slots__ = ("cap",)
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+
+    def keep(self, key: K, value: V) -> V:
+        if len(self) >= self.cap:
+            self.clear()
+        self[key] = value
+        return value
 
 
 class LRU(OrderedDict[K, V]):

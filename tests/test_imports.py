@@ -36,18 +36,18 @@ def _type_checking(node: ast.If) -> bool:
     )
 
 
-def _import_nodes(node: ast.AST, *, type_only: bool) -> Iterator[ast.Import | ast.ImportFrom]:
+def _import_nodes(node: ast.AST, *, with_type_checking: bool) -> Iterator[ast.Import | ast.ImportFrom]:
     for child in ast.iter_child_nodes(node):
-        if isinstance(child, ast.If) and _type_checking(child) and not type_only:
+        if isinstance(child, ast.If) and _type_checking(child) and not with_type_checking:
             for stmt in child.orelse:
-                yield from _import_nodes(ast.Module(body=[stmt], type_ignores=[]), type_only=type_only)
+                yield from _import_nodes(ast.Module(body=[stmt], type_ignores=[]), with_type_checking=with_type_checking)
             continue
         if isinstance(child, ast.Import | ast.ImportFrom):
             yield child
-        yield from _import_nodes(child, type_only=type_only)
+        yield from _import_nodes(child, with_type_checking=with_type_checking)
 
 
-def import_graph(package: Path, *, type_only: bool = False) -> dict[str, set[str]]:
+def import_graph(package: Path, *, with_type_checking: bool = False) -> dict[str, set[str]]:
     """Module → the modules of the package it imports.  `from x import y` imports x.y when that
     is a module, else x; a name that is not a module counts as its nearest enclosing one."""
     modules = module_files(package)
@@ -73,7 +73,7 @@ def import_graph(package: Path, *, type_only: bool = False) -> dict[str, set[str
     for name, path in modules.items():
         pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        found = {t for node in _import_nodes(tree, type_only=type_only) for t in targets(node, pkg)}
+        found = {t for node in _import_nodes(tree, with_type_checking=with_type_checking) for t in targets(node, pkg)}
         graph[name] = found - {name, ""}
     return graph
 
@@ -149,7 +149,7 @@ def test_proxy_imports_have_no_circles() -> None:
 
 
 def test_proxy_imports_have_no_circles_even_through_type_checking_imports() -> None:
-    found = cycles(import_graph(PROXY, type_only=True))
+    found = cycles(import_graph(PROXY, with_type_checking=True))
     assert not found, _report(found)
 
 
@@ -186,7 +186,7 @@ def test_a_circle_kept_alive_by_type_checking_is_found_only_when_asked(tmp_path:
         },
     )
     assert cycles(import_graph(root)) == []
-    assert cycles(import_graph(root, type_only=True)) == [["pkg.loader", "pkg.models", "pkg.loader"]]
+    assert cycles(import_graph(root, with_type_checking=True)) == [["pkg.loader", "pkg.models", "pkg.loader"]]
 
 
 def test_a_tree_of_layers_has_no_circle(tmp_path: Path) -> None:
@@ -202,9 +202,9 @@ def test_a_tree_of_layers_has_no_circle(tmp_path: Path) -> None:
     assert cycles(import_graph(root)) == []
 
 
-@pytest.mark.parametrize("type_only", [False, True])
-def test_the_graph_of_proxy_is_read(type_only: bool) -> None:
-    graph = import_graph(PROXY, type_only=type_only)
+@pytest.mark.parametrize("with_type_checking", [False, True])
+def test_the_graph_of_proxy_is_read(with_type_checking: bool) -> None:
+    graph = import_graph(PROXY, with_type_checking=with_type_checking)
     assert "proxy.guards" in graph["proxy.rules"]
     assert "proxy.rulemodels" in graph["proxy.guards.budget"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.lru import LRU, CharLRU, drop_oldest
+from proxy.lru import LRU, CharLRU, Memo, drop_oldest
 
 
 def test_least_recently_used_goes_first_past_the_bound() -> None:
@@ -55,3 +55,11 @@ def test_lru_evicts_stale_entries_from_the_old_end_only() -> None:
     lru.put("old", 1.0)  # used again: young end, although its value is stale
     assert lru.evict(10, stale=lambda at: at < 6.0) == [("mid", 5.0)]  # stops at the first fresh one
     assert list(lru) == ["new", "old"]
+
+
+def test_memo_keeps_answers_none_included_and_empties_when_full() -> None:
+    memo: Memo[str, int | None] = Memo(2)
+    assert memo.keep("a", None) is None and "a" in memo  # an unknown model's None is an answer too
+    memo.keep("b", 2)
+    memo.keep("c", 3)  # full: emptied, then kept
+    assert dict(memo) == {"c": 3}
