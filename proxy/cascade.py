@@ -185,6 +185,16 @@ class Hit:
         return self.mark.depth + 1
 
 
+def request_taint(call: Call, hit: Hit | None) -> Taint | None:
+    """The request path's Taint of a call (None: clean), ahead of the graph's: its own faults,
+    and the one tainted output its input was found to hold (`hit`)."""
+    faults = fault_kinds(call)
+    if hit is None:
+        return Taint(call.id, (), 0, faults, tuple(sorted(faults))) if faults else None
+    root_faults = tuple(sorted(set(hit.mark.faults) | set(faults)))
+    return Taint(call.id, hit.mark.roots, 0 if faults else hit.depth, faults, root_faults)
+
+
 class TaintBook:
     """Tainted outputs per run (and globally, for calls without a run) in the CounterStore.
     `lookup` is one store read on the request path; `mark` one or two writes."""

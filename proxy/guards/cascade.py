@@ -15,7 +15,7 @@ acts on.  One CounterStore read per call, one write per tainted call.
 from __future__ import annotations
 
 from proxy.call import Call
-from proxy.cascade import Hit, Taint, TaintBook, fault_kinds, mark_of
+from proxy.cascade import Hit, TaintBook, mark_of, request_taint
 from proxy.guards.base import ALLOW, GuardDeps, Matcher, RuleGuard, Verdict
 from proxy.lru import CallSlots
 from proxy.rulemodels import CascadeRule
@@ -70,13 +70,9 @@ class Quarantine(RuleGuard["CascadeRule"]):
     async def on_response(self, call: Call) -> Verdict:
         """Marks the output of a faulty or tainted call (one store write); never denies."""
         hit = self._hits.pop(call)
-        faults = fault_kinds(call)
-        if call.outcome == "denied" or (hit is None and not faults):
-            return ALLOW
-        roots = hit.mark.roots if hit is not None else ()
-        root_faults = tuple(sorted(set(hit.mark.faults if hit else ()) | set(faults)))
-        mine = Taint(call.id, roots, 0 if faults else (hit.depth if hit else 0), faults, root_faults)
-        await self.book.mark(call.run_id, mark_of(call, call.agent, mine, self.deps.facts(call)))
+        mine = request_taint(call, hit) if call.outcome != "denied" else None
+        if mine is not None:
+            await self.book.mark(call.run_id, mark_of(call, call.agent, mine, self.deps.facts(call)))
         return ALLOW
 
 
