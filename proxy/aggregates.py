@@ -8,11 +8,11 @@ stored row keeps the larger figures until the new ones pass them.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.call import Call
+from proxy.lru import LRU
 
 
 @dataclass(slots=True)
@@ -49,8 +49,8 @@ class Aggregates:
     """Not thread-safe: the pipeline worker is its only user."""
 
     def __init__(self, max_runs: int = 50_000, max_agents: int = 10_000) -> None:
-        self._runs: OrderedDict[str, _Run] = OrderedDict()
-        self._agents: OrderedDict[str, _Agent] = OrderedDict()
+        self._runs: LRU[str, _Run] = LRU()
+        self._agents: LRU[str, _Agent] = LRU()
         self._max_runs, self._max_agents = max_runs, max_agents
 
     def add(self, call: Call, agent: str, fingerprint: str | None, run_id: str | None,
@@ -58,11 +58,13 @@ class Aggregates:
         """Count one finished call; returns (run row or None, agent row)."""
         at = call.ended_at or call.started_at
         tokens = call.usage.total()
-        a = _touch(self._agents, agent, lambda: _Agent(fingerprint, call.started_at, at), self._max_agents)
+        a = self._agents.touch(agent, lambda: _Agent(fingerprint, call.started_at, at))
+        self._agents.evict(self._max_agents)
         a.calls, a.tokens, a.last_seen = a.calls + 1, a.tokens + tokens, max(a.last_seen, at)
         if run_id is None:
             return None, a.row(agent)
-        r = _touch(self._runs, run_id, lambda: _Run(call.started_at, at), self._max_runs)
+        r = self._runs.touch(run_id, lambda: _Run(call.started_at, at))
+        self._runs.evict(self._max_runs)
         r.calls, r.tokens, r.cost_usd = r.calls + 1, r.tokens + tokens, r.cost_usd + (call.cost_usd or 0.0)
         r.last_at, r.status = max(r.last_at, at), "open"
         r.started_at = min(r.started_at, call.started_at)
@@ -94,13 +96,3 @@ class Aggregates:
         r.status = "closed"
         return r.row(run_id)
 
-
-def _touch(table: OrderedDict[str, Any], key: str, make: Any, cap: int) -> Any:
-    entry = table.get(key)
-    if entry is None:
-        entry = table[key] = make()
-        if len(table) > cap:
-            table.popitem(last=False)
-    else:
-        table.move_to_end(key)
-    return entry

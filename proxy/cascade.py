@@ -30,7 +30,7 @@ from typing import Any
 from proxy.call import Call
 from proxy.guards.facts import CallFacts, FactsCache, Sketch, containment, decode_sketch, encode_sketch
 from proxy.guards.handoffs import TRUNCATED
-from proxy.lru import drop_oldest
+from proxy.lru import Memo, drop_oldest
 
 PROPAGATING = frozenset({"handoff", "return", "tool", "continuation"})
 FILTERED = frozenset({"content_filter", "refusal"})
@@ -185,6 +185,16 @@ class Hit:
         return self.mark.depth + 1
 
 
+def request_taint(call: Call, hit: Hit | None) -> Taint | None:
+    """The request path's Taint of a call (None: clean), ahead of the graph's: its own faults,
+    and the one tainted output its input was found to hold (`hit`)."""
+    faults = fault_kinds(call)
+    if hit is None:
+        return Taint(call.id, (), 0, faults, tuple(sorted(faults))) if faults else None
+    root_faults = tuple(sorted(set(hit.mark.faults) | set(faults)))
+    return Taint(call.id, hit.mark.roots, 0 if faults else hit.depth, faults, root_faults)
+
+
 class TaintBook:
     """Tainted outputs per run (and globally, for calls without a run) in the CounterStore.
     `lookup` is one store read on the request path; `mark` one or two writes."""
@@ -195,7 +205,7 @@ class TaintBook:
         self.facts = facts if facts is not None else FactsCache()
         self.keep = keep
         self.ttl_s = ttl_s
-        self._decoded: dict[str, Mark] = {}
+        self._decoded: Memo[str, Mark] = Memo(4096)
 
     async def mark(self, run_id: str | None, mark: Mark) -> None:
         if not mark.sketch:
@@ -221,9 +231,7 @@ class TaintBook:
     def _decode(self, raw: str) -> Mark:
         mark = self._decoded.get(raw)
         if mark is None:
-            if len(self._decoded) >= 4096:
-                self._decoded.clear()
-            mark = self._decoded[raw] = Mark.decode(raw)
+            mark = self._decoded.keep(raw, Mark.decode(raw))
         return mark
 
 

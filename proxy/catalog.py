@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TypeVar
 
+from proxy.lru import Memo
+
 V = TypeVar("V")
 _CACHE_MAX = 1024
 
@@ -95,13 +97,11 @@ class Catalog:
 
     def __init__(self, overrides: Mapping[str, ModelSpec] | None = None) -> None:
         self._overrides = {model_key(k): v for k, v in (overrides or {}).items()}
-        self._cache: dict[str | None, ModelSpec | None] = {}
+        self._cache: Memo[str | None, ModelSpec | None] = Memo(_CACHE_MAX)
 
     def lookup(self, model: str | None) -> ModelSpec | None:
         if model not in self._cache:
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            self._cache[model] = lookup_model(self._overrides, model) or lookup_model(DEFAULT_MODELS, model)
+            return self._cache.keep(model, lookup_model(self._overrides, model) or lookup_model(DEFAULT_MODELS, model))
         return self._cache[model]
 
     def with_overrides(self, overrides: Mapping[str, ModelSpec]) -> Catalog:

@@ -159,6 +159,14 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     return check_main(Path(args.dir))
 
 
+def cmd_rules_schema(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from proxy.rules import schema_main
+
+    return schema_main(Path(args.write) if args.write else None, check=args.check)
+
+
 def _short_time(v: Any) -> str:
     if isinstance(v, str):
         try:
@@ -224,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = rsub.add_parser("check", help="validate a rules directory", description="Validate rules/*.yaml; exit 1 on error.")
     check.add_argument("dir", nargs="?", default="rules")
     check.set_defaults(func=cmd_rules_check)
+    schema = rsub.add_parser("schema", help="print or write rules/schema.json",
+                             description="The JSON schema of a rules file, generated from the registry of "
+                             "rule kinds: printed, written to --write PATH, or compared with it (--check).")
+    schema.add_argument("--write", metavar="PATH", help="write it here (e.g. rules/schema.json)")
+    schema.add_argument("--check", action="store_true", help="exit 1 when PATH differs from the models")
+    schema.set_defaults(func=cmd_rules_schema)
 
     for extra in _extra_commands():
         extra(sub)

@@ -12,6 +12,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from proxy.backoff import Backoff
+
 
 class FailureLog:
     """One per loop, owned by it.  Synchronous, never raises; no I/O beyond logging."""
@@ -22,11 +24,11 @@ class FailureLog:
         self.what = what
         self.hint = f"; {hint}" if hint else ""  # appended to the first report
         self.traceback = traceback  # on the first report (off for an expected outage: database down)
-        self.first_s, self.max_s = first_s, max_s
+        self.pace = Backoff(first_s, max_s)  # the wait after each line
         self.clock = clock
         self.count = 0  # failures since the last success
         self._unlogged = 0  # failures since the last line
-        self._interval = first_s
+        self._lines = 0  # lines logged since the last success
         self._next_at = 0.0
 
     def failed(self, exc: BaseException) -> None:
@@ -40,18 +42,17 @@ class FailureLog:
         elif now >= self._next_at:
             self.log.error("%s still failing: %d more failure(s) since the last report, %d in a row; last: %s",
                            self.what, self._unlogged, self.count, _brief(exc))
-            self._interval = min(self._interval * 2, self.max_s)
         else:
             return
         self._unlogged = 0
-        self._next_at = now + self._interval
+        self._lines += 1
+        self._next_at = now + self.pace.delay(self._lines)
 
     def succeeded(self) -> None:
         """Call after a success: logs the recovery once, when there were failures."""
         if self.count:
             self.log.warning("%s recovered after %d failure(s)", self.what, self.count)
-        self.count = self._unlogged = 0
-        self._interval = self.first_s
+        self.count = self._unlogged = self._lines = 0
 
 
 def _brief(exc: BaseException) -> str:

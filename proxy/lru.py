@@ -1,19 +1,85 @@
-"""Bounded caches for values that are costly to recompute.
+"""Bounded caches: the one module where the process keeps anything it must forget again.
+
+    LRU          count-bounded, least recently used first, optionally also past an age (`stale`):
+                 the lineage index (proxy/graph/index.py), the run and agent aggregates
+                 (proxy/aggregates.py), the trace buffer (proxy/tracing.py)
+    CharLRU      an LRU bounded by the characters its values hold (texts across calls)
+    Generations  two generations of plain dicts approximating LRU at one lookup per hit
+    Memo         a pure lookup's answers, emptied when full: model catalog and prices, the
+                 guard chain's rule matches, agent fingerprints, decoded taint marks and handoffs
+    drop_oldest  FIFO eviction in batches for plain dicts at a cap; CallSlots, a guard's
+                 per-call state built on it
+
+Which one: LRU when an entry's last use decides (and evicted entries need bookkeeping);
+Generations when the hit path must be a bare dict lookup; drop_oldest/CallSlots when entries
+live for one call and age is all that matters.
 
 `CharLRU`, a least-recently-used map bounded by the characters its values hold, is used by the caches that keep message texts across calls so a resent conversation is not
 worked again: the token counter's histories (proxy/tokens.py), the guards' fingerprints
 (proxy/guards/facts.py) and the graph's hash chains (proxy/graph/threads.py).  Pure memory,
 no I/O, never raises, not thread-safe (one event loop).
+
+`CallSlots`, a guard's per-call state keyed by call id, FIFO-bounded with `drop_oldest`, lives
+here rather than in guards/base.py so that guards/handoffs.py (which GuardDeps names) does not
+import the module that names it.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
+
+from proxy.call import Call
 
 K = TypeVar("K")
 V = TypeVar("V")
+T = TypeVar("T")
+
+
+class Memo(dict[K, V]):
+    """Answers of a pure lookup by key, emptied at once when `cap` are held: the hot ones come
+    straight back, and a hit is a bare dict read (`get`, `in`).  None is a value like any other."""
+
+    __slots__ = ("cap",)
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+
+    def keep(self, key: K, value: V) -> V:
+        if len(self) >= self.cap:
+            self.clear()
+        self[key] = value
+        return value
+
+
+class LRU(OrderedDict[K, V]):
+    """An insertion-ordered map where use moves an entry to the young end.  Plain dict reads
+    (`get`, `in`, `[]`) do not refresh: `touch` and `put` do, so the owner decides what counts
+    as a use.  `evict` is called by the owner after it adds (so a batch can exceed `cap` briefly)."""
+
+    def touch(self, key: K, make: Callable[[], V]) -> V:
+        """The entry for `key`, refreshed; made with `make()` when absent."""
+        value = self.get(key)
+        if value is None:
+            value = self[key] = make()
+        else:
+            self.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self[key] = value
+        self.move_to_end(key)
+
+    def evict(self, cap: int, stale: Callable[[V], bool] | None = None) -> list[tuple[K, V]]:
+        """Drop the least recently used entries while more than `cap` are held or the oldest is
+        `stale`; the dropped entries, oldest first (for the owner's own bookkeeping)."""
+        dropped = []
+        while self and (len(self) > cap or (stale is not None and stale(next(iter(self.values()))))):
+            dropped.append(self.popitem(last=False))
+        return dropped
 
 
 class CharLRU(Generic[K, V]):
@@ -101,3 +167,32 @@ class Generations(Generic[K, V]):
         if self._weight >= self._cap:
             self._old, self._young, self._weight = self._young, {}, 0
         return value
+
+
+class CallSlots(Generic[T]):
+    """Per-call state of one guard, keyed by call id, bounded so a call whose `on_response`
+    never comes cannot leak memory (at `cap`, the oldest eighth of the entries is dropped)."""
+
+    __slots__ = ("_cap", "_items")
+
+    def __init__(self, cap: int = 100_000) -> None:
+        self._cap = cap
+        self._items: dict[str, T] = {}
+
+    def put(self, call: Call, value: T) -> None:
+        items = self._items
+        if len(items) >= self._cap:
+            drop_oldest(items)
+        items[call.id] = value
+
+    def get(self, call: Call) -> T | None:
+        return self._items.get(call.id)
+
+    def __contains__(self, call_id: str) -> bool:
+        return call_id in self._items
+
+    def pop(self, call: Call) -> T | None:
+        return self._items.pop(call.id, None)
+
+    def __len__(self) -> int:
+        return len(self._items)

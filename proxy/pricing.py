@@ -17,6 +17,7 @@ from types import MappingProxyType
 
 from proxy.call import Usage
 from proxy.catalog import lookup_model, model_key
+from proxy.lru import Memo
 
 _CACHE_MAX = 1024
 
@@ -95,13 +96,11 @@ class PriceTable:
 
     def __init__(self, overrides: Mapping[str, Price] | None = None) -> None:
         self._overrides = {model_key(k): v for k, v in (overrides or {}).items()}
-        self._cache: dict[str | None, Price | None] = {}
+        self._cache: Memo[str | None, Price | None] = Memo(_CACHE_MAX)
 
     def lookup(self, model: str | None) -> Price | None:
         if model not in self._cache:
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            self._cache[model] = lookup_model(self._overrides, model) or lookup_model(DEFAULT_PRICES, model)
+            return self._cache.keep(model, lookup_model(self._overrides, model) or lookup_model(DEFAULT_PRICES, model))
         return self._cache[model]
 
     def with_overrides(self, overrides: Mapping[str, Price]) -> PriceTable:

@@ -30,12 +30,12 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from proxy.call import Call, Chunk, new_id
+from proxy.extensions import DISCONNECT_HOOK
 from proxy.forward import Forwarder, UpstreamError, UpstreamResponse
 from proxy.guards.base import Verdict
 from proxy.providers import Route, Router
 from proxy.providers.base import Provider, Splitter, StreamParser, usage_in_tail
 from proxy.redact import api_key_hash, redact_text
-from proxy.server import DISCONNECT_HOOK
 from proxy.settings import Settings
 from proxy.sse import Event
 

@@ -14,302 +14,33 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
-from proxy.catalog import ModelSpec
 from proxy.failures import FailureLog
-from proxy.guards import GuardStats, build_chain, make_deps
+from proxy.guards import RULE_KINDS, GuardStats, build_chain, make_deps
 from proxy.pricing import Price
+from proxy.rulemodels import (
+    WINDOW_PATTERN,
+    FileHeader,
+    RouteSpec,
+    RuleBase,
+)
 
 log = logging.getLogger("interlock.rules")
 
-KINDS = ("budget", "loop", "context", "escalation", "cascade")
-DURATION_PATTERN = r"^\d+(\.\d+)?(ms|s|m|h|d)$"
-WINDOW_PATTERN = r"^(run|\d+(\.\d+)?(ms|s|m|h|d))$"
-_UNITS = MappingProxyType({"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0})
-
-Duration = Annotated[str, Field(pattern=DURATION_PATTERN, examples=["30s", "10m", "1h", "1d"])]
-Globs = str | list[str]
-RuleAction = Literal["deny", "flag", "escalate"]
-
-
-def parse_duration(text: str) -> float:
-    """`90s`, `10m`, `1.5h`, `1d` → seconds."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", text.strip())
-    if m is None:
-        raise ValueError(f"not a duration: {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def window_seconds(window: str) -> float | None:
-    """`run` → None (no time window), else the duration in seconds."""
-    return None if window == "run" else parse_duration(window)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Match(_Strict):
-    """Which calls a rule applies to: globs (`*`, `?`, `[...]`), a list means any of them."""
-
-    agent: Globs | None = None
-    model: Globs | None = None
-    provider: Globs | None = None
-    api_key: Globs | None = Field(
-        default=None, description="glob on the API key hash (as shown in /api/calls)"
-    )
-
-    def globs(self) -> dict[str, list[str]]:
-        """Call attribute → globs."""
-        pairs = (
-            ("agent", self.agent),
-            ("model_requested", self.model),
-            ("provider", self.provider),
-            ("api_key_hash", self.api_key),
-        )
-        return {attr: [v] if isinstance(v, str) else list(v) for attr, v in pairs if v is not None}
-
-
-class RuleBase(_Strict):
-    name: str = Field(min_length=1, max_length=120)
-    kind: str
-    description: str | None = None
-    match: Match = Field(default_factory=lambda: Match())
-    action: RuleAction = "flag"
-    fail_closed: bool = Field(default=False, description="deny when the guard itself fails (default: allow)")
-    enabled: bool = True
-    notify: list[str] = Field(
-        default_factory=list, description="route names (from `routes:`) alerted when this rule fires"
-    )
-
-
-class BudgetRule(RuleBase):
-    kind: Literal["budget"]
-    scope: Literal["run", "agent", "agent_run", "api_key", "model", "global"] = "run"
-    limit_tokens: int | None = Field(default=None, gt=0)
-    limit_usd: float | None = Field(default=None, gt=0)
-    window: str = Field(
-        default="run", pattern=WINDOW_PATTERN, description="run, or a rolling window: 1m, 1h, 1d"
-    )
-    default_max_tokens: int | None = Field(
-        default=None, gt=0, description="output reserved when a request sets none"
-    )
-    cutoff: bool = Field(default=False, description="end a stream mid-flight once the budget is spent")
-    warn_at: float | None = Field(default=None, gt=0, lt=1, description="flag once when this share is used")
-
-    @model_validator(mode="after")
-    def _one_limit(self) -> BudgetRule:
-        if (self.limit_tokens is None) == (self.limit_usd is None):
-            raise ValueError("limit_tokens or limit_usd: set exactly one of them")
-        return self
-
-    @property
-    def window_s(self) -> float | None:
-        return window_seconds(self.window)
-
-
-class LoopRule(RuleBase):
-    kind: Literal["loop"]
-    detect: Literal[
-        "retry", "tool_repeat", "no_progress", "ping_pong", "ceiling", "revisit", "redelegation", "stall"
-    ]
-    scope: Literal["thread", "agent", "agent_run", "run", "api_key", "global"] = "agent_run"
-    window: Duration = "10m"
-    max_repeats: int = Field(
-        default=3, ge=1, description="occurrences tolerated; the next one triggers `action`"
-    )
-    deny_after: int | None = Field(default=None, ge=1, description="this many further occurrences → deny")
-    similarity: float = Field(default=0.85, gt=0, le=1, description="near-duplicate threshold (0..1)")
-    max_steps: int | None = Field(default=None, gt=0)
-    max_depth: int | None = Field(default=None, gt=0)
-    max_duration: Duration | None = None
-    max_tokens_per_min: int | None = Field(default=None, gt=0)
-    max_revisits: int | None = Field(
-        default=None, ge=1, description="revisit: requests of one resource tolerated (default max_repeats)"
-    )
-    restated: float = Field(
-        default=0.4,
-        gt=0,
-        le=1,
-        description="redelegation: rarity-weighted word overlap (0..1) at which an instruction restates an earlier one",
-    )
-    novelty: float = Field(
-        default=0.35,
-        gt=0,
-        le=1,
-        description="stall: share of new content (0..1) below which an output adds nothing; "
-        "redelegation: a result at or above it is progress",
-    )
-    min_words: int = Field(
-        default=6, ge=1, description="stall, redelegation: texts with fewer content words are not judged"
-    )
-
-    @model_validator(mode="after")
-    def _fields_of_detect(self) -> LoopRule:
-        only = {
-            "max_revisits": ("revisit",),
-            "restated": ("redelegation",),
-            "novelty": ("stall", "redelegation"),
-            "min_words": ("stall", "redelegation"),
-        }
-        for name, detects in only.items():
-            if name in self.model_fields_set and self.detect not in detects:
-                raise ValueError(f"{name}: only valid with detect: {' or '.join(detects)}")
-        return self
-
-    @model_validator(mode="after")
-    def _ceilings(self) -> LoopRule:
-        ceilings = ("max_steps", "max_depth", "max_duration", "max_tokens_per_min")
-        given = [c for c in ceilings if getattr(self, c) is not None]
-        if self.detect == "ceiling" and not given:
-            raise ValueError("detect: ceiling needs one of " + ", ".join(ceilings))
-        if self.detect != "ceiling" and given:
-            raise ValueError(f"{given[0]}: only valid with detect: ceiling")
-        return self
-
-    @property
-    def window_s(self) -> float:
-        return parse_duration(self.window)
-
-    @property
-    def max_duration_s(self) -> float | None:
-        return None if self.max_duration is None else parse_duration(self.max_duration)
-
-
-class ModelSpecModel(_Strict):
-    context_window: int = Field(gt=0)
-    max_output: int = Field(gt=0)
-
-    def spec(self) -> ModelSpec:
-        return ModelSpec(self.context_window, self.max_output)
-
-
-class ContextRule(RuleBase):
-    kind: Literal["context"]
-    margin_tokens: int = Field(default=0, ge=0, description="headroom kept free for counting error")
-    default_output: int | None = Field(
-        default=None, gt=0, description="output assumed when max_tokens is unset"
-    )
-    check_fit: bool = True
-    check_truncated_output: bool = True
-    check_dropped_history: bool = True
-    models: dict[str, ModelSpecModel] = Field(default_factory=dict, description="custom or newer models")
-
-
-AckSource = Literal["tool_result", "human"]
-ACK_SOURCES: tuple[AckSource, ...] = ("tool_result", "human")
-
-
-class EscalationRule(RuleBase):
-    """An agent asking for a human: detected in traffic, tracked with SLA clocks (proxy/escalation/)."""
-
-    kind: Literal["escalation"]
-    action: RuleAction = "escalate"
-    tools: list[str] = Field(default_factory=list, description="tool-name globs that open an escalation")
-    patterns: list[str] = Field(default_factory=list, description="regexes on the model's output text")
-    from_rules: list[str] = Field(
-        default_factory=lambda: ["*"], description="rule-name globs whose `escalate` verdicts open one"
-    )
-    ack_within: Duration | None = None
-    resolve_within: Duration | None = None
-    on_breach: Literal["alert", "hold"] = Field(
-        default="alert", description="hold: refuse the run's further calls until acknowledged"
-    )
-    breach_notify: list[str] | None = Field(
-        default=None, description="routes for SLA breaches (default: notify)"
-    )
-    fallback: list[str] = Field(default_factory=list, description="routes alerted when notify cannot deliver")
-    auto_ack: list[AckSource] = Field(
-        default_factory=lambda: list(ACK_SOURCES), description="traffic that acknowledges"
-    )
-
-    @field_validator("patterns")
-    @classmethod
-    def _regexes(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from None
-        return patterns
-
-    @property
-    def ack_within_s(self) -> float | None:
-        return None if self.ack_within is None else parse_duration(self.ack_within)
-
-    @property
-    def resolve_within_s(self) -> float | None:
-        return None if self.resolve_within is None else parse_duration(self.resolve_within)
-
-
-FaultKind = Literal["guard", "upstream_error", "length", "content_filter", "truncated_handoff"]
-FAULT_KINDS: tuple[FaultKind, ...] = (
-    "guard",
-    "upstream_error",
-    "length",
-    "content_filter",
-    "truncated_handoff",
-)
-
-
-class CascadeRule(RuleBase):
-    """Quarantine: act on a call whose input descends from a faulty call (proxy/cascade.py)."""
-
-    kind: Literal["cascade"]
-    sources: list[FaultKind] = Field(
-        default_factory=lambda: list(FAULT_KINDS), description="fault kinds acted on"
-    )
-    max_depth: int | None = Field(default=None, ge=1, description="act only this many hops from the fault")
-    overlap: float = Field(
-        default=0.5, gt=0, le=1, description="share of a tainted output the input must hold"
-    )
-
-
-class RouteSpec(_Strict):
-    """A named alert destination under `routes:`; rules refer to it by name."""
-
-    webhook: str | None = Field(default=None, description="http(s) URL receiving one POST per alert")
-    secret: str | None = Field(default=None, description="HMAC-SHA256 key; ${ENV_VAR} is read when sending")
-    format: Literal["json", "slack"] = "json"
-    headers: dict[str, str] = Field(default_factory=dict)
-    timeout: Duration = "5s"
-    retries: int = Field(default=3, ge=0, le=10, description="further attempts after a failed one")
-    backoff: Duration = Field(default="1s", description="first retry delay; doubles each retry")
-    dedup: Duration = Field(default="5m", description="the same alert is sent once per window")
-    exercise_within: Duration | None = Field(default="7d", description="unused this long: reported stale")
-
-    @field_validator("webhook")
-    @classmethod
-    def _url(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError("must be an http or https URL")
-        return url
-
-
-Rule = Annotated[
-    BudgetRule | LoopRule | ContextRule | EscalationRule | CascadeRule,
-    Field(discriminator="kind"),
-]
-_RULE = TypeAdapter(Rule)
+KINDS = tuple(RULE_KINDS)
+# A rule is whichever registered model its `kind:` names.
+Rule: Any = Annotated[Union[tuple(k.model for k in RULE_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
+_RULE: TypeAdapter[RuleBase] = TypeAdapter(Rule)
 
 
 def parse_rule(data: Any) -> Any:
@@ -317,28 +48,16 @@ def parse_rule(data: Any) -> Any:
     return _RULE.validate_python(data)
 
 
-class PriceModel(_Strict):
-    input: float = Field(ge=0, description="USD per 1M input tokens")
-    output: float = Field(ge=0, description="USD per 1M output tokens")
-    cached_input: float | None = Field(default=None, ge=0)
-    reasoning: float | None = Field(default=None, ge=0)
-
-    def price(self) -> Price:
-        return Price(self.input, self.output, self.cached_input, self.reasoning)
-
-
-class _FileHeader(_Strict):
-    version: int | None = None
-    routes: dict[str, RouteSpec] = Field(default_factory=dict)
-    pricing: dict[str, PriceModel] = Field(default_factory=dict)
-
-
-class RulesFile(_FileHeader):
-    """One rules/*.yaml file (the JSON schema in rules/schema.json is generated from this)."""
-
+class _RulesFileHeader(FileHeader):
     model_config = ConfigDict(title="Interlock rules file", extra="forbid")
-    rules: list[Rule] = Field(default_factory=list)
 
+
+RulesFile: type[FileHeader] = create_model(
+    "RulesFile",
+    __base__=_RulesFileHeader,
+    __doc__="One rules/*.yaml file (the JSON schema in rules/schema.json is generated from this).",
+    rules=(list[Rule], Field(default_factory=list)),
+)
 
 # ---------------------------------------------------------------------------- errors
 
@@ -440,7 +159,7 @@ class RuleSet:
 @dataclass
 class _FileResult:
     rules: list[Any] = field(default_factory=list)
-    header: _FileHeader | None = None
+    header: FileHeader | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -484,7 +203,7 @@ def _load_file(path: Path) -> _FileResult:
         out.errors.append(f"{path}: rules: must be a list")
         items = []
     try:
-        out.header = _FileHeader.model_validate({k: v for k, v in data.items() if k != "rules"})
+        out.header = FileHeader.model_validate({k: v for k, v in data.items() if k != "rules"})
     except ValidationError as exc:
         out.errors.extend(f"{path}: {describe_error(e)}" for e in exc.errors())
     for i, item in enumerate(items):
@@ -574,6 +293,26 @@ def schema_text() -> str:
 
 def write_schema(path: str | Path) -> None:
     Path(path).write_text(schema_text(), encoding="utf-8")
+
+
+def schema_main(path: Path | None, *, check: bool = False, out: Any = None) -> int:
+    """`interlock rules schema [--write PATH] [--check]`: print the schema, write it, or
+    (--check) exit 1 when PATH is not what the models generate."""
+    stream = out if out is not None else sys.stdout
+    if path is None:
+        stream.write(schema_text())
+        return 0
+    if not check:
+        write_schema(path)
+        print(f"{path}: written", file=stream)
+        return 0
+    try:
+        current = path.read_text(encoding="utf-8") == schema_text()
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc}", file=stream)
+        return 1
+    print(f"{path}: {'current' if current else 'stale; run: interlock rules schema --write ' + str(path)}", file=stream)
+    return 0 if current else 1
 
 
 # ---------------------------------------------------------------------------- check

@@ -29,7 +29,7 @@ from proxy.pricing import PriceTable
 from proxy.providers import Router
 from proxy.redact import mask_url
 from proxy.relay import Relay
-from proxy.rules import RulesManager
+from proxy.rules import RuleSet, RulesManager
 from proxy.settings import Settings
 from proxy.store.db import SqlSink, make_engine, upgrade
 from proxy.store.retention import Retention, RetentionPolicy
@@ -98,7 +98,9 @@ class Runtime:
         self.rules = await self._rules()
         await self._graph()
         self.metrics = Metrics(self, LabelCap(s.metric_label_limit))
-        self.escalations = Escalations.from_runtime(self, sync_s=s.escalation_sync_s)
+        self.escalations = Escalations.connect(
+            self.engine, self.counters, self._ruleset, self.writer.submit, otlp_endpoint=s.otlp_endpoint,
+            meter=self.metrics.provider.get_meter("interlock.escalations"), sync_s=s.escalation_sync_s)
         await self.escalations.start()  # reloads open escalations, re-arms clocks and holds
         observers: list[Observer] = [self.metrics.on_recorded, self.escalations.observe]
         self.tracer = make_run_tracer(s)  # None unless INTERLOCK_OTLP_ENDPOINT is set
@@ -162,6 +164,9 @@ class Runtime:
 
     def _chain(self) -> GuardChain | None:
         return self.rules.chain if self.rules is not None else None
+
+    def _ruleset(self) -> RuleSet:
+        return self.rules.rules if self.rules is not None else RuleSet()
 
     def _token_counter(self) -> TokenCounter:
         return load_counter(self.settings.encodings_dir, log.warning)

@@ -45,6 +45,9 @@ from urllib.parse import unquote
 
 import httptools
 
+# re-exported (`as`) while proxy/relay.py still imports it from here
+from proxy.extensions import DISCONNECT_HOOK
+
 log = logging.getLogger("interlock.server")
 
 Message = MutableMapping[str, Any]
@@ -64,9 +67,6 @@ _BODY_HIGH_WATER = 256 * 1024  # request-body bytes buffered before reading paus
 _PIPELINE_DEPTH = 32  # parsed requests waiting behind the one being answered before parsing stops
 _FEED_SLICE = 4096  # bytes of request heads parsed at a time (bounds the requests one read can queue)
 _DISCONNECT: Message = {"type": "http.disconnect"}
-# Scope extension: `scope["extensions"][DISCONNECT_HOOK](callback)` asks for `callback()` when the
-# client leaves before the response is complete (None withdraws it); no task has to sit in receive().
-DISCONNECT_HOOK = "interlock.disconnect"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -34,9 +34,6 @@ from prometheus_client.registry import Collector
 
 from proxy.call import Call
 from proxy.labelcap import LabelCap
-
-if TYPE_CHECKING:
-    from proxy.runtime import Runtime
 
 _SECONDS: list[float] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 _TOKENS: list[float] = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304]
@@ -117,11 +114,92 @@ class SharedRender:
             task.exception()  # retrieved here too: every waiter may have gone
 
 
+# ---------------------------------------------------------------- what a scrape reads
+# Read-only views of the components whose state /metrics reports (the Runtime satisfies
+# `Scraped`): read at scrape time, off the request path; each part is None until started.
+
+
+class _Chain(Protocol):
+    @property
+    def guards(self) -> Sequence[Any]: ...
+
+
+class _RuleSet(Protocol):
+    @property
+    def rules(self) -> Sized: ...
+
+
+class _GuardErrors(Protocol):
+    @property
+    def errors_total(self) -> int: ...
+
+
+class RulesState(Protocol):
+    @property
+    def chain(self) -> _Chain: ...
+    @property
+    def rules(self) -> _RuleSet: ...
+    @property
+    def reload_failures(self) -> int: ...
+    @property
+    def errors(self) -> Sized: ...
+    @property
+    def stats(self) -> _GuardErrors: ...
+
+
+class _CascadeTotals(Protocol):
+    @property
+    def roots_total(self) -> int: ...
+    @property
+    def tainted_total(self) -> int: ...
+
+
+class EscalationsState(Protocol):
+    @property
+    def cascade(self) -> _CascadeTotals: ...
+
+
+class TracerState(Protocol):
+    def stats(self) -> Mapping[str, int]: ...
+
+
+class _Queue(Protocol):
+    def qsize(self) -> int: ...
+
+
+class PipelineState(Protocol):
+    @property
+    def queue(self) -> _Queue: ...
+    @property
+    def overflowed(self) -> int: ...
+    @property
+    def lagging(self) -> Sized: ...
+    @property
+    def linked_late(self) -> int: ...
+    @property
+    def unlinked(self) -> int: ...
+
+
+class Scraped(Protocol):
+    """The components /metrics reports on; the writer's counters are read by name."""
+
+    @property
+    def rules(self) -> RulesState | None: ...
+    @property
+    def escalations(self) -> EscalationsState | None: ...
+    @property
+    def tracer(self) -> TracerState | None: ...
+    @property
+    def writer(self) -> object | None: ...
+    @property
+    def pipeline(self) -> PipelineState | None: ...
+
+
 class Metrics:
     """One MeterProvider per runtime, with its own Prometheus registry (no global state)."""
 
-    def __init__(self, runtime: Runtime, labels: LabelCap) -> None:
-        self.runtime = runtime
+    def __init__(self, scraped: Scraped, labels: LabelCap) -> None:
+        self.scraped = scraped
         self.labels = labels
         self.scrape = SharedRender(self.render)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -231,7 +309,7 @@ class Metrics:
         return [Observation(self.in_flight)]
 
     def _budgets(self, _: CallbackOptions) -> Iterable[Observation]:
-        rules = self.runtime.rules
+        rules = self.scraped.rules
         if rules is None:
             return []
         out = []
@@ -244,38 +322,38 @@ class Metrics:
         return out
 
     def _cascade(self, _: CallbackOptions) -> Iterable[Observation]:
-        esc = self.runtime.escalations
+        esc = self.scraped.escalations
         if esc is None:
             return []
         return [Observation(esc.cascade.roots_total, {"role": "root"}),
                 Observation(esc.cascade.tainted_total, {"role": "tainted"})]
 
     def _tracer_state(self, _: CallbackOptions) -> Iterable[Observation]:
-        tracer = self.runtime.tracer
+        tracer = self.scraped.tracer
         if tracer is None:
             return []
         return [Observation(v, {"state": k}) for k, v in tracer.stats().items()]
 
     def _writer_state(self, _: CallbackOptions) -> Iterable[Observation]:
-        w = self.runtime.writer
+        w = self.scraped.writer
         if w is None:
             return []
         return [Observation(getattr(w, k, 0) or 0, {"state": k})
                 for k in ("queue_depth", "written", "spooled", "replayed", "dropped", "sink_errors")]
 
     def _pipeline_depth(self, _: CallbackOptions) -> Iterable[Observation]:
-        p = self.runtime.pipeline
+        p = self.scraped.pipeline
         return [Observation(p.queue.qsize() if p is not None else 0)]
 
     def _pipeline_state(self, _: CallbackOptions) -> Iterable[Observation]:
-        p = self.runtime.pipeline
+        p = self.scraped.pipeline
         if p is None:
             return []
         return [Observation(p.overflowed, {"state": "overflowed"}), Observation(len(p.lagging), {"state": "lagging"}),
                 Observation(p.linked_late, {"state": "linked_late"}), Observation(p.unlinked, {"state": "unlinked"})]
 
     def _rules_state(self, _: CallbackOptions) -> Iterable[Observation]:
-        r = self.runtime.rules
+        r = self.scraped.rules
         if r is None:
             return []
         return [Observation(len(r.rules.rules), {"state": "active"}),

@@ -40,7 +40,7 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +57,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from proxy.call import Call, Usage
 from proxy.graph.model import HUMAN_PREFIX, Edge, LinkResult
+from proxy.lru import LRU
 from proxy.settings import Settings
 
 log = logging.getLogger("interlock.tracing")
@@ -393,8 +394,8 @@ class RunTracer:
         self.provider.add_span_processor(processor)
         self._tracer = self.provider.get_tracer("interlock")
         self._propagator = TraceContextTextMapPropagator()
-        self._runs: OrderedDict[str, _Buffered] = OrderedDict()
-        self._recent: OrderedDict[str, int] = OrderedDict()  # exported call id → its trace id (span thread)
+        self._runs: LRU[str, _Buffered] = LRU()
+        self._recent: LRU[str, int] = LRU()  # exported call id → its trace id (span thread)
         self._recent_max = recent_calls
         self._lock = threading.Lock()
         self._spans = _SpanThread(max_queued)
@@ -543,8 +544,7 @@ class RunTracer:
 
     def remember(self, call_id: str, trace_id: int) -> None:
         self._recent[call_id] = trace_id
-        if len(self._recent) > self._recent_max:
-            self._recent.popitem(last=False)
+        self._recent.evict(self._recent_max)
 
     def recent_trace(self, call_id: str) -> int | None:
         return self._recent.get(call_id)

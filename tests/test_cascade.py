@@ -11,7 +11,17 @@ import httpx
 import openai
 import pytest
 
-from proxy.cascade import CascadeTracker, Taint, TaintBook, fault_kinds, mark_of, summarize
+from proxy.cascade import (
+    CascadeTracker,
+    Hit,
+    Mark,
+    Taint,
+    TaintBook,
+    fault_kinds,
+    mark_of,
+    request_taint,
+    summarize,
+)
 from proxy.graph import Linker, MemoryLineageIndex
 from proxy.graph.script import Script
 from proxy.guards.cascade import Quarantine
@@ -213,3 +223,24 @@ def test_quarantine_rule_denies_the_next_consumer(tmp_path: Path, upstream: Fake
         assert len(upstream.requests) == 1, "the consumer's request never reached the model"
         _say(px, "writer", "run-q", "Write the article from scratch: urban beekeeping for beginners.")
 
+
+
+# ------------------------------------------------ the request path's taint (guards/cascade.py)
+
+
+def test_request_taint_of_a_clean_call_is_none_and_of_a_root_lists_its_faults_sorted() -> None:
+    assert request_taint(finish(make_call(), text="fine"), None) is None
+    root = request_taint(finish(make_call(), outcome="upstream_cut", finish_reason="length"), None)
+    assert root is not None
+    assert (root.roots, root.depth, root.faults, root.root_faults) == (
+        (), 0, ("upstream_error", "length"), ("length", "upstream_error"))
+
+
+def test_request_taint_of_a_consumer_inherits_the_roots_one_hop_further() -> None:
+    source = Mark("call-src", "writer", 1, ("call-root",), ("content_filter",), ())
+    consumer = request_taint(finish(make_call(), text="built on it"), Hit(source, 0.9))
+    assert consumer is not None
+    assert (consumer.roots, consumer.depth, consumer.faults, consumer.root_faults) == (
+        ("call-root",), 2, (), ("content_filter",))
+    both = request_taint(finish(make_call(), finish_reason="length"), Hit(source, 0.9))
+    assert both is not None and (both.depth, both.root_faults) == (0, ("content_filter", "length"))

@@ -1,8 +1,8 @@
-"""CharLRU: the character-bounded cache behind the token, fingerprint and hash-chain caches."""
+"""The bounded caches: CharLRU (texts across calls) and LRU (the index, aggregates, trace buffer)."""
 
 from __future__ import annotations
 
-from proxy.lru import CharLRU, drop_oldest
+from proxy.lru import LRU, CharLRU, Memo, drop_oldest
 
 
 def test_least_recently_used_goes_first_past_the_bound() -> None:
@@ -36,3 +36,30 @@ def test_drop_oldest_removes_the_oldest_share_in_insertion_order() -> None:
     small = {"a": 1}
     drop_oldest(small)  # at least one
     assert small == {}
+
+
+def test_lru_touch_refreshes_and_evict_drops_the_least_recently_used() -> None:
+    lru: LRU[str, list[int]] = LRU()
+    made = lru.touch("a", list)
+    lru.put("b", [2])
+    lru.put("c", [3])
+    assert lru.touch("a", list) is made  # found, not made again
+    assert lru.evict(2) == [("b", [2])]
+    assert list(lru) == ["c", "a"]
+
+
+def test_lru_evicts_stale_entries_from_the_old_end_only() -> None:
+    lru: LRU[str, float] = LRU()
+    for key, at in (("old", 1.0), ("mid", 5.0), ("new", 9.0)):
+        lru.put(key, at)
+    lru.put("old", 1.0)  # used again: young end, although its value is stale
+    assert lru.evict(10, stale=lambda at: at < 6.0) == [("mid", 5.0)]  # stops at the first fresh one
+    assert list(lru) == ["new", "old"]
+
+
+def test_memo_keeps_answers_none_included_and_empties_when_full() -> None:
+    memo: Memo[str, int | None] = Memo(2)
+    assert memo.keep("a", None) is None and "a" in memo  # an unknown model's None is an answer too
+    memo.keep("b", 2)
+    memo.keep("c", 3)  # full: emptied, then kept
+    assert dict(memo) == {"c": 3}

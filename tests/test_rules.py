@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from proxy.cli import main as cli_main
 from proxy.guards.counters import MemoryCounterStore
-from proxy.rules import RulesError, RulesManager, build_schema, check_main, load_rules
+from proxy.rules import RulesError, RulesManager, build_schema, check_main, load_rules, schema_text
 
 ROOT = Path(__file__).resolve().parent.parent / "rules"
 GOOD = "rules:\n  - {name: per-run, kind: budget, scope: run, limit_tokens: 1000, action: deny}\n"
@@ -41,6 +42,26 @@ def test_each_example_file_loads_and_shows_its_kind(tmp_path: Path, kind: str) -
 
 def test_checked_in_schema_matches_the_models() -> None:
     assert json.loads((ROOT / "schema.json").read_text()) == build_schema()
+    assert (ROOT / "schema.json").read_text() == schema_text()  # byte for byte: no diff on regenerate
+
+
+def test_schema_command_regenerates_the_checked_in_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "schema.json"
+    assert cli_main(["rules", "schema", "--write", str(target)]) == 0
+    assert target.read_text() == (ROOT / "schema.json").read_text()
+    assert cli_main(["rules", "schema", "--write", str(target), "--check"]) == 0
+    capsys.readouterr()
+    assert cli_main(["rules", "schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == build_schema()
+
+
+def test_schema_check_fails_on_a_stale_file_and_says_how_to_fix_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stale = tmp_path / "schema.json"
+    stale.write_text((ROOT / "schema.json").read_text().replace('"cascade"', '"cascades"'))
+    assert cli_main(["rules", "schema", "--write", str(stale), "--check"]) == 1
+    assert f"stale; run: interlock rules schema --write {stale}" in capsys.readouterr().out
 
 
 def test_error_names_file_rule_and_field(tmp_path: Path) -> None:
@@ -250,7 +271,7 @@ def test_a_missing_rules_directory_is_named_in_the_log(
 def test_every_rule_kind_is_accepted_enforced_and_in_the_schema() -> None:
     """The kinds a rules file may name, the kinds a guard enforces and the kinds the published
     schema documents are one list: a kind added in one place and not the others fails here."""
-    from proxy.guards import GUARD_BUILDERS
+    from proxy.guards import GUARD_BUILDERS, RULE_KINDS
     from proxy.rules import KINDS
 
     def consts(node: object) -> set[str]:
@@ -263,4 +284,5 @@ def test_every_rule_kind_is_accepted_enforced_and_in_the_schema() -> None:
 
     schema_kinds = consts(json.loads((ROOT / "schema.json").read_text()))
     assert set(KINDS) == set(GUARD_BUILDERS) == schema_kinds
+    assert all(kind.model.kind_name() == name for name, kind in RULE_KINDS.items())
     assert {p.stem for p in (ROOT / "examples").glob("*.yaml")} >= set(KINDS)  # an example per kind

@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.server import DISCONNECT_HOOK, Limits, Server
+from proxy.extensions import DISCONNECT_HOOK
+from proxy.server import Limits, Server
 from proxy.serving import ThreadedServer
 
 

@@ -9,5 +9,6 @@ path every rule shares.
     service.py: `Escalations`, the one object the runtime builds, starts and closes.
 
 Import submodules directly (`from proxy.escalation.service import Escalations`): this
-package's __init__ stays empty because the guards import `holds` while `proxy.rules` loads.
+package's __init__ stays empty so that the request path's guard (guards/escalation.py, which
+reads `holds`) does not load the worker side (service, notify, alerts).
 """

@@ -23,7 +23,7 @@ from typing import Any
 from proxy.call import new_id
 from proxy.escalation.model import Alert, Escalation
 from proxy.escalation.notify import EventSink, Notifier
-from proxy.rules import EscalationRule, RouteSpec, parse_duration
+from proxy.rulemodels import EscalationRule, RouteSpec, parse_duration
 
 log = logging.getLogger("interlock.alerts")
 

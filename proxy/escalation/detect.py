@@ -25,7 +25,7 @@ import orjson
 from proxy.call import Call
 from proxy.guards.base import Matcher
 from proxy.redact import redact_text
-from proxy.rules import EscalationRule
+from proxy.rulemodels import EscalationRule
 
 _MAX_ARGS = 4000
 

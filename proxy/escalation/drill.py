@@ -30,7 +30,8 @@ from proxy.escalation.model import Delivery, Escalation
 from proxy.escalation.notify import Notifier
 from proxy.escalation.store import EscalationStore
 from proxy.redact import mask_url
-from proxy.rules import EscalationRule, RuleSet
+from proxy.rulemodels import EscalationRule
+from proxy.rules import RuleSet
 
 OK, NOT_DELIVERED, NOT_ACKED, CANNOT_RUN = 0, 1, 2, 3
 

@@ -15,7 +15,8 @@ from typing import Any
 from proxy.escalation.model import iso
 from proxy.escalation.notify import problems
 from proxy.escalation.store import EscalationStore
-from proxy.rules import RouteSpec, RuleSet, parse_duration
+from proxy.rulemodels import RouteSpec, parse_duration
+from proxy.rules import RuleSet
 
 _REFS = ("notify", "breach_notify", "fallback")
 

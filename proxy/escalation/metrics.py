@@ -10,16 +10,34 @@ All observable: the SDK reads the service's plain counters at scrape time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-if TYPE_CHECKING:
-    from proxy.escalation.service import Escalations
+from proxy.escalation.alerts import AlertStats
+from proxy.rulemodels import RouteSpec
 
 
-def register(meter: Any, svc: Escalations) -> None:
+class _Clocks(Protocol):
+    def counts(self) -> Mapping[str, int]: ...
+
+
+class Observed(Protocol):
+    """What the instruments read at scrape time (the `Escalations` service is one)."""
+
+    @property
+    def stats(self) -> AlertStats: ...
+    @property
+    def dead_total(self) -> Mapping[str, int]: ...
+    @property
+    def tracker(self) -> _Clocks: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    def routes(self) -> Mapping[str, RouteSpec]: ...
+
+
+def register(meter: Meter, svc: Observed) -> None:
     def alerts(_: CallbackOptions) -> Iterable[Observation]:
         return [Observation(n, {"route": r, "kind": k, "outcome": o}) for (r, k, o), n in list(svc.stats.counts.items())]
 

@@ -31,9 +31,10 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
+from proxy.backoff import Backoff
 from proxy.call import new_id
 from proxy.escalation.model import Alert, Attempt, Delivery
-from proxy.rules import RouteSpec, parse_duration
+from proxy.rulemodels import RouteSpec, parse_duration
 
 log = logging.getLogger("interlock.alerts")
 
@@ -240,10 +241,10 @@ class Notifier:
             delivery.outcome = "delivered"  # a log/OTel-only route
             return delivery
         body = render(alert, spec)
-        delay = parse_duration(spec.backoff)
+        backoff = Backoff(parse_duration(spec.backoff), self.max_backoff_s)
         for attempt in range(spec.retries + 1):
             if attempt:
-                await self._sleep(min(delay * 2 ** (attempt - 1), self.max_backoff_s))
+                await self._sleep(backoff.delay(attempt))
             retry = await self._attempt(delivery, spec, body)
             if delivery.outcome == "delivered" or not retry:
                 break

@@ -23,6 +23,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.metrics import Meter
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from proxy.backoff import Backoff
 from proxy.call import Call
 from proxy.cascade import CascadeTracker, Taint, TaintBook, mark_of, taint_update
 from proxy.escalation import alerts
@@ -30,12 +34,15 @@ from proxy.escalation.alerts import AlertRouter, AlertStats
 from proxy.escalation.detect import Detection, Detector, answered_tool_calls, human_input
 from proxy.escalation.health import route_health
 from proxy.escalation.holds import HoldBook
+from proxy.escalation.metrics import register
 from proxy.escalation.model import ESCALATION_ALERTS, Delivery, Escalation
 from proxy.escalation.notify import EventSink, Notifier, otel_events
 from proxy.escalation.store import EscalationStore, SqlEscalationStore
 from proxy.escalation.tracker import EscalationTracker
 from proxy.failures import FailureLog
-from proxy.rules import EscalationRule, RouteSpec, RuleSet
+from proxy.guards.counters import CounterStore
+from proxy.rulemodels import EscalationRule, RouteSpec
+from proxy.rules import RuleSet
 from proxy.store.rows import Record
 
 log = logging.getLogger("interlock.escalations")
@@ -93,7 +100,7 @@ class Escalations:
         self.taints = TaintBook(counters)
         self.queue: asyncio.Queue[_Work | None] = asyncio.Queue(queue_size)
         self.dropped = 0
-        self.retries, self.retry_backoff_s = 4, 0.5
+        self.retries, self.retry_backoff = 4, Backoff(0.5)
         # Database down: every call's escalation step fails; logged once, then at a backoff.
         self._step_failures = FailureLog(log, "escalation step (database)", traceback=False,
                                          hint="retried per call; the escalation queue absorbs the wait")
@@ -103,22 +110,17 @@ class Escalations:
         self._by_name = _RuleIndex(None, {}, {})
         self._task: asyncio.Task[None] | None = None
         if meter is not None:
-            from proxy.escalation.metrics import register
-
             register(meter, self)
 
     @classmethod
-    def from_runtime(cls, runtime: Any, **kwargs: Any) -> Escalations:
-        """Built in Runtime.start() after the engine, the writer, the counters and the rules."""
-        events, provider = otel_events(runtime.settings.otlp_endpoint)
-        metrics = getattr(runtime, "metrics", None)
-        meter = metrics.provider.get_meter("interlock.escalations") if metrics is not None else None
-
-        def ruleset() -> RuleSet:
-            return runtime.rules.rules if runtime.rules is not None else RuleSet()
-
+    def connect(cls, engine: AsyncEngine, counters: CounterStore, rules: Callable[[], RuleSet],
+                submit: Callable[[Record], None], *, otlp_endpoint: str | None, meter: Meter | None,
+                **kwargs: Any) -> Escalations:
+        """The service on the SQL store, alert events exported to `otlp_endpoint` when set.
+        Built in Runtime.start() after the engine, the writer, the counters and the rules."""
+        events, provider = otel_events(otlp_endpoint)
         closers = (provider,) if provider is not None else ()
-        return cls(SqlEscalationStore(runtime.engine), runtime.counters, ruleset, runtime.writer.submit,
+        return cls(SqlEscalationStore(engine), counters, rules, submit,
                    events=events, meter=meter, closers=closers, **kwargs)
 
     # ------------------------------------------------------------------ rules
@@ -246,7 +248,7 @@ class Escalations:
                     raise
                 log.debug("escalation step for call %s failed; retrying", call_id, exc_info=True)
                 self._step_failures.failed(exc)
-                await asyncio.sleep(self.retry_backoff_s * 2**attempt)
+                await asyncio.sleep(self.retry_backoff.delay(attempt + 1))
             else:
                 self._step_failures.succeeded()
                 return

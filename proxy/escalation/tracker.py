@@ -29,7 +29,7 @@ from proxy.escalation.holds import HoldBook, phase_of
 from proxy.escalation.model import OPEN_STATES, Escalation
 from proxy.escalation.store import EscalationStore
 from proxy.failures import FailureLog
-from proxy.rules import EscalationRule
+from proxy.rulemodels import EscalationRule
 
 log = logging.getLogger("interlock.escalations")
 

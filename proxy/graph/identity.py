@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from proxy.call import Call
 from proxy.graph.model import Identity
+from proxy.lru import Memo
 
 _CALENDAR = frozenset(
     b"monday tuesday wednesday thursday friday saturday sunday mon tue tues wed thu thur thurs fri sat "
@@ -48,8 +49,6 @@ def _tables() -> tuple[bytes, bytes, bytes]:
 
 
 _FOLD, _PROBE, _PUNCT = _tables()
-_K = TypeVar("_K")
-_V = TypeVar("_V")
 # fmt: off
 _FILLER = frozenset((
     "helpful", "expert", "experienced", "friendly", "senior", "skilled", "professional", "world-class",
@@ -367,16 +366,15 @@ class Identifier:
 
     def __init__(self, directory: AgentDirectory | None = None, *, max_cached: int = 4096) -> None:
         self.directory = directory or AgentDirectory()
-        self._prints: dict[tuple[int, int, tuple[str, ...]], str] = {}
-        self._roles: dict[str, str | None] = {}
-        self._calls: dict[str, Identity] = {}
-        self._max = max_cached
+        self._prints: Memo[tuple[int, int, tuple[str, ...]], str] = Memo(max_cached)
+        self._roles: Memo[str, str | None] = Memo(max_cached)
+        self._calls: Memo[str, Identity] = Memo(max_cached)
 
     def identify(self, call: Call) -> Identity:
         ident = self._calls.get(call.id)
         if ident is None:
             ident = self._identify(call)
-            _bounded(self._calls, self._max)[call.id] = ident
+            self._calls.keep(call.id, ident)
         return ident
 
     def _identify(self, call: Call) -> Identity:
@@ -410,17 +408,11 @@ class Identifier:
         key = (hash(constant), len(constant), tools)
         fp = self._prints.get(key)
         if fp is None:
-            fp = _bounded(self._prints, self._max)[key] = fingerprint(system, tools)
+            fp = self._prints.keep(key, fingerprint(system, tools))
         return fp
 
     def _role(self, fp: str, system: str | None) -> str | None:
         if fp not in self._roles:
-            _bounded(self._roles, self._max)[fp] = role_name(system)
+            self._roles.keep(fp, role_name(system))
         return self._roles[fp]
 
-
-def _bounded(cache: dict[_K, _V], limit: int) -> dict[_K, _V]:
-    """The cache, emptied first when full (hot entries come straight back)."""
-    if len(cache) >= limit:
-        cache.clear()
-    return cache

@@ -19,12 +19,12 @@ Time is event time (the calls' own timestamps), so replaying traffic evicts the 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy.graph.model import CallRecord, Ref, RunState
+from proxy.lru import LRU
 
 
 class LineageIndex(Protocol):
@@ -127,13 +127,13 @@ class MemoryLineageIndex:
         self._max_thread_sources = max_thread_sources
         self._max_run_seen = max_run_seen
         self._now = 0.0
-        self._refs: OrderedDict[str, Ref] = OrderedDict()
-        self._calls: OrderedDict[str, CallRecord] = OrderedDict()
+        self._refs: LRU[str, Ref] = LRU()
+        self._calls: LRU[str, CallRecord] = LRU()
         self._post: dict[int, str | list[str]] = {}
-        self._runs: OrderedDict[str, _Run] = OrderedDict()
+        self._runs: LRU[str, _Run] = LRU()
         self._open: dict[str, None] = {}
-        self._alias: OrderedDict[str, str] = OrderedDict()
-        self._threads: OrderedDict[str, set[str]] = OrderedDict()
+        self._alias: LRU[str, str] = LRU()
+        self._threads: LRU[str, set[str]] = LRU()
         self._names: dict[str, str] = {}
 
     # ------------------------------------------------------------------ refs
@@ -143,16 +143,15 @@ class MemoryLineageIndex:
         return [get(k) for k in keys]
 
     def put_refs(self, refs: Mapping[str, Ref]) -> None:
+        put = self._refs.put
         for key, ref in refs.items():
-            self._refs[key] = ref
-            self._refs.move_to_end(key)
+            put(key, ref)
             self._tick(ref.ended_at)
         self._evict_refs()
 
     def _evict_refs(self) -> None:
-        refs, horizon = self._refs, self._now - self.ttl_s
-        while refs and (len(refs) > self._max_refs or next(iter(refs.values())).ended_at < horizon):
-            refs.popitem(last=False)
+        horizon = self._now - self.ttl_s
+        self._refs.evict(self._max_refs, lambda ref: ref.ended_at < horizon)
 
     # ------------------------------------------------------------------ postings
 
@@ -205,9 +204,9 @@ class MemoryLineageIndex:
                     post[h] = v[0]
 
     def _evict_calls(self) -> None:
-        calls, horizon = self._calls, self._now - self.ttl_s
-        while calls and (len(calls) > self.max_calls or next(iter(calls.values())).ended_at < horizon):
-            self._unpost(calls.popitem(last=False)[1])
+        horizon = self._now - self.ttl_s
+        for _, record in self._calls.evict(self.max_calls, lambda record: record.ended_at < horizon):
+            self._unpost(record)
 
     # ------------------------------------------------------------------ runs
 
@@ -257,8 +256,7 @@ class MemoryLineageIndex:
                 into.last_seen = max(into.last_seen, run.last_seen)
                 into.pairs = into.pairs | run.pairs
                 into.seen |= run.seen
-        while len(self._alias) > self._max_runs:
-            self._alias.popitem(last=False)
+        self._alias.evict(self._max_runs)
         return into.state(root)
 
     def close_idle_runs(self, idle_before: float) -> list[str]:
@@ -286,9 +284,8 @@ class MemoryLineageIndex:
         run.seen.update(hashes)
 
     def _evict_runs(self) -> None:
-        runs, horizon = self._runs, self._now - self.ttl_s
-        while runs and (len(runs) > self._max_runs or next(iter(runs.values())).last_seen < horizon):
-            rid, _ = runs.popitem(last=False)
+        horizon = self._now - self.ttl_s
+        for rid, _ in self._runs.evict(self._max_runs, lambda run: run.last_seen < horizon):
             self._open.pop(rid, None)
 
     # ------------------------------------------------------------------ threads and names
@@ -298,15 +295,11 @@ class MemoryLineageIndex:
         return {t: frozenset(threads[t]) for t in thread_ids if t in threads}
 
     def add_thread_sources(self, thread_id: str, call_ids: Iterable[str]) -> None:
-        sources = self._threads.get(thread_id)
-        if sources is None:
-            sources = self._threads[thread_id] = set()
-        self._threads.move_to_end(thread_id)
+        sources = self._threads.touch(thread_id, set)
         for cid in call_ids:
             if len(sources) < self._max_thread_sources:
                 sources.add(cid)
-        while len(self._threads) > self.max_calls:
-            self._threads.popitem(last=False)
+        self._threads.evict(self.max_calls)
 
     def claim_name(self, name: str, owner: str) -> str:
         return self._names.setdefault(name, owner)

@@ -1,7 +1,9 @@
 """Guards: the registry of rule kinds and the chain builder.
 
-`GUARD_BUILDERS` is the one explicit list of enforced kinds (a builder turns one rule into
-its guards).  Escalation rules are mostly enforced off the request path (proxy/escalation/);
+`RULE_KINDS` is the one explicit list of rule kinds: each pairs the kind's model
+(proxy/rulemodels.py) with its builder (which turns one rule into its guards).  The builders
+(`GUARD_BUILDERS`), the union a rules file is parsed with and rules/schema.json
+(proxy/rules.py) are all derived from it.  Escalation rules are mostly enforced off the request path (proxy/escalation/);
 their guard only holds runs after an SLA breach (`on_breach: hold`).
 """
 
@@ -20,18 +22,36 @@ from proxy.guards.counters import CounterStore, MemoryCounterStore, RedisCounter
 from proxy.guards.facts import FactsCache
 from proxy.guards.handoffs import FingerprintHandoffs, Handoff, HandoffSource
 from proxy.pricing import Price, PriceTable
+from proxy.rulemodels import BudgetRule, CascadeRule, ContextRule, EscalationRule, LoopRule, RuleBase
 
 Builder = Callable[[Any, GuardDeps], Iterable[RuleGuard[Any]]]
 
-GUARD_BUILDERS: Mapping[str, Builder] = MappingProxyType(
+
+@dataclasses.dataclass(frozen=True)
+class RuleKind:
+    """One kind of rule: the model a rules file is validated with, and its guards' builder."""
+
+    model: type[RuleBase]
+    build: Builder
+
+    @property
+    def name(self) -> str:
+        return self.model.kind_name()
+
+
+RULE_KINDS: Mapping[str, RuleKind] = MappingProxyType(
     {
-        "budget": budget.build,
-        "loop": loops.build,
-        "context": context.build,
-        "escalation": escalation.build,
-        "cascade": cascade.build,
+        kind.name: kind
+        for kind in (
+            RuleKind(BudgetRule, budget.build),
+            RuleKind(LoopRule, loops.build),
+            RuleKind(ContextRule, context.build),
+            RuleKind(EscalationRule, escalation.build),
+            RuleKind(CascadeRule, cascade.build),
+        )
     }
 )
+GUARD_BUILDERS: Mapping[str, Builder] = MappingProxyType({name: k.build for name, k in RULE_KINDS.items()})
 
 
 def make_deps(
@@ -85,8 +105,10 @@ __all__ = [
     "Handoff",
     "HandoffSource",
     "MemoryCounterStore",
+    "RULE_KINDS",
     "RedisCounterStore",
     "RuleGuard",
+    "RuleKind",
     "Verdict",
     "build_chain",
     "make_counter_store",

@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from proxy.call import Call, Chunk
-from proxy.lru import drop_oldest
+from proxy.rulemodels import RuleBase
 
 if TYPE_CHECKING:
     from proxy.catalog import Catalog
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from proxy.guards.facts import FactsCache
     from proxy.guards.handoffs import HandoffSource
     from proxy.pricing import PriceTable
-    from proxy.rules import RuleBase
 
 Action = Literal["allow", "flag", "deny", "escalate"]
 
@@ -251,33 +250,5 @@ class GuardDeps:
     batches: dict[str, Batch[Any]] = field(default_factory=dict)
 
 
-T = TypeVar("T")
 
 
-class CallSlots(Generic[T]):
-    """Per-call state of one guard, keyed by call id, bounded so a call whose `on_response`
-    never comes cannot leak memory (at `cap`, the oldest eighth of the entries is dropped)."""
-
-    __slots__ = ("_cap", "_items")
-
-    def __init__(self, cap: int = 100_000) -> None:
-        self._cap = cap
-        self._items: dict[str, T] = {}
-
-    def put(self, call: Call, value: T) -> None:
-        items = self._items
-        if len(items) >= self._cap:
-            drop_oldest(items)
-        items[call.id] = value
-
-    def get(self, call: Call) -> T | None:
-        return self._items.get(call.id)
-
-    def __contains__(self, call_id: str) -> bool:
-        return call_id in self._items
-
-    def pop(self, call: Call) -> T | None:
-        return self._items.pop(call.id, None)
-
-    def __len__(self) -> int:
-        return len(self._items)

@@ -29,7 +29,6 @@ from proxy.guards.base import (
     GENERATIVE,
     Action,
     Batch,
-    CallSlots,
     Failed,
     GuardDeps,
     RuleGuard,
@@ -37,11 +36,11 @@ from proxy.guards.base import (
 )
 from proxy.guards.counters import BUCKETS, Adjustment, Ask, CounterStore
 from proxy.guards.scopes import describe_scope, scope_getter, scope_value
-from proxy.lru import drop_oldest
+from proxy.lru import CallSlots, drop_oldest
+from proxy.rulemodels import BudgetRule
 
 if TYPE_CHECKING:
     from proxy.pricing import Price
-    from proxy.rules import BudgetRule
 
 CODE = "interlock_budget_exceeded"
 MICRO = 1_000_000

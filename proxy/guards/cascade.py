@@ -14,14 +14,11 @@ acts on.  One CounterStore read per call, one write per tainted call.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import proxy.cascade as taint  # a module object: proxy.cascade imports proxy.guards.facts
 from proxy.call import Call
-from proxy.guards.base import ALLOW, CallSlots, GuardDeps, Matcher, RuleGuard, Verdict
-
-if TYPE_CHECKING:
-    from proxy.rules import CascadeRule
+from proxy.cascade import Hit, TaintBook, mark_of, request_taint
+from proxy.guards.base import ALLOW, GuardDeps, Matcher, RuleGuard, Verdict
+from proxy.lru import CallSlots
+from proxy.rulemodels import CascadeRule
 
 CODE = "interlock_quarantined"
 _FAULTS = {
@@ -39,8 +36,8 @@ class Quarantine(RuleGuard["CascadeRule"]):
         self.applies = self.matches
         self.matches = Matcher({})
         self.deps = deps
-        self.book = taint.TaintBook(deps.counters, deps.facts)
-        self._hits: CallSlots[taint.Hit] = CallSlots(cap=50_000)
+        self.book = TaintBook(deps.counters, deps.facts)
+        self._hits: CallSlots[Hit] = CallSlots(cap=50_000)
 
     async def on_request(self, call: Call) -> Verdict:
         """Hot path: one store read (shared by every cascade rule with the same overlap)."""
@@ -53,11 +50,11 @@ class Quarantine(RuleGuard["CascadeRule"]):
             return ALLOW
         return self.verdict(self.rule.action, self._reason(hit), _data(hit), code=CODE, status=400)
 
-    def _acts_on(self, hit: taint.Hit) -> bool:
+    def _acts_on(self, hit: Hit) -> bool:
         deep_ok = self.rule.max_depth is None or hit.depth <= self.rule.max_depth
         return deep_ok and bool(set(hit.mark.faults) & set(self.rule.sources))
 
-    def _reason(self, hit: taint.Hit) -> str:
+    def _reason(self, hit: Hit) -> str:
         m = hit.mark
         why = "; ".join(_FAULTS.get(k, k) for k in m.faults)
         origin = (f"which is faulty ({why})" if m.depth == 0
@@ -73,17 +70,13 @@ class Quarantine(RuleGuard["CascadeRule"]):
     async def on_response(self, call: Call) -> Verdict:
         """Marks the output of a faulty or tainted call (one store write); never denies."""
         hit = self._hits.pop(call)
-        faults = taint.fault_kinds(call)
-        if call.outcome == "denied" or (hit is None and not faults):
-            return ALLOW
-        roots = hit.mark.roots if hit is not None else ()
-        root_faults = tuple(sorted(set(hit.mark.faults if hit else ()) | set(faults)))
-        mine = taint.Taint(call.id, roots, 0 if faults else (hit.depth if hit else 0), faults, root_faults)
-        await self.book.mark(call.run_id, taint.mark_of(call, call.agent, mine, self.deps.facts(call)))
+        mine = request_taint(call, hit) if call.outcome != "denied" else None
+        if mine is not None:
+            await self.book.mark(call.run_id, mark_of(call, call.agent, mine, self.deps.facts(call)))
         return ALLOW
 
 
-def _data(hit: taint.Hit) -> dict[str, object]:
+def _data(hit: Hit) -> dict[str, object]:
     m = hit.mark
     return {"source_call": m.call_id, "source_agent": m.agent, "roots": list(m.roots) or [m.call_id],
             "faults": list(m.faults), "depth": hit.depth, "overlap": round(hit.overlap, 3)}

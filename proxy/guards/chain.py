@@ -30,13 +30,13 @@ from proxy.guards.base import (
     GENERATIVE,
     SEVERITY,
     Batch,
-    CallSlots,
     Guard,
     RuleGuard,
     Verdict,
     overrides,
     worst,
 )
+from proxy.lru import CallSlots, Memo
 
 log = logging.getLogger("interlock.guards")
 
@@ -138,7 +138,7 @@ class GuardChain(Guard):
         self.stats = stats if stats is not None else GuardStats()
         self._clock = clock
         self._active: CallSlots[_Active] = CallSlots()
-        self._match_cache: dict[tuple[str | None, ...], _Active] = {}
+        self._match_cache: Memo[tuple[str | None, ...], _Active] = Memo(_MATCH_CACHE_MAX)
         self._failures: dict[str, FailureLog] = {}  # per guard: Redis down fails every call
 
     @property
@@ -154,9 +154,7 @@ class GuardChain(Guard):
             active = _Active.of(
                 tuple(g for g in self.guards if call.operation in g.operations and g.matches(call))
             )
-            if len(self._match_cache) >= _MATCH_CACHE_MAX:
-                self._match_cache.clear()
-            self._match_cache[key] = active
+            self._match_cache.keep(key, active)
         return active
 
     def _record(self, call: Call, verdict: Verdict, hook: str) -> None:

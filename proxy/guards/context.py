@@ -17,15 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from proxy.call import Call, Chunk
 from proxy.guards.base import ALLOW, Action, Batch, Failed, GuardDeps, RuleGuard, Verdict
 from proxy.guards.facts import lazy
 from proxy.guards.handoffs import TRUNCATED, Handoff
-
-if TYPE_CHECKING:
-    from proxy.rules import ContextRule
+from proxy.rulemodels import ContextRule
 
 CODE = "interlock_context_overflow"
 CODE_LOSS = "interlock_context_loss"

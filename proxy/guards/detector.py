@@ -14,16 +14,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from proxy.call import Call
 from proxy.guards.base import ALLOW, Action, GuardDeps, RuleGuard, Verdict
 from proxy.guards.scopes import describe_scope, scope_getter
-
-if TYPE_CHECKING:
-    from proxy.rules import LoopRule
+from proxy.rulemodels import LoopRule
 
 CODE = "interlock_loop_detected"
 CONSEQUENCE = MappingProxyType(

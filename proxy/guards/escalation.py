@@ -12,14 +12,11 @@ escalation's own tool call passes — that answer is the acknowledgement.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from proxy.call import Call
 from proxy.escalation.holds import Hold, HoldBook
 from proxy.guards.base import ALLOW, GuardDeps, Matcher, RuleGuard, Verdict
-
-if TYPE_CHECKING:
-    from proxy.rules import EscalationRule
+from proxy.rulemodels import EscalationRule
 
 CODE = "interlock_escalation_hold"
 STATUS = 423

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from proxy.call import Call
-from proxy.guards.base import CallSlots
 from proxy.guards.counters import CounterStore
 from proxy.guards.facts import FactsCache, Sketch, decode_sketch
+from proxy.lru import CallSlots, Memo
 
 TRUNCATED = frozenset({"length", "max_tokens", "max_output_tokens"})
 _UNKNOWN: Any = object()
@@ -80,7 +80,7 @@ class FingerprintHandoffs:
         self._ttl = ttl_s
         self._overlap = overlap
         self._recorded: CallSlots[bool] = CallSlots(cap=4096)
-        self._decoded: dict[str, _Output] = {}
+        self._decoded: Memo[str, _Output] = Memo(8192)
 
     async def handoff_into(self, call: Call) -> Handoff | None:
         if not call.run_id or not call.agent:
@@ -123,9 +123,7 @@ class FingerprintHandoffs:
             agent, flag, encoded = raw.split("\x1f")
             sketch = decode_sketch(encoded)
             out = _Output(agent, flag == "1", sketch, frozenset(sketch))
-            if len(self._decoded) >= 8192:
-                self._decoded.clear()
-            self._decoded[raw] = out
+            self._decoded.keep(raw, out)
         return out
 
     async def _depth(self, run: str, source: str, target: str) -> int:

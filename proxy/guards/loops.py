@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -39,9 +39,8 @@ from proxy.guards.handoffs import Handoff
 from proxy.guards.redelegation import Redelegation
 from proxy.guards.revisit import Revisit
 from proxy.guards.stall import Stall
+from proxy.rulemodels import LoopRule
 
-if TYPE_CHECKING:
-    from proxy.rules import LoopRule
 
 class RetryStorm(LoopDetector):
     """The same request content sent again and again."""

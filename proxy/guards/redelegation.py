@@ -41,15 +41,13 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from proxy.call import Call
 from proxy.guards.base import ALLOW, GuardDeps, Verdict
 from proxy.guards.detector import LoopDetector
 from proxy.guards.terms import COMMON_WEIGHT, Terms, encode_terms
-
-if TYPE_CHECKING:
-    from proxy.rules import LoopRule
+from proxy.rulemodels import LoopRule
 
 KEEP = 48  # instructions and results of a run looked back on
 FAILED = re.compile(  # a report that the sub-goal was not reached

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -30,9 +30,7 @@ from proxy.guards.base import ALLOW, GuardDeps, Verdict
 from proxy.guards.detector import LoopDetector
 from proxy.guards.facts import canonical_args, digest, incoming_messages
 from proxy.guards.terms import Lexicon
-
-if TYPE_CHECKING:
-    from proxy.rules import LoopRule
+from proxy.rulemodels import LoopRule
 
 FETCH = re.compile(
     r"get|fetch|read|open|visit|search|browse|load|download|look_?up|query|find|navigate|view|"

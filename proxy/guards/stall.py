@@ -26,15 +26,11 @@ a run, both the memory and the streak are the conversation's own.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from proxy.call import Call
 from proxy.guards.base import ALLOW, GuardDeps, Verdict
 from proxy.guards.detector import LoopDetector
 from proxy.guards.terms import Terms, encode_terms
-
-if TYPE_CHECKING:
-    from proxy.rules import LoopRule
+from proxy.rulemodels import LoopRule
 
 
 class _All:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from proxy.backoff import Backoff
 from proxy.failures import FailureLog
 from proxy.store.rows import TABLE_ORDER, Record, Row
 from proxy.store.spool import Spool
@@ -90,9 +90,10 @@ class BatchWriter:
         self._queue_max_bytes = queue_max_bytes
         self._queue_bytes = 0  # stored content held by `_queue` (approximate: characters)
         self._flush_interval, self._write_timeout = flush_interval, write_timeout
-        self._backoff_min, self._backoff_max = backoff
+        self._backoff = Backoff(backoff[0], backoff[1], jitter=0.2)
         self._abandon_after = abandon_after
-        self._backoff = self._retry_at = 0.0
+        self._failures = 0  # sink failures in a row: the next retry waits _backoff.delay(that)
+        self._retry_at = 0.0
         self._inflight: list[Record] = []
         self._pending: _Pending | None = None
         self._wake = asyncio.Event()
@@ -252,7 +253,7 @@ class BatchWriter:
             return False if counted else self._failed(len(batch), exc)
         self.written += len(batch) - (await self._reject(exc) if exc else 0)
         self._journal.release(_seqs(batch))
-        self._backoff = 0.0
+        self._failures = 0
         self._sink_failures.succeeded()
         return True
 
@@ -358,8 +359,8 @@ class BatchWriter:
 
     def _fail(self) -> None:
         """Schedule the next attempt with jittered exponential backoff."""
-        self._backoff = min(self._backoff_max, max(self._backoff_min, self._backoff * 2))
-        self._retry_at = time.monotonic() + self._backoff * random.uniform(0.8, 1.2)
+        self._failures += 1
+        self._retry_at = time.monotonic() + self._backoff.delay(self._failures)
 
 
 def _seqs(records: Sequence[Record]) -> list[int]:

@@ -13,7 +13,8 @@ from proxy.escalation.model import Escalation
 from proxy.escalation.store import MemoryEscalationStore
 from proxy.escalation.tracker import EscalationTracker
 from proxy.guards.counters import MemoryCounterStore
-from proxy.rules import EscalationRule, RouteSpec, parse_rule
+from proxy.rulemodels import EscalationRule, RouteSpec
+from proxy.rules import parse_rule
 
 _ids = itertools.count(1)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.rules import CascadeRule, EscalationRule, RulesError, load_rules
+from proxy.rulemodels import CascadeRule, EscalationRule
+from proxy.rules import RulesError, load_rules
 
 
 def _errors(tmp: Path, **files: str) -> list[str]:

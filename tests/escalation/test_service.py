@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from proxy.backoff import Backoff
 from proxy.call import Message, ToolCall
 from proxy.escalation.notify import MemoryEvents
 from proxy.escalation.service import Escalations
@@ -117,7 +118,7 @@ async def test_escalation_steps_failing_while_the_database_is_down_are_logged_on
     ruleset = load_rules(tmp_path)
     service = Escalations(_DownStore(), MemoryCounterStore(), lambda: ruleset, lambda _: None,
                           events=MemoryEvents(), sync_s=3600.0)
-    service.retry_backoff_s = 0.001
+    service.retry_backoff = Backoff(0.001)
     await service.start()
     try:
         with caplog.at_level(logging.DEBUG, logger="interlock"):
