@@ -71,6 +71,25 @@ class Runtime:
         self.linker: Linker | None = None
         self.resolver: RunResolver | None = None
         self.index: MemoryLineageIndex | None = None
+        self.peer_metrics: Any = None  # with --workers N: /metrics merged across the workers
+
+    @property
+    def worker_index(self) -> int:
+        """This process's slot under `interlock serve --workers N` (0 in a single process)."""
+        return self.settings.worker.index if self.settings.worker is not None else 0
+
+    @property
+    def leader(self) -> bool:
+        """True in exactly one process per `interlock serve` (worker 0): jobs that must run once
+        per process group (retention sweeps) start only here.  Across replicas each has its
+        own leader; jobs that must run once cluster-wide need a shared lock besides."""
+        return self.worker_index == 0
+
+    async def scrape_metrics(self) -> bytes:
+        """/metrics text: this process's, or every worker's merged (proxy/worker.py)."""
+        if self.peer_metrics is not None:
+            return bytes(await self.peer_metrics())
+        return await self.metrics.scrape() if self.metrics is not None else b""
 
     async def start(self) -> None:
         s = self.settings
@@ -93,11 +112,16 @@ class Runtime:
         self.retention = Retention(self.engine, RetentionPolicy(
             metadata_days=s.retention_days, content_days=s.content_retention_days,
             batch_size=s.retention_batch_size, interval_s=s.retention_interval_s))
-        self.retention.start()  # a no-op unless a retention setting is given
+        if self.leader:  # one sweep per process group: the others would only repeat its deletes
+            self.retention.start()  # a no-op unless a retention setting is given
         self.tokens = self._token_counter()
         self.rules = await self._rules()
         await self._graph()
         self.metrics = Metrics(self, LabelCap(s.metric_label_limit))
+        if s.worker is not None and s.worker.count > 1:
+            from proxy.worker import PeerMetrics
+
+            self.peer_metrics = PeerMetrics(s.worker, self.metrics.scrape)
         self.escalations = Escalations.from_runtime(self, sync_s=s.escalation_sync_s)
         await self.escalations.start()  # reloads open escalations, re-arms clocks and holds
         observers: list[Observer] = [self.metrics.on_recorded, self.escalations.observe]
@@ -194,6 +218,8 @@ class Runtime:
             self._retry.cancel()
         if self.forwarder is not None:
             await self.forwarder.aclose()
+        if self.peer_metrics is not None:
+            await self.peer_metrics.aclose()
         if self.pipeline is not None:
             await self.pipeline.aclose()
         if self.tracer is not None:
