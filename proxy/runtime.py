@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 import proxy.store.queries as queries
 from proxy.cascade import summarize
@@ -24,6 +22,7 @@ from proxy.graph.threads import ChainCache
 from proxy.guards.chain import GuardChain
 from proxy.guards.counters import make_counter_store
 from proxy.labelcap import LabelCap
+from proxy.memory import MemoryPlan
 from proxy.pipeline import Observer, Pipeline, RunsClosed
 from proxy.pricing import PriceTable
 from proxy.providers import Router
@@ -40,6 +39,9 @@ from proxy.telemetry import Metrics
 from proxy.tokens import TokenCounter, load_counter
 from proxy.tracing import RunTracer, make_run_tracer
 
+if TYPE_CHECKING:
+    import httpx
+
 log = logging.getLogger("interlock")
 
 
@@ -47,6 +49,7 @@ class Runtime:
     def __init__(self, settings: Settings, router: Router, *, transport: httpx.AsyncBaseTransport | None = None,
                  migrate: bool = True) -> None:
         self.settings = settings
+        self.memory = MemoryPlan.from_settings(settings)  # every cache and queue bound (INTERLOCK_MEMORY_MB)
         self.router = router
         self.transport = transport
         self.migrate = migrate
@@ -102,7 +105,7 @@ class Runtime:
             SqlSink(self.engine),
             spool,
             queue_size=s.writer_queue_size,
-            queue_max_bytes=s.writer_queue_max_bytes,
+            queue_max_bytes=self.memory.writer_queue_bytes,
             batch_size=s.writer_batch_size,
             flush_interval=s.writer_flush_interval_s,
             write_timeout=s.writer_timeout_s,
@@ -132,7 +135,7 @@ class Runtime:
             closers.append(self.tracer.on_runs_closed)
         self.pipeline = Pipeline(self.writer, policy=s.content_policy, max_bytes=s.content_max_bytes,
                                  linker=self.linker, observers=observers, on_runs_closed=closers,
-                                 prices=self.price_table, max_queued_bytes=s.pipeline_queue_max_bytes,
+                                 prices=self.price_table, max_queued_bytes=self.memory.pipeline_queue_bytes,
                                  answered=self.wal.answered if self.wal is not None else None)
         await self.pipeline.start()
         self.forwarder = make_forwarder(s, self.transport)
@@ -188,11 +191,12 @@ class Runtime:
         return self.rules.chain if self.rules is not None else None
 
     def _token_counter(self) -> TokenCounter:
-        return load_counter(self.settings.encodings_dir, log.warning)
+        return load_counter(self.settings.encodings_dir, log.warning, history_chars=self.memory.token_history_chars)
 
     async def _rules(self) -> RulesManager:
         self.counters = await make_counter_store(self.settings.redis_url)
-        manager = RulesManager.from_settings(self.settings, counters=self.counters)
+        manager = RulesManager.from_settings(self.settings, counters=self.counters,
+                                             fingerprint_chars=self.memory.fingerprint_chars)
         await manager.start()
         return manager
 
@@ -203,10 +207,10 @@ class Runtime:
             names = await queries.agent_names(self.engine)
         except Exception:  # database down at start: names are pure functions of fingerprints anyway
             names = {}
-        self.index = MemoryLineageIndex()
+        self.index = MemoryLineageIndex(max_calls=self.memory.lineage_calls)
         directory = AgentDirectory(names=names, aliases=s.agent_aliases, claims=self.index)
         identifier = Identifier(directory)
-        chains = ChainCache()  # one per process: the linker and the resolver hash the same messages
+        chains = ChainCache(max_chars=self.memory.chain_chars)  # one per process: the linker and the resolver hash the same messages
         self.linker = Linker(self.index, run_idle_s=s.run_idle_s, identifier=identifier, chains=chains)
         self.resolver = RunResolver(
             self.index, identifier, run_idle_s=s.run_idle_s, chains=chains, placer=self.linker

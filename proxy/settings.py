@@ -82,8 +82,8 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=256)
     worker: WorkerSlot | None = None  # set by the supervisor in each worker it starts
     # One memory budget per process, in MiB: every cache and queue bound not set explicitly is
-    # sized from it (proxy/memory.py, README "Memory").  Unset: the historical defaults (~512).
-    memory_mb: int | None = Field(None, ge=64)
+    # sized from it (proxy/memory.py, README "Memory").  Unset: the historical defaults (~560).
+    memory_mb: int | None = Field(None, ge=192)
     database_url: str = "sqlite+aiosqlite:///./interlock.db"
     rules_dir: Path = Path("./rules")
     upstream_openai: str = "https://api.openai.com"

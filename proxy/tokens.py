@@ -383,15 +383,16 @@ def _texts_of(call: Call) -> _Texts:
     return _Texts(list(map(_TEXT, msgs)), list(chain.from_iterable(map(_NAME_ARGS, calls))), extra, framed)
 
 
-def load_counter(encodings_dir: Path | None, warn: Callable[[str], None]) -> TokenCounter:
+def load_counter(encodings_dir: Path | None, warn: Callable[[str], None], *,
+                 history_chars: int = DEFAULT_HISTORY_CHARS) -> TokenCounter:
     """The exact counter when the encodings are installed, else the approximation (warned)."""
     try:
-        return TokenCounter(encodings_dir)
+        return TokenCounter(encodings_dir, history_chars=history_chars)
     except EncodingsUnavailable as exc:
         warn(
             f"{exc}; counting tokens approximately (~{APPROX_CHARS_PER_TOKEN} characters per token) meanwhile"
         )
-        return TokenCounter.approximate()
+        return TokenCounter(approximate=True, history_chars=history_chars)
 
 
 def _scaled(n: int, r: Route) -> int:
