@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MIB = 1024 * 1024
-BASELINE_MB = 150  # RSS of a worker at ready (bench/README.md "Memory"), not available to caches
+BASELINE_MB = 170  # RSS of a worker at ready (bench/README.md "Memory"), not available to caches
 MIN_MB = 192  # below this the shares are too small to be useful
 # A cached character costs about this many bytes once Python objects and LRU entries count.
 BYTES_PER_CHAR = 2.0

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, Reply
 from tests.topology import Topology
 
 
@@ -48,6 +48,20 @@ def test_two_replicas_answer_the_sdk_and_record_every_call_once(topology: Topolo
     counts = collections.Counter(r["model_requested"] for r in rows)
     assert counts == dict.fromkeys(models, 1)  # each answered call stored once, none invented
     assert all(_requests_served(r.direct) > 0 for r in topo.replicas)  # round-robin reached both
+
+
+def test_haproxy_relays_a_stream_as_it_comes(topology: Topology, upstream: FakeUpstream) -> None:
+    upstream.script(Reply(chunks=["first ", "second ", "third"], gate_after=2))  # role chunk + "first "
+    stream = _client(topology.url).chat.completions.create(
+        model="gpt-s", messages=[{"role": "user", "content": "go"}], stream=True)
+    got = []
+    for chunk in stream:  # "first " arrives while the upstream still holds the rest back
+        text = chunk.choices[0].delta.content if chunk.choices else None
+        if text:
+            got.append(text)
+            if len(got) == 1:
+                upstream.release()
+    assert got == ["first ", "second ", "third"]
 
 
 def test_metrics_of_a_replica_merge_all_of_its_workers(topology: Topology) -> None:
