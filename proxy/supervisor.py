@@ -86,6 +86,8 @@ class Supervisor:
             if failed is not None:
                 self._say(failed)
                 return 1
+            if self._stop is not None:  # asked to stop while starting
+                return 0
             print(banner, file=self.out, flush=True)
             self._say(f"{len(self.slots)} workers ready (pids {', '.join(str(self._pid(s)) for s in self.slots)})")
             self._watch()
