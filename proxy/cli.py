@@ -83,6 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.worker is not None:  # started by a supervisor: the socket is inherited
         from proxy import worker
 
+        if settings.worker.index == 0:  # the banner once, from a process that has its imports anyway
+            print(banner(settings), file=sys.stderr)
         uvloop.run(worker.serve(app, settings.worker, graceful_timeout_s=10, limits=limits_from(settings)))
         return 0
     print(banner(settings), file=sys.stderr)
@@ -103,7 +105,7 @@ def _supervise(settings: Settings) -> int:
         raise SettingsError(
             f"setting workers (INTERLOCK_WORKERS) has value {settings.workers}: more than one worker needs "
             "INTERLOCK_REDIS_URL, where the workers share budgets and hot state")
-    return Supervisor(settings).run(banner(settings))
+    return Supervisor(settings).run(serving_line(settings))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -196,7 +198,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", dest="database_url", help="overrides INTERLOCK_DATABASE_URL")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extras: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interlock", description="Guard-and-observability proxy for multi-agent LLM systems.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -245,9 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("dir", nargs="?", default="rules")
     check.set_defaults(func=cmd_rules_check)
 
-    for extra in _extra_commands():
-        extra(sub)
+    if extras:
+        for extra in _extra_commands():
+            extra(sub)
     return parser
+
+
+# Commands defined above; any other word (or none: `--help`) needs the extra modules' commands.
+# `interlock serve` skips importing them: the demo, dashboards and graph CLI cost start-up time,
+# and the `--workers` supervisor would hold them in memory for nothing.
+_BUILTIN = frozenset({"serve", "db", "calls", "doctor", "encodings", "rules"})
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def _extra_commands() -> list[Callable[[Any], None]]:
@@ -262,8 +275,9 @@ def _extra_commands() -> list[Callable[[Any], None]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(extras=_command(words) not in _BUILTIN)
+    args = parser.parse_args(words)
     try:
         return int(args.func(args) or 0)
     except SettingsError as exc:
