@@ -72,22 +72,21 @@ def test_a_busy_port_is_refused_once_by_the_supervisor(tmp_path: Path) -> None:
 def test_sigterm_drains_every_worker_and_exits_zero(tmp_path: Path) -> None:
     db = create_test_database()
     port = free_port()
-    proc = _serve(tmp_path, "--workers", "2", "--port", str(port), INTERLOCK_REDIS_URL=redis_url(),
-                  INTERLOCK_DATABASE_URL=db, INTERLOCK_SPOOL_DIR=str(tmp_path / "spool"))
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--workers", "2", "--port", str(port)],
+                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "INTERLOCK_RULES_DIR": str(tmp_path), "INTERLOCK_REDIS_URL": redis_url(),
+                                     "INTERLOCK_DATABASE_URL": db, "INTERLOCK_SPOOL_DIR": str(tmp_path / "spool")})
     try:
         deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "not ready"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        while "2 workers ready" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
         assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["worker-0", "worker-1"]
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, out
-        assert "2 workers ready" in out
+        assert proc.wait(timeout=60) == 0, log.read_text()
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
     finally:
