@@ -159,7 +159,7 @@ async def serve(app: Any, slot: WorkerSlot, *, graceful_timeout_s: float, limits
     finally:
         side.request_exit()
         with contextlib.suppress(Exception):
-            await side_task
+            await asyncio.wait_for(side_task, 5.0)  # cancelled if it never got to listen
         with contextlib.suppress(Exception):
             loop.remove_reader(control.fileno())
         control.close()
