@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
@@ -22,6 +21,9 @@ from proxy.providers import Router
 from proxy.relay import Relay
 from proxy.runtime import Runtime
 from proxy.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("interlock")
 

@@ -17,7 +17,7 @@ from proxy.settings import Settings, SettingsError, load_settings
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "database_url", "rules_dir"):
+    for name in ("host", "port", "database_url", "rules_dir", "workers"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -64,6 +64,9 @@ def banner(settings: Settings) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings.workers > 1:
+        return _supervise(settings)
     import uvloop
 
     from proxy.app import create_app
@@ -71,13 +74,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.server import run
     from proxy.serving import limits_from
 
-    settings = _settings(args)
     refused = encodings_error(settings)
     if refused is not None:
         raise SettingsError(refused)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     tune_gc()
+    if settings.worker is not None:  # started by a supervisor: the socket is inherited
+        from proxy import worker
+
+        if settings.worker.index == 0:  # the banner once, from a process that has its imports anyway
+            print(banner(settings), file=sys.stderr)
+        uvloop.run(worker.serve(app, settings.worker, graceful_timeout_s=10, limits=limits_from(settings)))
+        return 0
     print(banner(settings), file=sys.stderr)
     try:
         uvloop.run(run(app, host=settings.host, port=settings.port, graceful_timeout_s=10,
@@ -86,6 +95,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"interlock: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _supervise(settings: Settings) -> int:
+    """`--workers N` > 1: the supervisor (proxy/supervisor.py); it imports no app code."""
+    from proxy.supervisor import Supervisor
+
+    if settings.redis_url is None:
+        raise SettingsError(
+            f"setting workers (INTERLOCK_WORKERS) has value {settings.workers}: more than one worker needs "
+            "INTERLOCK_REDIS_URL, where the workers share budgets and hot state")
+    return Supervisor(settings).run(serving_line(settings))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -186,7 +206,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", dest="database_url", help="overrides INTERLOCK_DATABASE_URL")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extras: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interlock", description="Guard-and-observability proxy for multi-agent LLM systems.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -194,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--rules-dir", dest="rules_dir")
+    serve.add_argument("--workers", help="worker processes sharing the port: a number, or `auto` (one per CPU); "
+                       "default 1, or INTERLOCK_WORKERS; more than one needs INTERLOCK_REDIS_URL")
     _common(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -239,9 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--check", action="store_true", help="exit 1 when PATH differs from the models")
     schema.set_defaults(func=cmd_rules_schema)
 
-    for extra in _extra_commands():
-        extra(sub)
+    if extras:
+        for extra in _extra_commands():
+            extra(sub)
     return parser
+
+
+# Commands defined above; any other word (or none: `--help`) needs the extra modules' commands.
+# `interlock serve` skips importing them: the demo, dashboards and graph CLI cost start-up time,
+# and the `--workers` supervisor would hold them in memory for nothing.
+_BUILTIN = frozenset({"serve", "db", "calls", "doctor", "encodings", "rules"})
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def _extra_commands() -> list[Callable[[Any], None]]:
@@ -256,8 +289,9 @@ def _extra_commands() -> list[Callable[[Any], None]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(extras=_command(words) not in _BUILTIN)
+    args = parser.parse_args(words)
     try:
         return int(args.func(args) or 0)
     except SettingsError as exc:

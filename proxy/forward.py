@@ -34,14 +34,16 @@ import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import quote, urlsplit
 
-import aiohttp
 import httptools
-import httpx
 
 from proxy.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: neither serves the default client, both cost start-up time
+    import aiohttp
+    import httpx
 
 
 class UpstreamError(Exception):
@@ -667,6 +669,8 @@ class _AiohttpResponse:
         self.headers = list(resp.raw_headers)
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
+        import aiohttp
+
         content = self._resp.content
         try:
             while True:
@@ -688,6 +692,8 @@ class _AiohttpResponse:
 
 class AiohttpForwarder:
     def __init__(self, settings: Settings) -> None:
+        import aiohttp
+
         self._limit = settings.upstream_max_connections
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
@@ -695,6 +701,8 @@ class AiohttpForwarder:
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=60, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, auto_decompress=False,
@@ -703,6 +711,8 @@ class AiohttpForwarder:
         return self._session
 
     async def send(self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes) -> UpstreamResponse:
+        import aiohttp
+
         session = self._session or self._open()
         hdrs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
         try:
@@ -731,6 +741,8 @@ class _HttpxResponse:
         self.headers = list(resp.headers.raw)
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
+        import httpx
+
         try:
             async for chunk in self._resp.aiter_raw():
                 yield chunk
@@ -745,11 +757,15 @@ class _HttpxResponse:
 
 class HttpxForwarder:
     def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport) -> None:
+        import httpx
+
         self._timeout = httpx.Timeout(connect=settings.connect_timeout_s, read=settings.read_timeout_s,
                                       write=settings.read_timeout_s, pool=settings.connect_timeout_s)
         self._client = httpx.AsyncClient(transport=transport, timeout=self._timeout)
 
     async def send(self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes) -> UpstreamResponse:
+        import httpx
+
         request = httpx.Request(method, url, headers=headers, content=body or None)
         request.extensions["timeout"] = self._timeout.as_dict()
         try:

@@ -366,13 +366,14 @@ class RulesManager:
         reload_s: float = 1.0,
         pricing: Mapping[str, Price] | None = None,
         handoffs: Any = None,
+        fingerprint_chars: int = 8_000_000,
     ) -> None:
         self.rules_dir = Path(rules_dir)
         self.reload_s = reload_s
         self._clock = clock
         self._deps = make_deps(
-            counters, default_max_tokens=default_max_tokens, pricing=pricing, handoffs=handoffs
-        )
+            counters, default_max_tokens=default_max_tokens, pricing=pricing, handoffs=handoffs,
+            fingerprint_chars=fingerprint_chars)
         self.stats = GuardStats()
         self.chain = build_chain(RuleSet(), self._deps, stats=self.stats)
         self.rules = RuleSet()

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 import proxy.store.queries as queries
 from proxy.cascade import summarize
@@ -24,6 +22,7 @@ from proxy.graph.threads import ChainCache
 from proxy.guards.chain import GuardChain
 from proxy.guards.counters import make_counter_store
 from proxy.labelcap import LabelCap
+from proxy.memory import MemoryPlan
 from proxy.pipeline import Observer, Pipeline, RunsClosed
 from proxy.pricing import PriceTable
 from proxy.providers import Router
@@ -40,6 +39,9 @@ from proxy.telemetry import Metrics
 from proxy.tokens import TokenCounter, load_counter
 from proxy.tracing import RunTracer, make_run_tracer
 
+if TYPE_CHECKING:
+    import httpx
+
 log = logging.getLogger("interlock")
 
 
@@ -47,6 +49,7 @@ class Runtime:
     def __init__(self, settings: Settings, router: Router, *, transport: httpx.AsyncBaseTransport | None = None,
                  migrate: bool = True) -> None:
         self.settings = settings
+        self.memory = MemoryPlan.from_settings(settings)  # every cache and queue bound (INTERLOCK_MEMORY_MB)
         self.router = router
         self.transport = transport
         self.migrate = migrate
@@ -71,6 +74,25 @@ class Runtime:
         self.linker: Linker | None = None
         self.resolver: RunResolver | None = None
         self.index: MemoryLineageIndex | None = None
+        self.peer_metrics: Any = None  # with --workers N: /metrics merged across the workers
+
+    @property
+    def worker_index(self) -> int:
+        """This process's slot under `interlock serve --workers N` (0 in a single process)."""
+        return self.settings.worker.index if self.settings.worker is not None else 0
+
+    @property
+    def leader(self) -> bool:
+        """True in exactly one process per `interlock serve` (worker 0): jobs that must run once
+        per process group (retention sweeps) start only here.  Across replicas each has its
+        own leader; jobs that must run once cluster-wide need a shared lock besides."""
+        return self.worker_index == 0
+
+    async def scrape_metrics(self) -> bytes:
+        """/metrics text: this process's, or every worker's merged (proxy/worker.py)."""
+        if self.peer_metrics is not None:
+            return bytes(await self.peer_metrics())
+        return await self.metrics.scrape() if self.metrics is not None else b""
 
     async def start(self) -> None:
         s = self.settings
@@ -83,7 +105,7 @@ class Runtime:
             SqlSink(self.engine),
             spool,
             queue_size=s.writer_queue_size,
-            queue_max_bytes=s.writer_queue_max_bytes,
+            queue_max_bytes=self.memory.writer_queue_bytes,
             batch_size=s.writer_batch_size,
             flush_interval=s.writer_flush_interval_s,
             write_timeout=s.writer_timeout_s,
@@ -93,11 +115,16 @@ class Runtime:
         self.retention = Retention(self.engine, RetentionPolicy(
             metadata_days=s.retention_days, content_days=s.content_retention_days,
             batch_size=s.retention_batch_size, interval_s=s.retention_interval_s))
-        self.retention.start()  # a no-op unless a retention setting is given
+        if self.leader:  # one sweep per process group: the others would only repeat its deletes
+            self.retention.start()  # a no-op unless a retention setting is given
         self.tokens = self._token_counter()
         self.rules = await self._rules()
         await self._graph()
         self.metrics = Metrics(self, LabelCap(s.metric_label_limit))
+        if s.worker is not None and s.worker.count > 1:
+            from proxy.worker import PeerMetrics
+
+            self.peer_metrics = PeerMetrics(s.worker, self.metrics.scrape)
         self.escalations = Escalations.connect(
             self.engine, self.counters, self._ruleset, self.writer.submit, otlp_endpoint=s.otlp_endpoint,
             meter=self.metrics.provider.get_meter("interlock.escalations"), sync_s=s.escalation_sync_s)
@@ -110,7 +137,7 @@ class Runtime:
             closers.append(self.tracer.on_runs_closed)
         self.pipeline = Pipeline(self.writer, policy=s.content_policy, max_bytes=s.content_max_bytes,
                                  linker=self.linker, observers=observers, on_runs_closed=closers,
-                                 prices=self.price_table, max_queued_bytes=s.pipeline_queue_max_bytes,
+                                 prices=self.price_table, max_queued_bytes=self.memory.pipeline_queue_bytes,
                                  answered=self.wal.answered if self.wal is not None else None)
         await self.pipeline.start()
         self.forwarder = make_forwarder(s, self.transport)
@@ -169,11 +196,12 @@ class Runtime:
         return self.rules.rules if self.rules is not None else RuleSet()
 
     def _token_counter(self) -> TokenCounter:
-        return load_counter(self.settings.encodings_dir, log.warning)
+        return load_counter(self.settings.encodings_dir, log.warning, history_chars=self.memory.token_history_chars)
 
     async def _rules(self) -> RulesManager:
         self.counters = await make_counter_store(self.settings.redis_url)
-        manager = RulesManager.from_settings(self.settings, counters=self.counters)
+        manager = RulesManager.from_settings(self.settings, counters=self.counters,
+                                             fingerprint_chars=self.memory.fingerprint_chars)
         await manager.start()
         return manager
 
@@ -184,10 +212,10 @@ class Runtime:
             names = await queries.agent_names(self.engine)
         except Exception:  # database down at start: names are pure functions of fingerprints anyway
             names = {}
-        self.index = MemoryLineageIndex()
+        self.index = MemoryLineageIndex(max_calls=self.memory.lineage_calls)
         directory = AgentDirectory(names=names, aliases=s.agent_aliases, claims=self.index)
         identifier = Identifier(directory)
-        chains = ChainCache()  # one per process: the linker and the resolver hash the same messages
+        chains = ChainCache(max_chars=self.memory.chain_chars)  # one per process: the linker and the resolver hash the same messages
         self.linker = Linker(self.index, run_idle_s=s.run_idle_s, identifier=identifier, chains=chains)
         self.resolver = RunResolver(
             self.index, identifier, run_idle_s=s.run_idle_s, chains=chains, placer=self.linker
@@ -199,6 +227,8 @@ class Runtime:
             self._retry.cancel()
         if self.forwarder is not None:
             await self.forwarder.aclose()
+        if self.peer_metrics is not None:
+            await self.peer_metrics.aclose()
         if self.pipeline is not None:
             await self.pipeline.aclose()
         if self.tracer is not None:

@@ -111,8 +111,10 @@ class Server:
 
     def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 8080,
                  sock: socket.socket | None = None, lifespan: bool = True, keepalive_s: float = 5.0,
-                 graceful_timeout_s: float = 10.0, limits: Limits | None = None) -> None:
+                 graceful_timeout_s: float = 10.0, limits: Limits | None = None,
+                 on_started: Callable[[], None] | None = None) -> None:
         self.app = app
+        self.on_started = on_started  # called once the socket accepts (after lifespan startup)
         self.limits = limits or Limits()
         self.host, self.port, self.sock = host, port, sock
         self.lifespan = lifespan
@@ -146,6 +148,8 @@ class Server:
                 await self._lifespan.shutdown()
             raise
         self.started = True
+        if self.on_started is not None:
+            self.on_started()
         try:
             await self._exit.wait()
         finally:

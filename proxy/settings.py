@@ -37,6 +37,21 @@ class UpstreamSpec(BaseModel):
         return v.rstrip("/")
 
 
+class WorkerSlot(BaseModel):
+    """Set by `interlock serve --workers N` for each worker process it starts (env
+    INTERLOCK_WORKER, JSON); never set by hand.  `index` is stable across restarts: a restarted
+    worker takes its predecessor's slot, spool and WAL.  `listen_fd`/`metrics_fd`/`control_fd` are
+    inherited sockets/pipes; `peers` the loopback ports of every worker's private /metrics."""
+
+    index: int = Field(ge=0)
+    count: int = Field(ge=1)
+    listen_fd: int
+    metrics_fd: int
+    control_fd: int
+    peers: list[int]
+    secret: str
+
+
 class SettingsError(ValueError):
     """A setting has a value Interlock cannot use; the message names both."""
 
@@ -91,6 +106,12 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    # Worker processes sharing the port (proxy/supervisor.py); "auto" = the CPUs this process may use.
+    workers: int = Field(1, ge=1, le=256)
+    worker: WorkerSlot | None = None  # set by the supervisor in each worker it starts
+    # One memory budget per process, in MiB: every cache and queue bound not set explicitly is
+    # sized from it (proxy/memory.py, README "Memory").  Unset: the historical defaults (~560).
+    memory_mb: int | None = Field(None, ge=192)
     database_url: str = "sqlite+aiosqlite:///./interlock.db"
     rules_dir: Path = Path("./rules")
     upstream_openai: str = "https://api.openai.com"
@@ -186,6 +207,11 @@ class Settings(BaseSettings):
                              f"http:// or https://, got {mask_url(str(url))!r}")
         return {k.lower(): str(u).rstrip("/") for k, u in v.items()}
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, v: Any) -> Any:
+        return cpu_count() if isinstance(v, str) and v.strip().lower() == "auto" else v
+
     @field_validator("metrics_public", mode="before")
     @classmethod
     def _yes_no(cls, v: Any) -> Any:
@@ -231,6 +257,14 @@ class Settings(BaseSettings):
         base = {name: UpstreamSpec(url=url, provider=name) for name, url in urls.items()}
         base.update(self.upstreams)
         return base
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask; a container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def database_url(value: str) -> str:

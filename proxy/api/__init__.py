@@ -133,7 +133,7 @@ def build_api(runtime: Runtime, lifespan: Callable[[FastAPI], AbstractAsyncConte
     async def metrics() -> Response:
         if runtime.metrics is None:
             return Response("", media_type="text/plain")
-        return Response(await runtime.metrics.scrape(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(await runtime.scrape_metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
 

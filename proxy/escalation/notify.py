@@ -26,14 +26,16 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
 import orjson
 
 from proxy.backoff import Backoff
 from proxy.call import new_id
 from proxy.escalation.model import Alert, Attempt, Delivery
+
+if TYPE_CHECKING:  # imported with the first delivery: most processes never send an alert
+    import httpx
 from proxy.rulemodels import RouteSpec, parse_duration
 
 log = logging.getLogger("interlock.alerts")
@@ -197,7 +199,8 @@ class Notifier:
                  clock: Callable[[], float] = time.time) -> None:
         self.on_result = on_result
         self.environ = environ if environ is not None else os.environ
-        self.client = httpx.AsyncClient(transport=transport, follow_redirects=False)
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue(queue_size)
         self.max_backoff_s = max_backoff_s
         self._sleep = sleep
@@ -205,6 +208,15 @@ class Notifier:
         self._n_workers = workers
         self._workers: list[asyncio.Task[None]] = []
         self.dropped = 0
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The webhook client, built on first use."""
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.AsyncClient(transport=self._transport, follow_redirects=False)
+        return self._client
 
     def start(self) -> None:
         self._workers = [asyncio.create_task(self._work(), name=f"interlock-notify-{i}")
@@ -264,7 +276,7 @@ class Notifier:
         except RouteError as exc:
             attempt.error = str(exc)
             return False
-        except httpx.HTTPError as exc:
+        except httpx_error() as exc:
             attempt.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return True
         finally:
@@ -294,4 +306,11 @@ class Notifier:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
             self._workers = []
-        await self.client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+
+
+def httpx_error() -> type[Exception]:
+    import httpx
+
+    return httpx.HTTPError

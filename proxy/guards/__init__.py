@@ -19,7 +19,7 @@ from proxy.guards import budget, cascade, context, escalation, loops
 from proxy.guards.base import ALLOW, Guard, GuardDeps, RuleGuard, Verdict
 from proxy.guards.chain import GuardChain, GuardStats
 from proxy.guards.counters import CounterStore, MemoryCounterStore, RedisCounterStore, make_counter_store
-from proxy.guards.facts import FactsCache
+from proxy.guards.facts import FactsCache, Fingerprints
 from proxy.guards.handoffs import FingerprintHandoffs, Handoff, HandoffSource
 from proxy.pricing import Price, PriceTable
 from proxy.rulemodels import BudgetRule, CascadeRule, ContextRule, EscalationRule, LoopRule, RuleBase
@@ -60,9 +60,11 @@ def make_deps(
     default_max_tokens: int = 4096,
     pricing: Mapping[str, Price] | None = None,
     handoffs: HandoffSource | None = None,
+    fingerprint_chars: int = 8_000_000,
 ) -> GuardDeps:
-    """Dependencies shared by every guard of every rule-set generation."""
-    facts = FactsCache()
+    """Dependencies shared by every guard of every rule-set generation; `fingerprint_chars`
+    bounds the texts kept to fingerprint (proxy/memory.py)."""
+    facts = FactsCache(known=Fingerprints(max_chars=fingerprint_chars))
     return GuardDeps(
         counters=counters,
         prices=PriceTable(pricing),

@@ -35,12 +35,48 @@ def _mounts(service: str) -> dict[str, str]:
     return out
 
 
+REPLICAS = ("interlock-1", "interlock-2")
+
+
 def test_compose_brings_up_the_whole_stack() -> None:
-    assert set(SERVICES) == {"postgres", "redis", "interlock", "prometheus", "grafana"}
-    assert SERVICES["interlock"]["build"] == "." and (ROOT / "Dockerfile").is_file()
-    assert "8080:8080" in SERVICES["interlock"]["ports"] and "3000:3000" in SERVICES["grafana"]["ports"]
-    deps = SERVICES["interlock"]["depends_on"]
-    assert deps == {"postgres": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"}}
+    assert set(SERVICES) == {"postgres", "redis", *REPLICAS, "haproxy", "prometheus", "grafana"}
+    assert (ROOT / "Dockerfile").is_file()
+    assert "8080:8080" in SERVICES["haproxy"]["ports"] and "3000:3000" in SERVICES["grafana"]["ports"]
+    for replica in REPLICAS:
+        svc = SERVICES[replica]
+        assert svc["build"] == "." and "ports" not in svc  # reached through HAProxy only
+        deps = svc["depends_on"]
+        assert deps == {"postgres": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"}}
+        assert svc["command"][:2] == ["interlock", "serve"] and "--workers" in svc["command"]
+
+
+def test_replicas_keep_their_own_spool_volume() -> None:
+    data = [next(v for v in SERVICES[r]["volumes"] if v.endswith(":/data")) for r in REPLICAS]
+    assert len(set(data)) == 2 and all(v.split(":")[0] in COMPOSE["volumes"] for v in data)
+    assert all(SERVICES[r]["environment"]["INTERLOCK_SPOOL_DIR"] == "/data/spool" for r in REPLICAS)
+
+
+def test_haproxy_runs_the_config_the_tests_use_pointed_at_both_replicas() -> None:
+    svc = SERVICES["haproxy"]
+    assert _mounts("haproxy")["/usr/local/etc/haproxy/haproxy.cfg"] == "./deploy/haproxy.cfg"
+    cfg = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    used = set(re.findall(r"\$\{(\w+)-", cfg))
+    assert used == {"HAPROXY_BIND", "HAPROXY_STATS_BIND", "INTERLOCK_REPLICA_1", "INTERLOCK_REPLICA_2"}
+    assert used <= set(svc["environment"])
+    assert {svc["environment"]["INTERLOCK_REPLICA_1"], svc["environment"]["INTERLOCK_REPLICA_2"]} == \
+        {f"{r}:8080" for r in REPLICAS}
+    assert svc["environment"]["HAPROXY_BIND"] == ":8080"
+    assert set(svc["depends_on"]) == set(REPLICAS)
+
+
+def test_haproxy_config_passes_haproxy_check() -> None:
+    from tests.topology import haproxy_binary
+
+    env = {**os.environ, "HAPROXY_BIND": "127.0.0.1:1", "HAPROXY_STATS_BIND": "127.0.0.1:2",
+           "INTERLOCK_REPLICA_1": "127.0.0.1:3", "INTERLOCK_REPLICA_2": "127.0.0.1:4"}
+    done = subprocess.run([haproxy_binary(), "-c", "-f", str(ROOT / "deploy" / "haproxy.cfg")], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_every_bind_mount_exists_in_the_repository() -> None:
@@ -50,18 +86,21 @@ def test_every_bind_mount_exists_in_the_repository() -> None:
 
 
 def test_interlock_is_wired_to_postgres_and_redis() -> None:
-    env = SERVICES["interlock"]["environment"]
     pg = SERVICES["postgres"]["environment"]
-    assert re.fullmatch(rf"postgresql://{pg['POSTGRES_USER']}:.+@postgres:5432/{pg['POSTGRES_DB']}",
-                        env["INTERLOCK_DATABASE_URL"])
-    assert env["INTERLOCK_REDIS_URL"] == "redis://redis:6379/0"
+    for replica in REPLICAS:
+        env = SERVICES[replica]["environment"]
+        assert re.fullmatch(rf"postgresql://{pg['POSTGRES_USER']}:.+@postgres:5432/{pg['POSTGRES_DB']}",
+                            env["INTERLOCK_DATABASE_URL"])
+        assert env["INTERLOCK_REDIS_URL"] == "redis://redis:6379/0"
+        assert env["INTERLOCK_MEMORY_MB"]
 
 
 def test_prometheus_scrapes_interlock_metrics() -> None:
     assert _mounts("prometheus")["/etc/prometheus/prometheus.yml"] == "./deploy/prometheus.yml"
     [job] = _yaml(ROOT / "deploy" / "prometheus.yml")["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
-    assert job["static_configs"] == [{"targets": ["interlock:8080"]}]
+    # every replica (each merges its own workers), not HAProxy's one-at-a-time answer
+    assert job["static_configs"] == [{"targets": [f"{r}:8080" for r in REPLICAS]}]
 
 
 def test_prometheus_config_passes_promtool() -> None:
