@@ -209,8 +209,9 @@ def test_the_graph_of_proxy_is_read(with_type_checking: bool) -> None:
     assert "proxy.rulemodels" in graph["proxy.guards.budget"]
 
 
-# The server is an entry point: the app side reads its scope extensions from proxy/extensions.py.
-SERVER_USERS = {"proxy.cli", "proxy.serving"}
+# The server belongs to the entry points (the CLI, serving, a worker process); the app side reads
+# its scope extensions from proxy/extensions.py.
+SERVER_USERS = {"proxy.cli", "proxy.serving", "proxy.worker"}  # worker: a worker process and its peer-metrics port
 
 
 def test_only_the_entry_points_import_the_server() -> None:
