@@ -167,7 +167,7 @@ class Runtime:
         return load_counter(self.settings.encodings_dir, log.warning)
 
     async def _rules(self) -> RulesManager:
-        self.counters = await make_counter_store(self.settings.redis_url)
+        self.counters = await make_counter_store(self.settings.redis_url, timeout_s=self.settings.redis_timeout_s)
         manager = RulesManager.from_settings(self.settings, counters=self.counters)
         await manager.start()
         return manager
