@@ -9,6 +9,12 @@
 Every request ends in exactly one `record(call)` (a non-blocking enqueue), whatever happens:
 refusal, upstream failure, upstream cut, client disconnect.
 
+A relayed answer's `guards.on_response` runs before its end reaches the client (before a
+whole body is sent, or before a stream's final chunk): what a loop detector stores about this
+turn is in the shared store before the agent can send its next turn, to this replica or to
+any other.  With in-memory guard state this costs nothing (no await of I/O); with Redis, one
+round trip of latency at the end of the answer, no CPU.  Other endings settle in `_finish`.
+
 Memory per exchange is bounded whatever the upstream sends: bytes are passed on as they arrive
 (a body that came in one read goes out in one send, with its length); what is kept is capped:
 content_max_bytes for the record, response_parse_max_bytes for a body to parse or one SSE event,
@@ -275,6 +281,7 @@ class Relay:
             self._settle_body(call, provider, resp.status, first, first)
             headers = _down_headers(resp)
             headers.append((b"content-length", str(len(first)).encode()))
+            await self._settle_guards(call, state)
             await state.start(resp.status, headers)
             await state.body(first, more=False)
             return True
@@ -310,6 +317,7 @@ class Relay:
             call.outcome = "upstream_cut"
             call.error = f"upstream {call.upstream} ended the body early: {cut}; the client got {copy.size} bytes"
             return False
+        await self._settle_guards(call, state)
         await state.body(b"", more=False)
         return True
 
@@ -367,9 +375,10 @@ class Relay:
             clean = True
         state.upstream_end = time.perf_counter()
         parser.finish()
-        await state.body(b"", more=False)
         self._stream_flags(call, parser, splitter)
         self._capture(call, _assembled(call))
+        await self._settle_guards(call, state)
+        await state.body(b"", more=False)
         return clean
 
     async def _on_events(self, call: Call, provider: Provider, state: _Exchange, events: list[Event],
@@ -461,14 +470,25 @@ class Relay:
         if len(data) > room:
             call.response_truncated = True
 
+    async def _settle_guards(self, call: Call, state: _Exchange) -> None:
+        """The guards' `on_response` for an answer about to end (see the module docstring);
+        `_finish` then has nothing left to settle."""
+        guards, state.guards = state.guards, None
+        if guards is not None:
+            call.ended_at = time.time()
+            await self._on_response(call, guards)
+
+    async def _on_response(self, call: Call, guards: GuardHooks) -> None:
+        try:
+            await _shielded(guards.on_response(call))
+        except Exception:
+            log.exception("guard on_response failed")
+
     async def _finish(self, call: Call, guards: GuardHooks | None) -> None:
         """Settle the same chain that admitted the call (a reload may have swapped it since)."""
         call.ended_at = time.time()
         if guards is not None:
-            try:
-                await _shielded(guards.on_response(call))
-            except Exception:
-                log.exception("guard on_response failed")
+            await self._on_response(call, guards)
         if self.runs is not None and call.outcome == "ok":
             self.runs.note_response(call)
         self.record(call)
