@@ -16,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.fake_upstream import FakeUpstream, Json, Reply, ToolCall, echo, last_user_text
+from tests.fake_upstream import FakeUpstream, Json, Reply, echo, last_user_text
 from tests.replicas import Replicas
 
 STUCK = "I could not find the configuration file. I will search the repository again for the config file."
