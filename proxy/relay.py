@@ -10,7 +10,8 @@ Every request ends in exactly one `record(call)` (a non-blocking enqueue), whate
 refusal, upstream failure, upstream cut, client disconnect.
 
 A relayed answer's `guards.on_response` runs before its end reaches the client (before a
-whole body is sent, or before a stream's final chunk): what a loop detector stores about this
+whole body is sent; for a stream, before the read carrying its closing event, e.g. OpenAI's
+`[DONE]`, after which SDKs stop reading, or else before the final chunk): what a loop detector stores about this
 turn is in the shared store before the agent can send its next turn, to this replica or to
 any other.  With in-memory guard state this costs nothing (no await of I/O); with Redis, one
 round trip of latency at the end of the answer, no CPU.  Other endings settle in `_finish`.
@@ -340,18 +341,20 @@ class Relay:
         filtering = provider.needs_filter(call)
         guards = state.guards
         call.outcome = "ok" if resp.status < 400 else "upstream_error"
+        end = parser.end_marker if guards is not None else None
+        tail = b""  # from the read carrying the closing event on: sent once the guards settled
         try:
             async for raw in resp.aiter_raw():
                 if call.first_byte_at is None:
                     call.first_byte_at = time.time()
                 call.response_size += len(raw)
                 events = splitter.feed(raw)
-                if not filtering:
-                    await state.body(raw)
-                else:
-                    out = b"".join(b for b in (provider.filter_event(call, e) for e in events) if b)
-                    if out:
-                        await state.body(out)
+                out = raw if not filtering else b"".join(
+                    b for b in (provider.filter_event(call, e) for e in events) if b)
+                if tail or end is not None and end in raw:
+                    tail += out
+                elif out:
+                    await state.body(out)
                 for event in events:
                     chunk = parser.on_event(event)
                     if chunk is None or guards is None:
@@ -360,14 +363,18 @@ class Relay:
                     verdict = guards.on_chunk(call, chunk)
                     if verdict.action == "deny":
                         parser.finish()
+                        tail = await self._flush(state, tail)
                         await self._cut(call, provider, state, verdict)
                         self._capture(call, _assembled(call))
                         return False
-            if (held := splitter.close()) and not await self._on_events(call, provider, state, held, filtering):
-                return False
+            if held := splitter.close():  # an unterminated last event: it follows the tail
+                tail = await self._flush(state, tail)
+                if not await self._on_events(call, provider, state, held, filtering):
+                    return False
         except UpstreamError as exc:
             call.outcome = "upstream_cut"
             call.error = f"upstream {call.upstream} ended the stream early: {exc}"
+            tail = await self._flush(state, tail)
             await state.body(provider.error_event("interlock_upstream_error", "upstream_stream_cut",
                                                   f"Interlock: {call.error}. The response above is incomplete."))
             clean = False
@@ -378,8 +385,16 @@ class Relay:
         self._stream_flags(call, parser, splitter)
         self._capture(call, _assembled(call))
         await self._settle_guards(call, state)
+        await self._flush(state, tail)
         await state.body(b"", more=False)
         return clean
+
+    @staticmethod
+    async def _flush(state: _Exchange, tail: bytes) -> bytes:
+        """Send the held-back end of a stream (before anything that must follow it)."""
+        if tail:
+            await state.body(tail)
+        return b""
 
     async def _on_events(self, call: Call, provider: Provider, state: _Exchange, events: list[Event],
                          filtering: bool) -> bool:

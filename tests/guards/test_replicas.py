@@ -75,23 +75,31 @@ def messages(agent: str, i: int) -> list[dict[str, Any]]:
     return tool_turn(i)
 
 
-def refused_at(urls: list[str], agent: str) -> int | None:
-    """The first turn (0-based) refused as a loop, the calls going round-robin over `urls`."""
+def refused_at(urls: list[str], agent: str, stream: bool) -> int | None:
+    """The first turn (0-based) refused as a loop, the calls going round-robin over `urls`.
+    Streamed turns are read as an agent reads them: up to `[DONE]`, where the SDK stops."""
     run = f"run-{uuid.uuid4().hex[:10]}"
     clients = [client(url, agent, run) for url in urls]
     for i, c in zip(range(TURNS), itertools.cycle(clients), strict=False):
         try:
-            c.chat.completions.create(model="gpt-4o", messages=messages(agent, i))  # type: ignore[arg-type]
+            if stream:
+                for _ in c.chat.completions.create(model="gpt-4o", messages=messages(agent, i), stream=True):  # type: ignore[arg-type]
+                    pass
+            else:
+                c.chat.completions.create(model="gpt-4o", messages=messages(agent, i))  # type: ignore[arg-type]
         except openai.RateLimitError as err:
             assert err.code == "interlock_loop_detected", err.message
             return i
     return None
 
 
-@pytest.mark.parametrize(("agent", "turn"), [("retrier", 3), ("stuck", 3), ("tooler", 2)])
-def test_a_loop_split_across_replicas_is_refused_at_the_same_turn(replicas: Replicas, agent: str, turn: int) -> None:
-    alone = refused_at(replicas.urls[:1], agent)
-    split = refused_at(replicas.urls, agent)
+@pytest.mark.parametrize(("agent", "turn", "stream"),
+                         [("retrier", 3, False), ("stuck", 3, False), ("stuck", 3, True), ("tooler", 2, False)])
+def test_a_loop_split_across_replicas_is_refused_at_the_same_turn(
+    replicas: Replicas, agent: str, turn: int, stream: bool
+) -> None:
+    alone = refused_at(replicas.urls[:1], agent, stream)
+    split = refused_at(replicas.urls, agent, stream)
     assert alone == turn, f"one process refused {agent} at turn {alone}"
     assert split == alone, f"two replicas refused {agent} at turn {split}, one process at {alone}"
 
