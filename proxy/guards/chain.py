@@ -357,6 +357,8 @@ class GuardChain(Guard):
         for observe in self.observers:
             try:
                 await observe(call)
+            except StoreUnavailable:  # counted, not logged per call: the store logs the outage
+                self.stats.count_store_error("(observer)", "observer", "allowed")
             except Exception:
                 self.stats.count("(observer)")
                 log.exception("guard observer failed for call %s", call.id)

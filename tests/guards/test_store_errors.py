@@ -15,7 +15,7 @@ import pytest
 from proxy.guards import GuardChain, build_chain
 from proxy.guards.counters import Outage, RedisCounterStore, StoreUnavailable
 from proxy.rules import RuleSet
-from tests.guards.factory import deps, make_call, rule_from_yaml, user
+from tests.guards.factory import deps, finish, make_call, rule_from_yaml, user
 from tests.netcut import NetCut
 from tests.services import redis_url
 
@@ -126,4 +126,17 @@ async def test_fail_closed_rules_deny_on_store_errors_unless_told_otherwise() ->
     chain = build_chain(RuleSet(rules=(closed, relaxed)), deps(store))
     assert [g.on_store_error for g in chain.guards] == ["deny", "allow"]
     assert (await chain.on_request(make_call())).code == "interlock_store_unavailable"
+    await store.aclose()
+
+
+async def test_an_outage_is_not_logged_per_call_by_the_handoff_observer(caplog: pytest.LogCaptureFixture) -> None:
+    store = store_at(f"redis://127.0.0.1:{closed_port()}/0")
+    chain = chain_of(store, "{name: pp, kind: loop, detect: ping_pong, action: deny}")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            call = make_call()
+            await chain.on_request(call)
+            await chain.on_response(finish(call, text="the answer"))
+    assert [r for r in caplog.records if r.exc_info] == []
+    assert chain.stats.store_errors[("(observer)", "observer", "allowed")] == 5
     await store.aclose()
