@@ -1,6 +1,7 @@
 """Guard evaluation micro-benchmark: what the guard chain adds to one call.
 
     .venv/bin/python bench/guards_micro.py [--calls 3000] [--chunks 50] [--redis URL] [--turns] [--loops]
+                                           [--shared-loops REDIS_URL]
 
 Builds a chain from 50 active rules (20 budgets in tokens and USD over every scope and
 window, 20 loop rules covering all five detectors, 10 context rules) with the in-memory
@@ -25,6 +26,10 @@ messages), with and without those fingerprints.
 `--loops` measures what the meaning-level loop rules of rules/default.yaml (revisit,
 redelegation, stall) add: the shipped rules with and without them, alternated over 5 rounds,
 CPU per call (median of the rounds' medians) on both workloads (`default` and `resend`).
+
+`--shared-loops URL` measures what keeping loop state in Redis (shared by replicas) adds: the
+loop rules of rules/default.yaml on the in-memory store and on Redis, alternated over 5 rounds,
+CPU per call of this process (median of the rounds' medians; Redis's own CPU is not counted).
 
 Run with the garbage collector set as `interlock serve` sets it (`proxy.cli.tune_gc`).
 Target: p50 <= 0.2 ms per call with 50 rules.  `--redis` adds a run against Redis
@@ -255,6 +260,31 @@ async def run_loops(calls: int, rounds: int = 5) -> None:
         )
 
 
+async def run_shared_loops(url: str, calls: int, rounds: int = 5) -> None:
+    """The shipped loop rules, in-memory store against Redis, alternated."""
+    loops = RuleSet(tuple(r for r in load_rules(DEFAULTS).rules if r.kind == "loop"))
+    for label, history in (("12-message chat", conversation), ("small call (resend)", loadgen_history)):
+        memory, redis, wall = [], [], []
+        for _ in range(rounds):
+            memory.append(await cpu_per_call(loops, calls, history))
+            prefix = f"interlock-bench:{time.time_ns()}:"
+            store = RedisCounterStore.from_url(url, prefix=prefix)
+            try:
+                chain = build_chain(loops, make_deps(store))
+                await measure(chain, min(100, calls), 0, history)  # warm-up
+                per_wall, per_cpu, _ = await measure(chain, calls, 0, history)
+                redis.append(statistics.median(per_cpu))
+                wall.append(statistics.median(per_wall))
+            finally:
+                await drop_keys(store, prefix)
+                await store.aclose()
+        m, r = statistics.median(memory), statistics.median(redis)
+        print(
+            f"loop rules of rules/default.yaml ({len(loops.rules)}), {label:<20} cpu per call: memory {m * 1e3:.3f} ms,"
+            f" redis {r * 1e3:.3f} ms, added {(r - m) * 1e3:.3f} ms (redis wall p50 {statistics.median(wall) * 1e3:.3f} ms)"
+        )
+
+
 async def drop_keys(store: RedisCounterStore, prefix: str) -> None:
     client = store._r
     keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
@@ -269,8 +299,13 @@ async def main() -> None:
     ap.add_argument("--redis", help="also run against this Redis URL (keys under interlock-bench:)")
     ap.add_argument("--turns", action="store_true", help="also all-match over resent conversations")
     ap.add_argument("--loops", action="store_true", help="only: what the loops-in-meaning rules add")
+    ap.add_argument("--shared-loops", metavar="REDIS_URL",
+                    help="only: CPU the loop rules add with their state in Redis instead of memory")
     args = ap.parse_args()
     tune_gc()
+    if args.shared_loops:
+        await run_shared_loops(args.shared_loops, min(args.calls, 1000))
+        return
     if args.loops:
         await run_loops(args.calls)
         return

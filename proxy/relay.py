@@ -9,6 +9,13 @@
 Every request ends in exactly one `record(call)` (a non-blocking enqueue), whatever happens:
 refusal, upstream failure, upstream cut, client disconnect.
 
+A relayed answer's `guards.on_response` runs before its end reaches the client (before a
+whole body is sent; for a stream, before the read carrying its closing event, e.g. OpenAI's
+`[DONE]`, after which SDKs stop reading, or else before the final chunk): what a loop detector stores about this
+turn is in the shared store before the agent can send its next turn, to this replica or to
+any other.  With in-memory guard state this costs nothing (no await of I/O); with Redis, one
+round trip of latency at the end of the answer, no CPU.  Other endings settle in `_finish`.
+
 Memory per exchange is bounded whatever the upstream sends: bytes are passed on as they arrive
 (a body that came in one read goes out in one send, with its length); what is kept is capped:
 content_max_bytes for the record, response_parse_max_bytes for a body to parse or one SSE event,
@@ -299,6 +306,7 @@ class Relay:
             self._settle_body(call, provider, resp.status, first, first)
             headers = _down_headers(resp)
             headers.append((b"content-length", str(len(first)).encode()))
+            await self._settle_guards(call, state)
             await state.start(resp.status, headers)
             await state.body(first, more=False)
             return True
@@ -334,6 +342,7 @@ class Relay:
             call.outcome = "upstream_cut"
             call.error = f"upstream {call.upstream} ended the body early: {cut}; the client got {copy.size} bytes"
             return False
+        await self._settle_guards(call, state)
         await state.body(b"", more=False)
         return True
 
@@ -356,18 +365,20 @@ class Relay:
         filtering = provider.needs_filter(call)
         guards = state.guards
         call.outcome = "ok" if resp.status < 400 else "upstream_error"
+        end = parser.end_marker if guards is not None else None
+        tail = b""  # from the read carrying the closing event on: sent once the guards settled
         try:
             async for raw in resp.aiter_raw():
                 if call.first_byte_at is None:
                     call.first_byte_at = time.time()
                 call.response_size += len(raw)
                 events = splitter.feed(raw)
-                if not filtering:
-                    await state.body(raw)
-                else:
-                    out = b"".join(b for b in (provider.filter_event(call, e) for e in events) if b)
-                    if out:
-                        await state.body(out)
+                out = raw if not filtering else b"".join(
+                    b for b in (provider.filter_event(call, e) for e in events) if b)
+                if tail or end is not None and end in raw:
+                    tail += out
+                elif out:
+                    await state.body(out)
                 for event in events:
                     chunk = parser.on_event(event)
                     if chunk is None or guards is None:
@@ -376,14 +387,18 @@ class Relay:
                     verdict = guards.on_chunk(call, chunk)
                     if verdict.action == "deny":
                         parser.finish()
+                        tail = await self._flush(state, tail)
                         await self._cut(call, provider, state, verdict)
                         self._capture(call, _assembled(call))
                         return False
-            if (held := splitter.close()) and not await self._on_events(call, provider, state, held, filtering):
-                return False
+            if held := splitter.close():  # an unterminated last event: it follows the tail
+                tail = await self._flush(state, tail)
+                if not await self._on_events(call, provider, state, held, filtering):
+                    return False
         except UpstreamError as exc:
             call.outcome = "upstream_cut"
             call.error = f"upstream {call.upstream} ended the stream early: {exc}"
+            tail = await self._flush(state, tail)
             await state.body(provider.error_event("interlock_upstream_error", "upstream_stream_cut",
                                                   f"Interlock: {call.error}. The response above is incomplete."))
             clean = False
@@ -391,10 +406,19 @@ class Relay:
             clean = True
         state.upstream_end = time.perf_counter()
         parser.finish()
-        await state.body(b"", more=False)
         self._stream_flags(call, parser, splitter)
         self._capture(call, _assembled(call))
+        await self._settle_guards(call, state)
+        await self._flush(state, tail)
+        await state.body(b"", more=False)
         return clean
+
+    @staticmethod
+    async def _flush(state: _Exchange, tail: bytes) -> bytes:
+        """Send the held-back end of a stream (before anything that must follow it)."""
+        if tail:
+            await state.body(tail)
+        return b""
 
     async def _on_events(self, call: Call, provider: Provider, state: _Exchange, events: list[Event],
                          filtering: bool) -> bool:
@@ -486,14 +510,25 @@ class Relay:
         if len(data) > room:
             call.response_truncated = True
 
+    async def _settle_guards(self, call: Call, state: _Exchange) -> None:
+        """The guards' `on_response` for an answer about to end (see the module docstring);
+        `_finish` then has nothing left to settle."""
+        guards, state.guards = state.guards, None
+        if guards is not None:
+            call.ended_at = time.time()
+            await self._on_response(call, guards)
+
+    async def _on_response(self, call: Call, guards: GuardHooks) -> None:
+        try:
+            await _shielded(guards.on_response(call))
+        except Exception:
+            log.exception("guard on_response failed")
+
     async def _finish(self, call: Call, guards: GuardHooks | None) -> None:
         """Settle the same chain that admitted the call (a reload may have swapped it since)."""
         call.ended_at = time.time()
         if guards is not None:
-            try:
-                await _shielded(guards.on_response(call))
-            except Exception:
-                log.exception("guard on_response failed")
+            await self._on_response(call, guards)
         if self.runs is not None and call.outcome == "ok":
             self.runs.note_response(call)
         self.record(call)

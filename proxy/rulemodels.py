@@ -76,6 +76,12 @@ class RuleBase(_Strict):
     match: Match = Field(default_factory=lambda: Match())
     action: RuleAction = "flag"
     fail_closed: bool = Field(default=False, description="deny when the guard itself fails (default: allow)")
+    on_store_error: Literal["allow", "deny"] | None = Field(
+        default=None,
+        description="when the shared store (Redis) is unreachable or times out: allow (forward "
+        "unguarded by this rule) or deny (503 interlock_store_unavailable); default: deny for "
+        "fail_closed rules, else allow",
+    )
     enabled: bool = True
     notify: list[str] = Field(
         default_factory=list, description="route names (from `routes:`) alerted when this rule fires"

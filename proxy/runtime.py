@@ -199,7 +199,7 @@ class Runtime:
         return load_counter(self.settings.encodings_dir, log.warning, history_chars=self.memory.token_history_chars)
 
     async def _rules(self) -> RulesManager:
-        self.counters = await make_counter_store(self.settings.redis_url)
+        self.counters = await make_counter_store(self.settings.redis_url, timeout_s=self.settings.redis_timeout_s)
         manager = RulesManager.from_settings(self.settings, counters=self.counters,
                                              fingerprint_chars=self.memory.fingerprint_chars)
         await manager.start()

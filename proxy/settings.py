@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     # Distinct values exported per client-chosen metric label (agent, model); later ones read `other`.
     metric_label_limit: int = Field(500, ge=1)
     redis_url: str | None = None
+    # Bounds connecting to Redis and each command; past it the rule's on_store_error answers.
+    redis_timeout_s: float = Field(0.5, gt=0)
     otlp_endpoint: str | None = None
 
     content_policy: ContentPolicy = "redacted"

@@ -132,6 +132,8 @@ class _RuleSet(Protocol):
 class _GuardErrors(Protocol):
     @property
     def errors_total(self) -> int: ...
+    @property
+    def store_errors(self) -> Mapping[tuple[str, str, str], int]: ...
 
 
 class RulesState(Protocol):
@@ -250,6 +252,9 @@ class Metrics:
                                   description="Trace exporter: buffered, queued, exported and dropped runs/spans")
         m.create_observable_gauge("interlock.rules.state", callbacks=[self._rules_state], unit="1",
                                   description="Active rules and failed reloads")
+        m.create_observable_counter("interlock.store.errors", callbacks=[self._store_errors], unit="{error}",
+                                    description="Guard runs the shared store (Redis) failed, by rule, kind and "
+                                                "outcome (allowed | denied, per the rule's on_store_error)")
         m.create_observable_counter("interlock.metric.label.overflow", callbacks=[self._label_overflow],
                                     unit="{value}", description="Label values reported as 'other' (past "
                                                                 "INTERLOCK_METRIC_LABEL_LIMIT), once per recorded call")
@@ -360,6 +365,13 @@ class Metrics:
                 Observation(r.reload_failures, {"state": "reload_failures"}),
                 Observation(len(r.errors), {"state": "errors"}),
                 Observation(r.stats.errors_total, {"state": "guard_errors"})]
+
+    def _store_errors(self, _: CallbackOptions) -> Iterable[Observation]:
+        r = self.scraped.rules
+        if r is None:
+            return []
+        names = ("rule", "kind", "outcome")
+        return [Observation(n, dict(zip(names, k, strict=True))) for k, n in list(r.stats.store_errors.items())]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -191,3 +191,34 @@ def test_shipped_default_rules_load_and_flag_without_refusing(tmp_path: Path, up
         assert px.api("/api/guard-events", action="flag")["items"], (
             "the default retry rule should flag a storm"
         )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_guards_settle_before_the_agent_has_the_whole_answer(
+    tmp_path: Path, upstream: FakeUpstream, stream: bool
+) -> None:
+    """What a guard stores about a turn (loop state, spend) is stored before the SDK returns
+    (non-streamed) or reaches `[DONE]` (streamed): the agent's next turn, sent to this replica
+    or another, sees it.  The chain's on_response is slowed to make a late settle visible."""
+    import asyncio
+
+    loop_only = "rules:\n  - {name: retries, kind: loop, detect: retry, max_repeats: 5, action: deny}\n"
+    with _proxy(tmp_path, upstream, loop_only) as px:
+        chain = px.runtime.rules.chain
+        settled: list[str] = []
+        original = chain.on_response
+
+        async def slow(call: object) -> object:
+            await asyncio.sleep(0.3)
+            settled.append(str(getattr(call, "id", "")))
+            return await original(call)
+
+        chain.on_response = slow
+        client = _client(px, run="run-settle")
+        messages = [{"role": "user", "content": "hello"}]
+        if stream:
+            chunks = list(client.chat.completions.create(model="gpt-4o", messages=messages, stream=True))  # type: ignore[arg-type]
+            assert chunks, "the stream delivered its chunks"
+        else:
+            client.chat.completions.create(model="gpt-4o", messages=messages)  # type: ignore[arg-type]
+        assert len(settled) == 1, "the answer ended before the guards settled"

@@ -97,6 +97,10 @@ def test_error_names_file_rule_and_field(tmp_path: Path) -> None:
             "rule 'x': action: must be one of 'deny', 'flag' or 'escalate'",
         ),
         ("{name: x, kind: context, match: {agnt: a}}", "rule 'x': match.agnt: unknown field"),
+        (
+            "{name: x, kind: loop, detect: retry, on_store_error: ignore}",
+            "rule 'x': on_store_error: must be one of 'allow' or 'deny'",
+        ),
         ("[1, 2]", "rule #1: must be a mapping"),
     ],
 )
@@ -257,6 +261,16 @@ def test_schema_rejects_what_the_loader_rejects() -> None:
     schema = json.loads((ROOT / "schema.json").read_text())
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"rules": [{"name": "x", "kind": "budget", "limit_tokens": 0}]}, schema)
+
+
+def test_schema_knows_on_store_error_and_its_two_values() -> None:
+    import jsonschema
+
+    schema = json.loads((ROOT / "schema.json").read_text())
+    rule = {"name": "x", "kind": "loop", "detect": "retry"}
+    jsonschema.validate({"rules": [{**rule, "on_store_error": "deny"}]}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"rules": [{**rule, "on_store_error": "ignore"}]}, schema)
 
 
 def test_a_missing_rules_directory_is_named_in_the_log(

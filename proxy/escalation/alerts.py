@@ -23,6 +23,7 @@ from typing import Any
 from proxy.call import new_id
 from proxy.escalation.model import Alert, Escalation
 from proxy.escalation.notify import EventSink, Notifier
+from proxy.guards.counters import StoreUnavailable
 from proxy.rulemodels import EscalationRule, RouteSpec, parse_duration
 
 log = logging.getLogger("interlock.alerts")
@@ -80,6 +81,8 @@ class AlertRouter:
             return True
         try:
             return bool(await self.counters.first_seen(f"alert:{route}:{alert.dedup_key}", parse_duration(spec.dedup)))
+        except StoreUnavailable:  # Redis down: the store logged the outage once; page rather than miss
+            return True
         except Exception:
             log.exception("alert dedup check failed; sending %s to %r anyway", alert.kind, route)
             return True

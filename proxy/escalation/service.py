@@ -40,7 +40,7 @@ from proxy.escalation.notify import EventSink, Notifier, otel_events
 from proxy.escalation.store import EscalationStore, SqlEscalationStore
 from proxy.escalation.tracker import EscalationTracker
 from proxy.failures import FailureLog
-from proxy.guards.counters import CounterStore
+from proxy.guards.counters import CounterStore, StoreUnavailable
 from proxy.rulemodels import EscalationRule, RouteSpec
 from proxy.rules import RuleSet
 from proxy.store.rows import Record
@@ -256,7 +256,7 @@ class Escalations:
     async def _open_detected(self, work: _Work, d: Detection) -> None:
         if d.tool_call_id and self.tracker.by_tool_calls([d.tool_call_id]):
             return
-        if d.source == "verdict" and self.tracker.find(d.rule.name, work.run_id, d.details.get("from_rule")):
+        if d.source == "verdict" and not await self._first_verdict(d, work.run_id):
             return
         call = work.call
         esc = await self.tracker.open(d.rule, source=d.source, reason=d.reason,
@@ -264,6 +264,20 @@ class Escalations:
                                       agent=work.agent, call_id=call.id, tool_call_id=d.tool_call_id,
                                       details=d.details)
         await self.alerts.send(alerts.opened(esc, d.rule, now=self.clock()), d.rule.notify)
+
+    async def _first_verdict(self, d: Detection, run_id: str | None) -> bool:
+        """Whether this verdict-raised escalation is the first of its loop (rule, run, source
+        rule).  Open ones this replica knows answer at once; a claim in the counter store covers
+        another replica's that this one has not synced yet (it expires once a sync has passed).
+        Redis down: open it, a duplicate page beats a missed one."""
+        origin = d.details.get("from_rule")
+        if self.tracker.find(d.rule.name, run_id, origin):
+            return False
+        try:
+            return bool(await self.counters.first_seen(f"esc:opening:{d.rule.name}:{run_id}:{origin}",
+                                                       2 * self.tracker.sync_s + 1.0))
+        except StoreUnavailable:
+            return True
 
     async def _auto_ack(self, work: _Work) -> None:
         call, rules = work.call, self.escalation_rules()

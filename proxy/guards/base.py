@@ -220,6 +220,10 @@ class RuleGuard(Guard, Generic[R]):
         self.name = rule.name
         self.kind = rule.kind
         self.fail_closed = rule.fail_closed
+        store_error = rule.on_store_error
+        self.on_store_error: Literal["allow", "deny"] = (
+            store_error if store_error is not None else "deny" if rule.fail_closed else "allow"
+        )
         self.matches = Matcher(rule.match.globs())
 
     def verdict(

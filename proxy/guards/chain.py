@@ -2,8 +2,11 @@
 
 Runs guards in rule order, stops `on_request`/`on_chunk` at the first deny, appends every
 non-allow verdict to `call.guard_events`, and isolates a guard that throws (logged, counted in
-`GuardStats`, treated as allow unless its rule is `fail_closed`).  When a guard denies in
-`on_request`, the guards before it are told to `release` what they reserved.
+`GuardStats`, treated as allow unless its rule is `fail_closed`).  A guard whose shared store
+is unreachable (`StoreUnavailable`) is not a bug: its rule's `on_store_error` answers (allow, or
+deny with 503 `interlock_store_unavailable`), counted per rule, and the store logs the outage
+once.  When a guard denies in `on_request`, the guards before it are told to `release` what
+they reserved.
 
 Per kind of call (operation, agent, model, provider, API key: the fields `match:` reads) the
 chain works out once which guards apply and splits them by hook into steps:
@@ -36,6 +39,7 @@ from proxy.guards.base import (
     overrides,
     worst,
 )
+from proxy.guards.counters import StoreUnavailable
 from proxy.lru import CallSlots, Memo
 
 log = logging.getLogger("interlock.guards")
@@ -50,10 +54,16 @@ class GuardStats:
 
     errors_total: int = 0
     errors_by_rule: dict[str, int] = field(default_factory=dict)
+    # (rule, kind, outcome "allowed" | "denied") → guard runs the shared store failed
+    store_errors: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
     def count(self, rule: str) -> None:
         self.errors_total += 1
         self.errors_by_rule[rule] = self.errors_by_rule.get(rule, 0) + 1
+
+    def count_store_error(self, rule: str, kind: str, outcome: str) -> None:
+        key = (rule, kind, outcome)
+        self.store_errors[key] = self.store_errors.get(key, 0) + 1
 
 
 Step = tuple["Batch[Any] | None", tuple[AnyGuard, ...]]  # (None, (guard,)) or (batch, guards)
@@ -96,6 +106,18 @@ class _Active:
             _steps([g for g in guards if g.runs("on_chunk")], lone=False),  # per stream event
             _steps([g for g in guards if g.runs("on_response")]),
         )
+
+
+def _store_failure(guard: AnyGuard) -> Verdict:
+    if guard.on_store_error == "allow":
+        return ALLOW
+    reason = (
+        f"Interlock could not reach its shared state store (Redis) to evaluate rule '{guard.name}', "
+        "and the rule sets on_store_error: deny, so the request was not sent. Retry in a few "
+        "seconds; if it persists, report it to the operator of this Interlock proxy."
+    )
+    return Verdict("deny", guard.name, guard.kind, reason, {"store_error": True}, 503,
+                   "interlock_store_unavailable", 1.0)
 
 
 def _failure(guard: AnyGuard) -> Verdict:
@@ -162,14 +184,20 @@ class GuardChain(Guard):
 
     def _failed(self, guard: AnyGuard, hook: str, call: Call, exc: BaseException | None = None) -> Verdict:
         """Counts `exc` (default: the exception being handled) and logs it: the first in full,
-        repeats at a backoff (a store that is down fails every call, thousands a second)."""
+        repeats at a backoff (a store that is down fails every call, thousands a second).  A
+        store outage is the rule's `on_store_error`, counted apart and logged by the store."""
+        exc = exc if exc is not None else sys.exc_info()[1]
+        if isinstance(exc, StoreUnavailable):
+            verdict = _store_failure(guard)
+            self.stats.count_store_error(guard.name, guard.kind, "denied" if verdict.denied else "allowed")
+            return verdict
         self.stats.count(guard.name)
         failures = self._failures.get(guard.name)
         if failures is None:
             failures = self._failures[guard.name] = FailureLog(
                 log, f"guard {guard.name!r} ({guard.kind})",
                 hint=f"first in {hook} for call {call.id}; each failing call is allowed unless the rule sets fail_closed")
-        failures.failed(exc if exc is not None else sys.exc_info()[1] or RuntimeError("unknown failure"))
+        failures.failed(exc or RuntimeError("unknown failure"))
         return _failure(guard)
 
     # ------------------------------------------------------------------ hooks
@@ -327,6 +355,8 @@ class GuardChain(Guard):
         for observe in self.observers:
             try:
                 await observe(call)
+            except StoreUnavailable:  # counted, not logged per call: the store logs the outage
+                self.stats.count_store_error("(observer)", "observer", "allowed")
             except Exception:
                 self.stats.count("(observer)")
                 log.exception("guard observer failed for call %s", call.id)

@@ -99,6 +99,8 @@ class AnthropicMessages(Provider):
 
 
 class _MessagesStream(StreamParser):
+    end_marker = b"event: message_stop"
+
     def __init__(self, call: Call) -> None:
         super().__init__(call)
         self._blocks: dict[int, ToolCall | list[str]] = {}

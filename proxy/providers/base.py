@@ -34,6 +34,12 @@ class StreamParser(ABC):
     the rest is only counted (`text_chars`), so an endless stream costs no memory.
     """
 
+    # Bytes found in the read that carries the stream's closing event (OpenAI's `[DONE]`):
+    # the relay holds that read back until the guards settled, because SDKs stop reading
+    # there and send the next turn at once.  A false match (the same bytes inside content)
+    # only delays that read to the end of the stream.  None: the stream's end is its close.
+    end_marker: bytes | None = None
+
     def __init__(self, call: Call, text_limit: int = DEFAULT_TEXT_LIMIT) -> None:
         self.call = call
         self.text_chars = 0

@@ -140,6 +140,8 @@ class OpenAIChat(_OpenAIErrors, Provider):
 
 
 class _ChatStream(StreamParser):
+    end_marker = b"data: [DONE]"
+
     def __init__(self, call: Call) -> None:
         super().__init__(call)
         self._tools: dict[int, ToolCall] = {}
@@ -285,6 +287,8 @@ class OpenAIResponses(_OpenAIErrors, Provider):
 
 
 class _ResponsesStream(StreamParser):
+    end_marker = b"event: response.completed"
+
     def on_event(self, event: Event) -> Chunk | None:
         data = loads(event.data)
         if not isinstance(data, dict):
