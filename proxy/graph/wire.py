@@ -1,0 +1,66 @@
+"""What the graph owner needs of a Call, as JSON: the request and answer minus the raw bodies.
+
+    Call ──call_bytes──▶ {"id", "system", "messages": [...], "completion": {...}, ...} ──call_of──▶ Call
+
+The raw request and response bytes and the parsed request body stay with the process that
+answered (it stores them); lineage reads only the parsed messages, tools and completion.
+A LinkResult travels back the same way (link_bytes / link_of).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import orjson
+
+from proxy.call import Call, Completion, Message, ToolCall, Usage
+from proxy.graph.model import Edge, LinkResult
+
+_DROPPED = frozenset({"request", "request_bytes", "response_bytes", "guard_events"})
+_FIELDS = tuple(f.name for f in dataclasses.fields(Call) if f.name not in _DROPPED)
+
+
+def call_dict(call: Call) -> dict[str, Any]:
+    """The Call's linkable fields as JSON-ready values."""
+    out = {name: getattr(call, name) for name in _FIELDS}
+    out["messages"] = [dataclasses.asdict(m) for m in call.messages]
+    out["completion"] = dataclasses.asdict(call.completion)
+    out["usage"] = dataclasses.asdict(call.usage)
+    out["flags"] = list(call.flags)
+    out["tools"] = list(call.tools)
+    return out
+
+
+def call_of(data: dict[str, Any]) -> Call:
+    """Inverse of call_dict; raises KeyError/TypeError on a malformed entry."""
+    fields = {k: v for k, v in data.items() if k in _FIELDS}
+    fields["messages"] = [_message(m) for m in data.get("messages") or []]
+    comp = dict(data.get("completion") or {})
+    comp["tool_calls"] = [ToolCall(**tc) for tc in comp.get("tool_calls") or []]
+    fields["completion"] = Completion(**comp)
+    fields["usage"] = Usage(**(data.get("usage") or {}))
+    return Call(**fields)
+
+
+def _message(m: dict[str, Any]) -> Message:
+    m = dict(m)
+    m["tool_calls"] = [ToolCall(**tc) for tc in m.get("tool_calls") or []]
+    return Message(**m)
+
+
+def link_dict(link: LinkResult) -> dict[str, Any]:
+    return dataclasses.asdict(link)
+
+
+def link_of(data: dict[str, Any]) -> LinkResult:
+    data = dict(data)
+    data["edges"] = [Edge(**e) for e in data.get("edges") or []]
+    return LinkResult(**data)
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
+loads = orjson.loads
