@@ -54,13 +54,16 @@ def _bench(name: str) -> ModuleType:
 # ----------------------------------------------------------------------------- traffic
 
 
-def frameworks_in_order() -> list[tuple[Fixture, Record]]:
-    """Every fixture's records, its runs interleaved one request each (a fixed order)."""
+def frameworks_in_order(live: int = 3) -> list[tuple[Fixture, Record]]:
+    """Every fixture's records in a fixed order: `live` runs at a time, interleaved one request
+    each (an odd number, so that round robin sends a run's next call to the other replica)."""
     out = []
     for fx in fixtures():
         runs = list(fx.runs.values())
-        for i in range(max(len(r) for r in runs)):
-            out.extend((fx, run[i]) for run in runs if i < len(run))
+        for first in range(0, len(runs), live):
+            group = runs[first:first + live]
+            for i in range(max(len(r) for r in group)):
+                out.extend((fx, run[i]) for run in group if i < len(run))
     return out
 
 
@@ -74,7 +77,7 @@ def send_frameworks(url: str, model: FakeUpstream, traffic: list[tuple[Fixture, 
         answers = _Answers(replayed[fx.name])
         answers.expect[record.key] = record
         model.responder = answers.responder
-        body = body_for(record, stream=bool(n % 2))
+        body = body_for(record, stream=bool(n // 4 % 2))
         extra = {k: v for k, v in body.items() if k not in ("model", "messages", "stream")}
         raw = oai.chat.completions.with_raw_response.create(
             model=body["model"], messages=body["messages"], stream=bool(body.get("stream")), extra_body=extra or None)
@@ -94,18 +97,14 @@ def frameworks_graph(url: str, traffic: list[tuple[Fixture, Record]]) -> Recover
         graphs = api.settle(calls=len(traffic), timeout=60.0)
         rows = sorted(api.wait_calls(len(traffic)), key=lambda r: (r["started_at"], r["id"]))
         pending: dict[str, list[str]] = {}
-        for _, record in traffic:
-            pending.setdefault(record.key, []).append(f"{record.run}-{record.seq:03d}")
+        for fx, record in traffic:
+            pending.setdefault(record.key, []).append(f"{fx.name}/{record.id}")
         step_of = {}
         for row in rows:  # twins (one first request in two runs) in the order they were sent
             stored = api.get(f"/api/calls/{row['id']}")
-            key = request_key("chat", _unstreamed(orjson.loads(stored["request_content"])))
+            key = request_key("chat", orjson.loads(stored["request_content"]))
             step_of[row["id"]] = pending[key].pop(0)
     return recovered(graphs, step_of)
-
-
-def _unstreamed(body: dict[str, Any]) -> dict[str, Any]:
-    return body
 
 
 def generator_plan(seed: int = 5) -> Plan:
