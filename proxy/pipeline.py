@@ -219,6 +219,11 @@ class Pipeline:
 
     # ------------------------------------------------------------------ shared graph (remote)
 
+    @property
+    def parked(self) -> int:
+        """Calls waiting for the graph owner's answer."""
+        return len(self._parked)
+
     def _tick(self) -> float:
         if self.remote is None:
             return self.close_every_s

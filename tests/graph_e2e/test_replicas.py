@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import anthropic
 import httpx2
 import openai
 import orjson
-import pytest
 
 from tests.fake_upstream import FakeUpstream
 from tests.graph.scenarios import Expect, Scenario
-from tests.graph_e2e.frameworks import Fixture, Record, _Answers, body_for, fixtures, Replayed
-from tests.graph_e2e.graphs import Api, loopback_http, sdk_http
+from tests.graph_e2e.frameworks import Fixture, Record, Replayed, _Answers, body_for, fixtures
+from tests.graph_e2e.graphs import Api, sdk_http
 from tests.graph_e2e.replay import Plan, Recovered, recovered, request_key
 from tests.graph_e2e.topology import Replicas
 from tests.proxyserver import ProxyServer
