@@ -287,13 +287,25 @@ class GraphOwner:
                 if answer:
                     await self.bus.push(d["r"], [dumps(self._place(call))], 5.0)
                 continue
-            reply = self._link(call)
+            try:
+                reply = self._link(call)
+            except Exception:  # one bad call must not stall the log: answered unlinked
+                log.exception("graph owner could not link call %s", call.id)
+                reply = dumps({"id": call.id, "l": None})
             if answer:
                 replies[f"links:{d['o']}"].append(reply)
         for key, payloads in replies.items():
             await self.bus.push(key, payloads, self.reply_ttl_s)
 
     def _place(self, call: Call) -> dict[str, Any]:
+        """The request path's answer; never raises (a failure answers 'no run', as one process would)."""
+        try:
+            return self._resolve(call)
+        except Exception:
+            log.exception("graph owner could not place call %s", call.id)
+            return {"a": call.agent, "s": call.agent_source, "r": None}
+
+    def _resolve(self, call: Call) -> dict[str, Any]:
         if call.agent is None:
             call.agent, call.agent_source = self.resolver.resolve_agent(call), "inferred"
         return {"a": call.agent, "s": call.agent_source, "r": self.resolver.resolve_run(call)}

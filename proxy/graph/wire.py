@@ -60,7 +60,13 @@ def link_of(data: dict[str, Any]) -> LinkResult:
 
 
 def dumps(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 loads = orjson.loads
