@@ -58,15 +58,15 @@ class Process:
     def row(self, call_id: str) -> dict[str, object]:
         return self.sink.tables["calls"][call_id]
 
-    async def stored(self, call_id: str, *, linked: bool = True, timeout: float = 5.0) -> dict[str, object]:
-        deadline = time.monotonic() + timeout
+    async def stored(self, call_id: str, *, linked: bool = True, within_s: float = 5.0) -> dict[str, object]:
+        deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
             await self.writer.flush(1)
             row = self.sink.tables["calls"].get(call_id)
             if row is not None and (row.get("run_id") is not None or not linked):
                 return row
             await asyncio.sleep(0.02)
-        raise AssertionError(f"{call_id} not stored{' linked' if linked else ''} within {timeout} s")
+        raise AssertionError(f"{call_id} not stored{' linked' if linked else ''} within {within_s} s")
 
     def edges(self) -> set[tuple[object, object, object]]:
         return {(e["source_call_id"], e["target_call_id"], e["kind"]) for e in self.sink.tables["edges"].values()}
