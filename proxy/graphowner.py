@@ -274,6 +274,7 @@ class GraphOwner:
 
     async def _handle(self, entries: list[Entry], *, answer: bool) -> None:
         replies: dict[str, list[bytes]] = collections.defaultdict(list)
+        places: dict[str, bytes] = {}
         for entry_id, raw in entries:
             self.pos = entry_id
             try:
@@ -285,7 +286,7 @@ class GraphOwner:
                 continue
             if d["k"] == "p":
                 if answer:
-                    await self.bus.push(d["r"], [dumps(self._place(call))], 5.0)
+                    places[d["r"]] = dumps(self._place(call))
                 continue
             try:
                 reply = self._link(call)
@@ -294,8 +295,9 @@ class GraphOwner:
                 reply = dumps({"id": call.id, "l": None})
             if answer:
                 replies[f"links:{d['o']}"].append(reply)
-        for key, payloads in replies.items():
-            await self.bus.push(key, payloads, self.reply_ttl_s)
+        if places or replies:  # one round trip for the batch's answers
+            await self.bus.push_many([(key, [p], 5.0) for key, p in places.items()]
+                                     + [(key, ps, self.reply_ttl_s) for key, ps in replies.items()])
 
     def _place(self, call: Call) -> dict[str, Any]:
         """The request path's answer; never raises (a failure answers 'no run', as one process would)."""

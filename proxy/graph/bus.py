@@ -32,6 +32,9 @@ class GraphBus(Protocol):
     async def push(self, key: str, payloads: list[bytes], ttl_s: float) -> None:
         """Append to reply list `key`, which expires ttl_s after the last push."""
 
+    async def push_many(self, lists: list[tuple[str, list[bytes], float]]) -> None:
+        """Several pushes (key, payloads, ttl_s) in one round trip."""
+
     async def pop(self, key: str, count: int, timeout_s: float) -> list[bytes]:
         """Up to `count` replies from list `key`, waiting up to timeout_s for the first."""
 
@@ -84,10 +87,14 @@ class RedisGraphBus:
         return [(_text(i), f[b"m"]) for i, f in got[0][1]]
 
     async def push(self, key: str, payloads: list[bytes], ttl_s: float) -> None:
-        full = f"{self.prefix}:{key}"
+        await self.push_many([(key, payloads, ttl_s)])
+
+    async def push_many(self, lists: list[tuple[str, list[bytes], float]]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.rpush(full, *payloads)
-            pipe.pexpire(full, int(ttl_s * 1000))
+            for key, payloads, ttl_s in lists:
+                full = f"{self.prefix}:{key}"
+                pipe.rpush(full, *payloads)
+                pipe.pexpire(full, int(ttl_s * 1000))
             await pipe.execute()
 
     async def pop(self, key: str, count: int, timeout_s: float) -> list[bytes]:
@@ -155,8 +162,12 @@ class MemoryGraphBus:
         return [e for e in self.entries if int(e[0].split("-")[1]) > seq][:count]
 
     async def push(self, key: str, payloads: list[bytes], ttl_s: float) -> None:
+        await self.push_many([(key, payloads, ttl_s)])
+
+    async def push_many(self, lists: list[tuple[str, list[bytes], float]]) -> None:
         self._check()
-        self.lists[key].extend(payloads)
+        for key, payloads, _ in lists:
+            self.lists[key].extend(payloads)
         self._wake()
 
     async def pop(self, key: str, count: int, timeout_s: float) -> list[bytes]:
