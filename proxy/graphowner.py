@@ -120,6 +120,11 @@ class GraphClient:
         answer: dict[str, Any] = loads(got[0])
         return answer
 
+    def rename(self, old: str, new: str, *, merge: bool) -> None:
+        """An agent renamed (or merged) through the API: the owner's directory follows, in order."""
+        self._outbox.append(dumps({"k": "n", "o": self.me, "old": old, "new": new, "merge": merge}))
+        self._wake.set()
+
     def _failed(self, exc: BaseException) -> None:
         self.failures.failed(exc)
         self._down_until = time.monotonic() + self.retry_s
@@ -279,6 +284,9 @@ class GraphOwner:
             self.pos = entry_id
             try:
                 d = loads(raw)
+                if d["k"] == "n":  # an agent renamed or merged through the API, in log order
+                    self._rename(d)
+                    continue
                 call = call_of(d["c"])
             except Exception:
                 self.bad_entries += 1
@@ -298,6 +306,10 @@ class GraphOwner:
         if places or replies:  # one round trip for the batch's answers
             await self.bus.push_many([(key, [p], 5.0) for key, p in places.items()]
                                      + [(key, ps, self.reply_ttl_s) for key, ps in replies.items()])
+
+    def _rename(self, d: dict[str, Any]) -> None:
+        directory = self.linker.directory
+        (directory.merge if d.get("merge") else directory.rename)(d["old"], d["new"])
 
     def _place(self, call: Call) -> dict[str, Any]:
         """The request path's answer; never raises (a failure answers 'no run', as one process would)."""

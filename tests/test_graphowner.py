@@ -180,3 +180,17 @@ async def test_a_new_owner_replays_the_log_and_links_as_the_old_one_would(two: t
 
     assert other.owner.leading and other.owner.replayed >= 1
     assert row["run_id"] == "p1" and ("p1", "w1", "handoff") in other.edges()
+
+
+async def test_an_agent_renamed_on_one_replica_is_renamed_by_the_owner(two: tuple) -> None:
+    _, a, b = two
+    now = time.time()
+    a.pipeline.submit(planner(now))
+    name = (await a.stored("p1"))["agent"]
+    b.client.rename(str(name), "lead-planner", merge=False)
+    again = make_call("p2", system="You are the planner.", user="Plan a talk on tidal power.", output="1. Tides",
+                      started_at=now + 5, ended_at=now + 6)
+
+    b.pipeline.submit(again)
+
+    assert (await b.stored("p2"))["agent"] == "lead-planner"
