@@ -217,6 +217,8 @@ class GraphOwner:
         self.leading = False
         self.pos = "0"
         self._renewed = 0.0
+        self._pos_saved = 0.0
+        self._saved = "0"
         self._next_close = time.monotonic() + close_every_s
         self._task: asyncio.Task[None] | None = None
         self.failures = FailureLog(log, "graph owner's log (Redis)", traceback=False,
@@ -238,7 +240,7 @@ class GraphOwner:
                 entries = await self.bus.read(self.pos, self.batch, min(200, self.lease_ms // 3))
                 if entries:
                     await self._handle(entries, answer=True)
-                    await self.bus.set("pos", self.pos.encode())
+                await self._save_pos(every_s=0.1 if entries else 0.0)
                 if time.monotonic() >= self._next_close:
                     self._close_idle()
                 self.failures.succeeded()
@@ -248,6 +250,14 @@ class GraphOwner:
                 self.failures.failed(exc)
                 self.leading = False
                 await asyncio.sleep(0.5)
+
+    async def _save_pos(self, every_s: float) -> None:
+        """Where a successor resumes: saved at most every `every_s` while busy, at once when idle
+        (a successor that found an older position would answer some calls twice)."""
+        now = time.monotonic()
+        if self.pos != self._saved and now >= self._pos_saved + every_s:
+            self._pos_saved, self._saved = now, self.pos
+            await self.bus.set("pos", self.pos.encode())
 
     async def _hold(self) -> bool:
         now = time.monotonic()
@@ -274,7 +284,7 @@ class GraphOwner:
             await self._handle(entries, answer=False)
             self.replayed += len(entries)
             await asyncio.sleep(0)
-        self.pos = saved.decode()
+        self.pos = self._saved = saved.decode()
         log.info("graph owner %s took over at %s (%d calls replayed)", self.me, self.pos, self.replayed)
 
     async def _handle(self, entries: list[Entry], *, answer: bool) -> None:

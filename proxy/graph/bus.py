@@ -98,12 +98,8 @@ class RedisGraphBus:
             await pipe.execute()
 
     async def pop(self, key: str, count: int, timeout_s: float) -> list[bytes]:
-        full = f"{self.prefix}:{key}"
-        first = await self.client.blpop([full], timeout=timeout_s)
-        if first is None:
-            return []
-        rest = await self.client.lpop(full, count - 1) if count > 1 else None
-        return [first[1], *(rest or [])]
+        got = await self.client.blmpop(timeout_s, 1, f"{self.prefix}:{key}", direction="LEFT", count=count)
+        return list(got[1]) if got else []  # BLMPOP (Redis 7): the first reply and what followed, one trip
 
     async def lead(self, me: str, ttl_ms: int) -> bool:
         return bool(await self._renew(keys=[f"{self.prefix}:owner"], args=[me, ttl_ms]))

@@ -19,17 +19,26 @@ from proxy.graph.model import Edge, LinkResult
 
 _DROPPED = frozenset({"request", "request_bytes", "response_bytes", "guard_events"})
 _FIELDS = tuple(f.name for f in dataclasses.fields(Call) if f.name not in _DROPPED)
+_USAGE = tuple(f.name for f in dataclasses.fields(Usage))
 
 
 def call_dict(call: Call) -> dict[str, Any]:
-    """The Call's linkable fields as JSON-ready values."""
+    """The Call's linkable fields as JSON-ready values (by hand: dataclasses.asdict deep-copies)."""
     out = {name: getattr(call, name) for name in _FIELDS}
-    out["messages"] = [dataclasses.asdict(m) for m in call.messages]
-    out["completion"] = dataclasses.asdict(call.completion)
-    out["usage"] = dataclasses.asdict(call.usage)
-    out["flags"] = list(call.flags)
-    out["tools"] = list(call.tools)
+    out["messages"] = [
+        {"role": m.role, "text": m.text, "tool_calls": [_tool(tc) for tc in m.tool_calls],
+         "tool_call_id": m.tool_call_id, "name": m.name}
+        for m in call.messages
+    ]
+    c = call.completion
+    out["completion"] = {"text": c.text, "tool_calls": [_tool(tc) for tc in c.tool_calls], "response_id": c.response_id}
+    u = call.usage
+    out["usage"] = {f: getattr(u, f) for f in _USAGE}
     return out
+
+
+def _tool(tc: ToolCall) -> dict[str, str]:
+    return {"id": tc.id, "name": tc.name, "arguments": tc.arguments}
 
 
 def call_of(data: dict[str, Any]) -> Call:
