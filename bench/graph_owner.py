@@ -119,6 +119,38 @@ async def through_redis(url: str, calls: list[Call], rate: float | None) -> dict
                        "max": 1000 * lags[-1]}}
 
 
+async def cpu_per_call(url: str, calls: list[Call]) -> dict[str, float]:
+    """One request at a time, as ns_c1 does: place, then send the answered call and wait for its
+    link; CPU (this process: client and owner both) per call, and the in-process floor."""
+    prefix = f"bench:graph:{uuid.uuid4().hex[:8]}"
+    bus = RedisGraphBus.from_url(url, prefix=prefix, max_len=len(calls) + 1000)
+    linker, resolver = owner_parts()
+    owner = GraphOwner(bus, me="owner", linker=linker, resolver=resolver, submit=lambda r: None)
+    client = GraphClient(bus, me="client", place_timeout_s=1.0)
+    sink = Collector()
+    client.sink = sink
+    await client.start()
+    await owner.start()
+    while not owner.leading:  # noqa: ASYNC110 (polls the owner task's flag)
+        await asyncio.sleep(0.01)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for i, call in enumerate(calls):
+        answer = await client.place(call)
+        assert answer is not None, "the owner did not answer a placement within 1 s"
+        sink.expect = i + 1
+        sink.done.clear()
+        client.send(call)
+        await sink.done.wait()
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    await client.aclose()
+    await owner.aclose()
+    keys = [k async for k in bus.client.scan_iter(match=f"{prefix}:*")]
+    if keys:
+        await bus.client.delete(*keys)
+    await bus.aclose()
+    return {"cpu_ms": 1000 * cpu / len(calls), "wall_ms": 1000 * wall / len(calls)}
+
+
 def in_process(calls: list[Call]) -> tuple[dict[str, LinkResult], float]:
     linker, resolver = owner_parts()
     t0 = time.perf_counter()
@@ -134,6 +166,10 @@ def same(a: LinkResult | None, b: LinkResult) -> bool:
         b.agent, b.run_id, [(e.source, e.target, e.kind) for e in b.edges])
 
 
+def _hiredis() -> bool:
+    return importlib.util.find_spec("hiredis") is not None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--redis", default="redis://127.0.0.1:6379/4")
@@ -141,10 +177,21 @@ def main() -> int:
     p.add_argument("--small", type=int, default=20_000, help="small ns-like calls")
     p.add_argument("--rate", type=float, default=6000.0, help="calls/s for the lag measurement (ns_c16's rate)")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--cpu", type=int, default=2000, help="small calls for the sequential CPU measurement")
     args = p.parse_args()
+    if args.cpu:
+        got = asyncio.run(cpu_per_call(args.redis, small_calls(args.cpu)))
+        floor_cpu = time.process_time()
+        in_process(small_calls(args.cpu))
+        floor = 1000 * (time.process_time() - floor_cpu) / args.cpu
+        print(f"sequential small calls: {got['cpu_ms']:.3f} ms CPU per call through Redis (client + owner in one "
+              f"process; wall {got['wall_ms']:.2f} ms) vs {floor:.3f} ms resolving and linking in process; "
+              f"Redis client: {'hiredis' if _hiredis() else 'pure-Python parser'}")
     for name, make in (("generator", lambda: generator_calls(args.runs, args.seed)),
                        ("small", lambda: small_calls(args.small))):
         calls = make()
+        if not calls:
+            continue
         local, local_rate = in_process(calls)
         fast = asyncio.run(through_redis(args.redis, make(), None))
         paced = asyncio.run(through_redis(args.redis, make(), min(args.rate, 0.8 * fast["calls_per_s"])

@@ -186,11 +186,8 @@ class GraphClient:
     async def aclose(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except BaseException:
-                pass
+        if self._tasks:  # bounded: a Redis command cancelled mid-block may not unwind promptly
+            await asyncio.wait(self._tasks, timeout=2.0)
 
 
 def _done(me: str, call: Call) -> bytes:
@@ -359,10 +356,7 @@ class GraphOwner:
     async def aclose(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except BaseException:
-                pass
+            await asyncio.wait([self._task], timeout=2.0)
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

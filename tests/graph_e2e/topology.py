@@ -144,3 +144,10 @@ backend replicas
                 p.kill()
         self.procs.clear()
         drop_test_database(self.database)
+        import redis
+
+        client = redis.Redis.from_url(self.redis)
+        keys = list(client.scan_iter(match=f"{self.prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
