@@ -76,8 +76,9 @@ class TokenCounting(Protocol):
 
 
 class RunResolving(Protocol):
-    def resolve_run(self, call: Call) -> str | None: ...
-    def resolve_agent(self, call: Call) -> str: ...
+    async def resolve(self, call: Call) -> None:
+        """Request path, before the guards: set call.agent (when unnamed) and call.run_id."""
+
     def note_response(self, call: Call) -> None: ...
 
 
@@ -245,10 +246,7 @@ class Relay:
             return
         self._count(call, route.spec.token_factor)
         if self.runs is not None and route.json_body:
-            if call.agent is None:
-                call.agent, call.agent_source = self.runs.resolve_agent(call), "inferred"
-            if call.run_id is None:
-                call.run_id = self.runs.resolve_run(call)
+            await self.runs.resolve(call)
         guards = self.guards()
         state.guards = guards
         if guards is not None:

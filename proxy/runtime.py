@@ -14,11 +14,13 @@ from proxy.cascade import summarize
 from proxy.escalation.service import Escalations
 from proxy.failures import FailureLog
 from proxy.forward import Forwarder, make_forwarder
+from proxy.graph.bus import RedisGraphBus
 from proxy.graph.identity import AgentDirectory, Identifier
 from proxy.graph.index import MemoryLineageIndex
 from proxy.graph.linker import Linker
 from proxy.graph.runs import RunResolver
 from proxy.graph.threads import ChainCache
+from proxy.graphowner import GraphClient, GraphOwner, SharedRunResolver, process_id
 from proxy.guards.chain import GuardChain
 from proxy.guards.counters import make_counter_store
 from proxy.labelcap import LabelCap
@@ -75,6 +77,10 @@ class Runtime:
         self.resolver: RunResolver | None = None
         self.index: MemoryLineageIndex | None = None
         self.peer_metrics: Any = None  # with --workers N: /metrics merged across the workers
+        self.graph_bus: RedisGraphBus | None = None
+        self.graph_client: GraphClient | None = None
+        self.graph_owner: GraphOwner | None = None
+        self.shared_resolver: SharedRunResolver | None = None
 
     @property
     def worker_index(self) -> int:
@@ -138,8 +144,10 @@ class Runtime:
         self.pipeline = Pipeline(self.writer, policy=s.content_policy, max_bytes=s.content_max_bytes,
                                  linker=self.linker, observers=observers, on_runs_closed=closers,
                                  prices=self.price_table, max_queued_bytes=self.memory.pipeline_queue_bytes,
-                                 answered=self.wal.answered if self.wal is not None else None)
+                                 answered=self.wal.answered if self.wal is not None else None,
+                                 remote=self.graph_client, link_timeout_s=s.graph_link_timeout_s)
         await self.pipeline.start()
+        await self._share_graph()
         self.forwarder = make_forwarder(s, self.transport)
         self.relay = Relay(
             s,
@@ -148,7 +156,7 @@ class Runtime:
             self.pipeline.submit,
             guards=self._chain,
             tokens=self.tokens,
-            runs=self.resolver,
+            runs=self.shared_resolver or self.resolver,
             metrics=self.metrics,
         )
 
@@ -220,6 +228,33 @@ class Runtime:
         self.resolver = RunResolver(
             self.index, identifier, run_idle_s=s.run_idle_s, chains=chains, placer=self.linker
         )
+        if s.redis_url and s.graph_shared:
+            self.graph_bus = RedisGraphBus.from_url(s.redis_url, prefix=s.graph_prefix, max_len=s.graph_log_max)
+            me = process_id()
+            self.graph_client = GraphClient(self.graph_bus, me=me, place_timeout_s=s.graph_place_timeout_ms / 1000)
+            self.graph_owner = self._owner(me, names)
+
+    def _owner(self, me: str, names: dict[str, str]) -> GraphOwner:
+        """The owner's own linker, index and resolver (used only while this process holds the lease)."""
+        s = self.settings
+        assert self.graph_bus is not None
+        index = MemoryLineageIndex()
+        identifier = Identifier(AgentDirectory(names=names, aliases=s.agent_aliases, claims=index))
+        chains = ChainCache()
+        linker = Linker(index, run_idle_s=s.run_idle_s, identifier=identifier, chains=chains)
+        resolver = RunResolver(index, identifier, run_idle_s=s.run_idle_s, chains=chains, placer=linker)
+        return GraphOwner(self.graph_bus, me=me, linker=linker, resolver=resolver,
+                          submit=lambda record: self.writer.submit(record), lease_ms=s.graph_lease_ms)
+
+    async def _share_graph(self) -> None:
+        """With a shared graph: the request path asks the owner, the pipeline waits for its links."""
+        if self.graph_client is None or self.graph_owner is None or self.pipeline is None:
+            return
+        self.graph_client.sink = self.pipeline
+        await self.graph_client.start()
+        await self.graph_owner.start()
+        assert self.resolver is not None
+        self.shared_resolver = SharedRunResolver(self.resolver, self.graph_client)
 
     async def aclose(self) -> None:
         self.relay = None
@@ -227,10 +262,18 @@ class Runtime:
             self._retry.cancel()
         if self.forwarder is not None:
             await self.forwarder.aclose()
+        if self.graph_client is not None:  # first: what this process answered reaches the log
+            await self.graph_client.flush()
         if self.peer_metrics is not None:
             await self.peer_metrics.aclose()
         if self.pipeline is not None:
-            await self.pipeline.aclose()
+            await self.pipeline.aclose()  # waits a little for the owner's last answers
+        if self.graph_client is not None:
+            await self.graph_client.aclose()
+        if self.graph_owner is not None:
+            await self.graph_owner.aclose()
+        if self.graph_bus is not None:
+            await self.graph_bus.aclose()
         if self.tracer is not None:
             await self.tracer.aclose()  # after the pipeline drained: open runs go out as partial
         if self.escalations is not None:

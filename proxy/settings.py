@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     # Bounds connecting to Redis and each command; past it the rule's on_store_error answers.
     redis_timeout_s: float = Field(0.5, gt=0)
+    # Shared graph (with redis_url): one owner links every replica's calls (proxy/graphowner.py).
+    graph_shared: bool = True  # false: each process links its own traffic, as without Redis
+    graph_prefix: str = "interlock:graph"  # Redis key prefix of the log, lease and replies
+    graph_place_timeout_ms: float = Field(50.0, gt=0, le=5000)  # request path: wait for the owner
+    graph_link_timeout_s: float = Field(10.0, gt=0)  # a call waits this long for its link, then stored unlinked
+    graph_lease_ms: int = Field(5000, ge=300)  # owner's lease; another process takes over after it lapses
+    graph_log_max: int = Field(100_000, ge=1000)  # calls kept in the log (a new owner replays them)
     otlp_endpoint: str | None = None
 
     content_policy: ContentPolicy = "redacted"

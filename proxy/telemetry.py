@@ -180,6 +180,27 @@ class PipelineState(Protocol):
     def linked_late(self) -> int: ...
     @property
     def unlinked(self) -> int: ...
+    @property
+    def parked(self) -> int: ...
+    @property
+    def linked_remote(self) -> int: ...
+    @property
+    def linked_local(self) -> int: ...
+    @property
+    def link_timeouts(self) -> int: ...
+
+
+class GraphOwnerState(Protocol):
+    @property
+    def leading(self) -> bool: ...
+    @property
+    def linked(self) -> int: ...
+    @property
+    def lag_s(self) -> float: ...
+
+
+class GraphClientState(Protocol):
+    """Read by name: placed, place_timeouts, place_failures, send_failures."""
 
 
 class Scraped(Protocol):
@@ -195,6 +216,10 @@ class Scraped(Protocol):
     def writer(self) -> object | None: ...
     @property
     def pipeline(self) -> PipelineState | None: ...
+    @property
+    def graph_owner(self) -> GraphOwnerState | None: ...
+    @property
+    def graph_client(self) -> GraphClientState | None: ...
 
 
 class Metrics:
@@ -243,6 +268,11 @@ class Metrics:
         m.create_observable_gauge("interlock.pipeline.state", callbacks=[self._pipeline_state], unit="{call}",
                                   description="Graph linking under load: overflowed (stored before linking), "
                                               "lagging (to link), linked_late, unlinked (past the lane's bound)")
+        m.create_observable_gauge("interlock.graph.shared", callbacks=[self._graph_shared], unit="1",
+                                  description="Shared graph (with Redis): owner (1 while this process holds the "
+                                              "lease), linked, lag_seconds; parked, linked_remote, linked_local "
+                                              "(Redis unreachable), link_timeouts, placed, place_timeouts, "
+                                              "place_failures, send_failures")
         m.create_observable_gauge("interlock.budget.remaining", callbacks=[self._budgets], unit="1",
                                   description="Budget left per rule and scope (tokens or USD; scope_value "
                                               "'min' = the tightest recently active run/agent/key)")
@@ -356,6 +386,23 @@ class Metrics:
             return []
         return [Observation(p.overflowed, {"state": "overflowed"}), Observation(len(p.lagging), {"state": "lagging"}),
                 Observation(p.linked_late, {"state": "linked_late"}), Observation(p.unlinked, {"state": "unlinked"})]
+
+    def _graph_shared(self, _: CallbackOptions) -> Iterable[Observation]:
+        rt = self.scraped
+        out: list[Observation] = []
+        owner, client, p = rt.graph_owner, rt.graph_client, rt.pipeline
+        if owner is not None:
+            out += [Observation(int(owner.leading), {"state": "owner"}), Observation(owner.linked, {"state": "linked"}),
+                    Observation(owner.lag_s, {"state": "lag_seconds"})]
+        if client is not None:
+            out += [Observation(getattr(client, k), {"state": k})
+                    for k in ("placed", "place_timeouts", "place_failures", "send_failures")]
+        if client is not None and p is not None:
+            out += [Observation(p.parked, {"state": "parked"}),
+                    Observation(p.linked_remote, {"state": "linked_remote"}),
+                    Observation(p.linked_local, {"state": "linked_local"}),
+                    Observation(p.link_timeouts, {"state": "link_timeouts"})]
+        return out
 
     def _rules_state(self, _: CallbackOptions) -> Iterable[Observation]:
         r = self.scraped.rules

@@ -80,6 +80,8 @@ async def _rename(runtime: Runtime, old: str, new: str, *, merge: bool) -> dict[
         directory.merge(old, new)
     else:
         directory.rename(old, new)
+    if runtime.graph_client is not None:  # the shared graph's owner renames too
+        runtime.graph_client.rename(old, new, merge=merge)
     moved = await queries.rename_agent(runtime.engine, old, new)
     return {"agent": old, "now": directory.resolve(old), "calls_rewritten": moved}
 

@@ -59,6 +59,13 @@ class RunResolver:
         self.clock = clock
         self.chains = chains or threads.ChainCache()
 
+    async def resolve(self, call: Call) -> None:
+        """Request path: name an unnamed agent (its display name, `inferred`) and find its run."""
+        if call.agent is None:
+            call.agent, call.agent_source = self.resolve_agent(call), "inferred"
+        if call.run_id is None:
+            call.run_id = self.resolve_run(call)
+
     def resolve_agent(self, call: Call) -> str:
         """The agent's display name (explicit name, else from its prompt): for per-agent rules."""
         return self.identifier.identify(call).name
