@@ -3,12 +3,13 @@ as a load balancer sees them, for tests that need the same answers at any replic
 
     with Replicas(tmp, upstream.url, rules_yaml) as rs:   rs.urls[i]; rs.log(i); rs.metrics(i)
         Replicas(..., count=1)                            the single-process baseline
+        Replicas(..., workers=2)                          each replica `interlock serve --workers 2`
         Replicas(..., redis_url="redis://127.0.0.1:1/0")  Redis unreachable from the start
 
 The first process migrates the database before the others start (two fresh processes would race
 on the migration).  The tests round-robin between `urls` themselves: which process serves a
-call is then known, not left to a balancer.  (The `workers` branch brings the HAProxy topology
-fixture that replaces this one at merge.)
+call is then known (which replica; either of its workers), not left to a balancer: the HAProxy
+topology, with the compose file's haproxy.cfg, is tests/topology.py.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ def free_port() -> int:
 
 
 class Replicas:
-    def __init__(self, tmp: Path, upstream: str, rules: str, *, count: int = 2, redis_url: str | None = None,
-                 **env: str) -> None:
-        self.tmp, self.upstream, self.count = tmp, upstream, count
+    def __init__(self, tmp: Path, upstream: str, rules: str, *, count: int = 2, workers: int = 1,
+                 redis_url: str | None = None, **env: str) -> None:
+        self.tmp, self.upstream, self.count, self.workers = tmp, upstream, count, workers
         self.rules_dir = tmp / "rules"
         self.rules_dir.mkdir(parents=True, exist_ok=True)
         (self.rules_dir / "rules.yaml").write_text(rules)
@@ -66,7 +67,8 @@ class Replicas:
                "INTERLOCK_UPSTREAM_ANTHROPIC": self.upstream, "INTERLOCK_WRITER_FLUSH_INTERVAL_S": "0.02",
                **self.extra}
         with (home / "stderr.log").open("wb") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve"], env=env, cwd=home,
+            proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--workers", str(self.workers)],
+                                    env=env, cwd=home,
                                     stdout=subprocess.DEVNULL, stderr=err)
         self.procs.append(proc)
         url = f"http://127.0.0.1:{port}"

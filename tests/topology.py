@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,9 @@ class Topology:
         self.env = {"INTERLOCK_DATABASE_URL": self.database_url, "INTERLOCK_REDIS_URL": redis or redis_url(),
                     "INTERLOCK_UPSTREAM_OPENAI": upstream, "INTERLOCK_UPSTREAM_ANTHROPIC": upstream,
                     "INTERLOCK_RULES_DIR": str(rules), "INTERLOCK_WRITER_FLUSH_INTERVAL_S": "0.02",
-                    "INTERLOCK_LOG_LEVEL": "warning", **(env or {})}
+                    "INTERLOCK_LOG_LEVEL": "warning",
+                    # the shared graph's log and lease, apart from other tests' on the same Redis
+                    "INTERLOCK_GRAPH_PREFIX": f"interlock-test:{uuid.uuid4().hex[:10]}", **(env or {})}
         self.replicas = [Replica(i, tmp, workers, self.env) for i in range(replicas)]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

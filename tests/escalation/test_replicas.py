@@ -1,5 +1,5 @@
-"""Escalations with two `interlock serve` replicas sharing Redis and PostgreSQL: every replica
-runs the SLA clock, one alert goes out per breach, and the hold is enforced by both."""
+"""Escalations with two `interlock serve --workers 2` replicas sharing Redis and PostgreSQL: every
+process runs the SLA clock, one alert goes out per breach, and the hold is enforced by all."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def escalations(url: str, **params: Any) -> list[dict[str, Any]]:
 
 def test_a_breach_alerts_once_across_replicas_and_both_hold_the_run(tmp_path: Path, upstream: FakeUpstream) -> None:
     run = f"run-{uuid.uuid4().hex[:8]}"
-    with Receiver() as rx, Replicas(tmp_path, upstream.url, rules(rx.url), INTERLOCK_ESCALATION_SYNC_S="0.2") as rs:
+    with Receiver() as rx, Replicas(tmp_path, upstream.url, rules(rx.url), workers=2,
+                                          INTERLOCK_ESCALATION_SYNC_S="0.2") as rs:
         upstream.script(Reply(tool_calls=[ToolCall("escalate_to_human", {"reason": "refund over my limit"},
                                                    id="call_esc_1")]))
         client(rs.urls[0], run).chat.completions.create(model="gpt-4o", tools=TOOLS,  # type: ignore[arg-type]
@@ -76,7 +77,8 @@ def test_a_breach_alerts_once_across_replicas_and_both_hold_the_run(tmp_path: Pa
 
 def test_a_loop_escalating_on_both_replicas_opens_one_escalation(tmp_path: Path, upstream: FakeUpstream) -> None:
     run = f"run-{uuid.uuid4().hex[:8]}"
-    with Receiver() as rx, Replicas(tmp_path, upstream.url, rules(rx.url), INTERLOCK_ESCALATION_SYNC_S="0.2") as rs:
+    with Receiver() as rx, Replicas(tmp_path, upstream.url, rules(rx.url), workers=2,
+                                          INTERLOCK_ESCALATION_SYNC_S="0.2") as rs:
         for i in range(6):  # the same request again and again, alternating replicas: escalates from the 2nd
             client(rs.urls[i % 2], run, agent="retrier").chat.completions.create(
                 model="gpt-4o", messages=[{"role": "user", "content": "Summarise the incident report."}])

@@ -1,9 +1,10 @@
-"""The same graph at any replica count: 1 process vs 2 replicas behind haproxy round robin.
+"""The same graph at any replica count: 1 process vs 2 replicas x 2 workers behind HAProxy.
 
 The same traffic, sent one request at a time in one fixed order with the `openai` and
 `anthropic` SDKs, goes once through a single `interlock` (no Redis: today's one-process graph)
-and once through two `interlock serve` processes behind haproxy (round robin, so a run's calls
-alternate between them), sharing PostgreSQL and Redis.  The graphs the API then serves must be
+and once through two `interlock serve --workers 2` replicas behind Debian's haproxy with
+deploy/haproxy.cfg (round robin, so a run's calls alternate between the replicas, and land on
+either worker of each), sharing PostgreSQL and Redis (tests/topology.py).  The graphs the API then serves must be
 identical: every call's agent, the runs (as sets of calls), every call-to-call edge with its
 kind and the agent-pair edges.  Traffic: every recorded real-framework fixture, and one run of
 every pattern of the graph generator (bench/graph_accuracy.py).
@@ -27,11 +28,12 @@ from tests.graph.scenarios import Expect, Scenario
 from tests.graph_e2e.frameworks import Fixture, Record, Replayed, _Answers, body_for, fixtures
 from tests.graph_e2e.graphs import Api, sdk_http
 from tests.graph_e2e.replay import Plan, Recovered, recovered, request_key
-from tests.graph_e2e.topology import Replicas
 from tests.proxyserver import ProxyServer
+from tests.topology import Topology
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-REPLICA = "x-interlock-replica"
+REPLICA = "x-interlock-replica"  # set by deploy/haproxy.cfg: the replica that answered
+SHARED_ENV = {"INTERLOCK_CONTENT_POLICY": "full", "INTERLOCK_LOG_LEVEL": "info"}
 
 
 class _Url:
@@ -179,10 +181,10 @@ def test_framework_fixtures_give_the_same_graph_on_two_replicas(tmp_path: Path, 
         send_frameworks(px.url, model, traffic)
         one = frameworks_graph(px.url, traffic)
     model.reset()
-    with Replicas(tmp_path / "two", model.url) as two_px:
+    with Topology(tmp_path / "two", model.url, workers=2, env=SHARED_ENV) as two_px:
         went = send_frameworks(two_px.url, model, traffic)
-        two = frameworks_graph(two_px.replica_url(1), traffic)
-        assert set(went) == {"r0", "r1"}
+        two = frameworks_graph(two_px.replicas[1].direct, traffic)
+        assert set(went) == {"replica-1", "replica-2"}
         assert crossings(went, runs) > 0.3
     assert len({s for steps in one.agents.values() for s in steps}) == len(traffic)
     assert_same(one, two)
@@ -196,11 +198,11 @@ def test_generator_patterns_give_the_same_graph_on_two_replicas(tmp_path: Path, 
         send_plan(px.url, model, plan)
         one = plan_graph(px.url, plan)
     model.reset()
-    with Replicas(tmp_path / "two", model.url) as two_px:
+    with Topology(tmp_path / "two", model.url, workers=2, env=SHARED_ENV) as two_px:
         plan = generator_plan()
         went = send_plan(two_px.url, model, plan)
-        two = plan_graph(two_px.replica_url(0), plan)
+        two = plan_graph(two_px.replicas[0].direct, plan)
     runs = [ex.step.split(".")[0] for ex in plan.exchanges]
-    assert Counter(went) == Counter({"r0": (len(went) + 1) // 2, "r1": len(went) // 2})
+    assert Counter(went) == Counter({"replica-1": (len(went) + 1) // 2, "replica-2": len(went) // 2})
     assert crossings(went, runs) > 0.3
     assert_same(one, two)

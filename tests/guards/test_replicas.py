@@ -1,5 +1,6 @@
-"""The same guard answers at any replica count: two `interlock serve` processes sharing Redis and
-PostgreSQL, the test round-robining between them, against one process alone.  Real SDK, real
+"""The same guard answers at any replica count: two `interlock serve --workers 2` replicas sharing
+Redis and PostgreSQL, the test round-robining between them (each call on either worker of the
+replica), against the answer of one process alone.  Real SDK, real
 HTTP, real Redis and PostgreSQL; the model API is the fake upstream."""
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def upstream() -> Iterator[FakeUpstream]:
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream) -> Iterator[Replicas]:
-    with Replicas(tmp_path_factory.mktemp("replicas"), upstream.url, RULES) as rs:
+    with Replicas(tmp_path_factory.mktemp("replicas"), upstream.url, RULES, workers=2) as rs:
         yield rs
 
 
