@@ -11,7 +11,16 @@ from typing import Any
 import orjson
 
 from proxy.call import Call, Chunk, Message, ToolCall
-from proxy.providers.base import Endpoint, Provider, ProviderSpec, StreamParser, as_int, loads, text_of
+from proxy.providers.base import (
+    Endpoint,
+    Provider,
+    ProviderSpec,
+    StreamParser,
+    as_int,
+    as_str,
+    loads,
+    text_of,
+)
 from proxy.sse import Event
 from proxy.tokens import ANTHROPIC_FACTOR
 
@@ -34,7 +43,7 @@ def _blocks_to_messages(role: str, content: Any) -> list[Message]:
             args = orjson.dumps(block.get("input") or {}).decode()
             calls.append(ToolCall(str(block.get("id") or ""), str(block.get("name") or ""), args))
         elif kind == "tool_result":
-            out.append(Message("tool", text_of(block.get("content")), [], _str(block.get("tool_use_id"))))
+            out.append(Message("tool", text_of(block.get("content")), [], as_str(block.get("tool_use_id"))))
     if texts or calls or not out:
         out.append(Message(role, "\n".join(texts), calls))
     return out
@@ -59,7 +68,7 @@ class AnthropicMessages(Provider):
     name = "anthropic"
 
     def parse_request(self, call: Call, body: dict[str, Any]) -> None:
-        call.model_requested = _str(body.get("model"))
+        call.model_requested = as_str(body.get("model"))
         call.stream = body.get("stream") is True
         call.max_tokens = as_int(body.get("max_tokens"))
         system = body.get("system")
@@ -75,8 +84,8 @@ class AnthropicMessages(Provider):
         data = loads(body)
         if not isinstance(data, dict) or data.get("type") != "message":
             return
-        call.model_served = _str(data.get("model"))
-        call.completion.response_id = _str(data.get("id"))
+        call.model_served = as_str(data.get("model"))
+        call.completion.response_id = as_str(data.get("id"))
         _usage(call, data.get("usage"))
         reason = data.get("stop_reason")
         call.finish_reason = _FINISH.get(reason, reason) if isinstance(reason, str) else None
@@ -123,8 +132,8 @@ class _MessagesStream(StreamParser):
 
     def _start(self, msg: Any) -> None:
         if isinstance(msg, dict):
-            self.call.model_served = _str(msg.get("model"))
-            self.call.completion.response_id = _str(msg.get("id"))
+            self.call.model_served = as_str(msg.get("model"))
+            self.call.completion.response_id = as_str(msg.get("id"))
             _usage(self.call, msg.get("usage"))
 
     def _block_start(self, data: dict[str, Any]) -> None:
@@ -181,14 +190,11 @@ class AnthropicCountTokens(AnthropicMessages):
 
 class AnthropicGeneric(AnthropicMessages):
     def parse_request(self, call: Call, body: dict[str, Any]) -> None:
-        call.model_requested = _str(body.get("model"))
+        call.model_requested = as_str(body.get("model"))
 
     def parse_body(self, call: Call, body: bytes) -> None:
         return None
 
-
-def _str(v: Any) -> str | None:
-    return v if isinstance(v, str) else None
 
 
 _GENERIC = AnthropicGeneric()

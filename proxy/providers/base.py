@@ -220,6 +220,12 @@ def loads(raw: bytes) -> Any:
         return None
 
 
+def as_str(v: Any, *, empty: bool = True) -> str | None:
+    """A JSON value that should be a string (an id, a name): itself, else None (also for an
+    empty string when `empty` is False)."""
+    return v if isinstance(v, str) and (empty or v) else None
+
+
 def as_int(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 

@@ -39,6 +39,7 @@ from proxy.providers.base import (
     ProviderSpec,
     StreamParser,
     as_int,
+    as_str,
     loads,
     stream_error_status,
     text_of,
@@ -167,7 +168,7 @@ def _blocks(role: str, content: Any) -> list[Message]:
         elif isinstance(result := block.get("toolResult"), dict):
             parts = [p.get("text") if isinstance(p.get("text"), str) else orjson.dumps(p["json"]).decode()
                      for p in result.get("content") or () if isinstance(p, dict) and ("text" in p or "json" in p)]
-            out.append(Message("tool", "\n".join(str(p) for p in parts), [], _str(result.get("toolUseId"))))
+            out.append(Message("tool", "\n".join(str(p) for p in parts), [], as_str(result.get("toolUseId"), empty=False)))
     if texts or calls or not out:
         out.append(Message(role, "\n".join(texts), calls))
     return out
@@ -318,9 +319,6 @@ def access_key(values: Sequence[tuple[bytes, str]]) -> str | None:
             return value[7:].strip() or None
     return None
 
-
-def _str(v: Any) -> str | None:
-    return v if isinstance(v, str) and v else None
 
 
 _CONVERSE = BedrockConverse()

@@ -28,6 +28,7 @@ from proxy.providers.base import (
     ProviderSpec,
     StreamParser,
     as_int,
+    as_str,
     loads,
     stream_error_status,
 )
@@ -66,12 +67,12 @@ def _parts(role: str, parts: Any) -> list[Message]:
                 texts.append(text)
         elif isinstance(fc := part.get("functionCall"), dict):
             name = str(fc.get("name") or "")
-            calls.append(ToolCall(_str(fc.get("id")) or name, name, orjson.dumps(fc.get("args") or {}).decode()))
+            calls.append(ToolCall(as_str(fc.get("id"), empty=False) or name, name, orjson.dumps(fc.get("args") or {}).decode()))
         elif isinstance(fr := part.get("functionResponse"), dict):
             name = str(fr.get("name") or "")
             result = fr.get("response")
             out.append(Message("tool", orjson.dumps(result).decode() if result is not None else "", [],
-                               _str(fr.get("id")) or name, name or None))
+                               as_str(fr.get("id"), empty=False) or name, name or None))
     if texts or calls or not out:
         out.append(Message("assistant" if role == "model" else role, "".join(texts), calls))
     return out
@@ -106,8 +107,8 @@ class _Response:
 
     @staticmethod
     def apply(call: Call, data: dict[str, Any]) -> tuple[str, list[ToolCall]]:
-        call.model_served = _str(data.get("modelVersion")) or call.model_served
-        call.completion.response_id = _str(data.get("responseId")) or call.completion.response_id
+        call.model_served = as_str(data.get("modelVersion"), empty=False) or call.model_served
+        call.completion.response_id = as_str(data.get("responseId"), empty=False) or call.completion.response_id
         _usage(call, data.get("usageMetadata"))
         text, calls = "", []
         candidates = data.get("candidates")
@@ -129,7 +130,7 @@ class GeminiGenerate(Provider):
     name = "gcp.gemini"
 
     def parse_request(self, call: Call, body: dict[str, Any]) -> None:
-        call.model_requested = _str(body.get("model"))
+        call.model_requested = as_str(body.get("model"), empty=False)
         config = body.get("generationConfig") or body.get("generation_config") or {}
         if isinstance(config, dict):
             call.max_tokens = as_int(config.get("maxOutputTokens")) or as_int(config.get("max_output_tokens"))
@@ -216,14 +217,11 @@ class GeminiGeneric(GeminiGenerate):
     """Any other Gemini path (models list, embedContent, files...): forwarded as-is."""
 
     def parse_request(self, call: Call, body: dict[str, Any]) -> None:
-        call.model_requested = _str(body.get("model"))
+        call.model_requested = as_str(body.get("model"), empty=False)
 
     def parse_body(self, call: Call, body: bytes) -> None:
         return None
 
-
-def _str(v: Any) -> str | None:
-    return v if isinstance(v, str) and v else None
 
 
 _GENERATE, _COUNT, _GENERIC = GeminiGenerate(), GeminiCountTokens(), GeminiGeneric()

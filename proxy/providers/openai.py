@@ -13,7 +13,16 @@ from typing import Any
 import orjson
 
 from proxy.call import Call, Chunk, Message, ToolCall
-from proxy.providers.base import Endpoint, Provider, ProviderSpec, StreamParser, as_int, loads, text_of
+from proxy.providers.base import (
+    Endpoint,
+    Provider,
+    ProviderSpec,
+    StreamParser,
+    as_int,
+    as_str,
+    loads,
+    text_of,
+)
 from proxy.sse import Event
 
 _FINISH = {"max_output_tokens": "length", "content_filter": "content_filter"}
@@ -86,7 +95,7 @@ class OpenAIChat(_OpenAIErrors, Provider):
     name = "openai"
 
     def parse_request(self, call: Call, body: dict[str, Any]) -> None:
-        call.model_requested = _str(body.get("model"))
+        call.model_requested = as_str(body.get("model"))
         call.stream = body.get("stream") is True
         call.max_tokens = as_int(body.get("max_completion_tokens")) or as_int(body.get("max_tokens"))
         n = as_int(body.get("n"))
@@ -120,13 +129,13 @@ class OpenAIChat(_OpenAIErrors, Provider):
         data = loads(body)
         if not isinstance(data, dict):
             return
-        call.model_served = _str(data.get("model"))
-        call.completion.response_id = _str(data.get("id"))
+        call.model_served = as_str(data.get("model"))
+        call.completion.response_id = as_str(data.get("id"))
         _chat_usage(call, data.get("usage"))
         choices = data.get("choices")
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
             first = choices[0]
-            call.finish_reason = _str(first.get("finish_reason"))
+            call.finish_reason = as_str(first.get("finish_reason"))
             msg = first.get("message") or {}
             if isinstance(msg, dict):
                 call.completion.text = text_of(msg.get("content"))
@@ -156,8 +165,8 @@ class _ChatStream(StreamParser):
             return None
         call = self.call
         if call.model_served is None:
-            call.model_served = _str(data.get("model"))
-            call.completion.response_id = _str(data.get("id"))
+            call.model_served = as_str(data.get("model"))
+            call.completion.response_id = as_str(data.get("id"))
         if data.get("usage"):
             _chat_usage(call, data["usage"])
         delta_text = ""
@@ -218,7 +227,7 @@ def _responses_input(body: dict[str, Any]) -> list[Message]:
             tc = ToolCall(str(it.get("call_id") or ""), str(it.get("name") or ""), str(it.get("arguments") or ""))
             out.append(Message("assistant", "", [tc]))
         elif kind == "function_call_output":
-            out.append(Message("tool", text_of(it.get("output")), [], _str(it.get("call_id"))))
+            out.append(Message("tool", text_of(it.get("output")), [], as_str(it.get("call_id"))))
         elif "role" in it:
             out.append(Message(str(it["role"]), text_of(it.get("content"))))
     return out
@@ -231,8 +240,8 @@ def _responses_usage(call: Call, usage: Any) -> None:
 def _responses_object(call: Call, resp: Any) -> None:
     if not isinstance(resp, dict):
         return
-    call.model_served = _str(resp.get("model")) or call.model_served
-    call.completion.response_id = _str(resp.get("id"))
+    call.model_served = as_str(resp.get("model")) or call.model_served
+    call.completion.response_id = as_str(resp.get("id"))
     _responses_usage(call, resp.get("usage"))
     status = resp.get("status")
     details = resp.get("incomplete_details")
@@ -262,14 +271,14 @@ class OpenAIResponses(_OpenAIErrors, Provider):
     name = "openai"
 
     def parse_request(self, call: Call, body: dict[str, Any]) -> None:
-        call.model_requested = _str(body.get("model"))
+        call.model_requested = as_str(body.get("model"))
         call.stream = body.get("stream") is True
         call.max_tokens = as_int(body.get("max_output_tokens"))
         instructions = body.get("instructions")
         call.system = instructions if isinstance(instructions, str) else None
         call.messages = _responses_input(body)
         call.tools = _tool_names(body)
-        call.previous_response_id = _str(body.get("previous_response_id"))
+        call.previous_response_id = as_str(body.get("previous_response_id"))
 
     def parse_body(self, call: Call, body: bytes) -> None:
         _responses_object(call, loads(body))
@@ -319,7 +328,7 @@ class OpenAIGeneric(_OpenAIErrors, Provider):
     name = "openai"
 
     def parse_request(self, call: Call, body: dict[str, Any]) -> None:
-        call.model_requested = _str(body.get("model"))
+        call.model_requested = as_str(body.get("model"))
         call.stream = body.get("stream") is True
 
     def parse_body(self, call: Call, body: bytes) -> None:
@@ -327,7 +336,7 @@ class OpenAIGeneric(_OpenAIErrors, Provider):
             return
         data = loads(body)
         if isinstance(data, dict):
-            call.model_served = _str(data.get("model"))
+            call.model_served = as_str(data.get("model"))
             usage = data.get("usage")
             if isinstance(usage, dict):
                 self.parse_usage(call, usage)
@@ -338,9 +347,6 @@ class OpenAIGeneric(_OpenAIErrors, Provider):
     def stream_parser(self, call: Call) -> StreamParser:
         return _ChatStream(call)
 
-
-def _str(v: Any) -> str | None:
-    return v if isinstance(v, str) else None
 
 
 _GENERIC = OpenAIGeneric()
