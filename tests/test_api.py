@@ -128,7 +128,8 @@ async def no_lifespan(_: Any) -> AsyncIterator[None]:
 
 async def test_a_slow_metrics_render_runs_off_the_event_loop_and_concurrent_scrapes_share_it() -> None:
     metrics = SlowMetrics()
-    rt = SimpleNamespace(settings=load_settings(metrics_public="true"), metrics=metrics, writer=None, relay=None)
+    rt = SimpleNamespace(settings=load_settings(metrics_public="true"), metrics=metrics, writer=None, relay=None,
+                         scrape_metrics=metrics.scrape)  # one process: Runtime.scrape_metrics is its own scrape
     transport = httpx.ASGITransport(build_api(rt, no_lifespan))  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://interlock") as client:
         scrapes = [asyncio.create_task(client.get("/metrics")) for _ in range(3)]
