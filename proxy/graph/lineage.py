@@ -168,14 +168,14 @@ def score(
         return None
     if record.echo:
         shared = set(record.echo) if shared is None else shared | record.echo
-    flags = list(map(present.__contains__, record.fps)) if len(owned) >= cfg.part_hits else []
+    retold_only = not _enough(record, owned, cfg)
+    if retold_only and len(owned) < cfg.part_hits:
+        return None
+    flags = list(map(present.__contains__, record.fps))
     via, segs = _via(owned, segments)
     held = target_words if segment_words is None else Lazy(lambda: segment_words(segs))
-    retold_only = not _enough(record, owned, cfg)
-    if retold_only and not (flags and _retold_fallback(record, flags, owned, shared, cfg, held)):
+    if retold_only and not _retold_fallback(record, flags, owned, shared, cfg, held):
         return None  # too few fingerprints, unless a part retold nearly word for word
-    if not flags:
-        flags = list(map(present.__contains__, record.fps))
     coverage = sum(flags) / len(flags)
     reason = "source_length" if record.finish_reason == "length" else None
     if reason is None and _cut(record, flags, cfg, target_words):
